@@ -1,0 +1,68 @@
+# looplab: `make run` sets up and runs the whole loop, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KERNEL := $(VENV)/share/jupyter/kernels/looplab/kernel.json
+HOST ?= 127.0.0.1
+
+# looplab makes no network calls at run time: Kedro's telemetry stays off.
+export DO_NOT_TRACK := 1
+export KEDRO_DISABLE_TELEMETRY := true
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup run test lint sync-check nbtest pytest lab viz viz-build lock clean-venv
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; looplab needs Python 3.11" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+$(KERNEL): $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name looplab --display-name "looplab (Python 3.11)" >/dev/null
+	@echo "registered Jupyter kernel 'looplab'"
+
+setup: $(STAMP) $(KERNEL)  ## create .venv from the lock and register the looplab kernel
+
+run: setup  ## run the whole loop on embedded defaults (kedro run -c kedro.yml)
+	$(BIN)/kedro run -c kedro.yml
+
+lint: setup  ## ruff over the package, tests and benchmarks
+	$(BIN)/ruff check src nbs_tests benchmarks
+
+sync-check: setup  ## fail when the notebooks and the generated modules disagree
+	$(BIN)/python nbs_tests/sync_check.py .
+
+nbtest: setup  ## run every notebook (library and test notebooks)
+	$(BIN)/nbdev-test notebooks
+	$(BIN)/nbdev-test nbs_tests
+
+pytest: setup  ## pytest over nbs_tests/
+	$(BIN)/pytest nbs_tests
+
+test: setup lint sync-check nbtest pytest  ## set-up, ruff, sync guard, every notebook, pytest
+
+lab: setup  ## JupyterLab on $(HOST) with the looplab kernel
+	$(BIN)/jupyter lab --ip=$(HOST) --no-browser --notebook-dir=.
+
+viz: setup  ## kedro-viz on $(HOST)
+	$(BIN)/kedro viz run --host=$(HOST) --no-browser
+
+viz-build: setup  ## static kedro-viz build into build/
+	$(BIN)/kedro viz build
+
+lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv)
+	uv pip compile pyproject.toml --extra test --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu -o requirements.lock
+
+clean-venv:  ## remove .venv
+	rm -rf $(VENV)

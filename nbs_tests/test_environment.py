@@ -1,0 +1,115 @@
+"""The one exact environment: pyproject.toml, requirements.lock and environment.yml agree."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib.metadata import PackageNotFoundError, distribution
+
+import pytest
+import yaml
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(?P<version>[^\s;]+)")
+
+
+def read_lock(text: str) -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = PIN.match(line)
+        assert match, f"requirements.lock line {number} is not an exact pin: {line!r}"
+        pins[canonicalize_name(match["name"])] = Version(match["version"])
+    return pins
+
+
+@pytest.fixture(scope="module")
+def pyproject(root):
+    return tomllib.loads((root / "pyproject.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def lock(root):
+    return read_lock((root / "requirements.lock").read_text())
+
+
+def declared_requirements(pyproject) -> list[Requirement]:
+    project = pyproject["project"]
+    extras = [r for group in project.get("optional-dependencies", {}).values() for r in group]
+    return [Requirement(r) for r in project["dependencies"] + extras]
+
+
+def test_lock_is_produced_from_pyproject(root):
+    header = (root / "requirements.lock").read_text().splitlines()[:3]
+    assert any("pyproject.toml" in line for line in header), header
+
+
+def test_every_declared_requirement_is_pinned_within_its_range(pyproject, lock):
+    for requirement in declared_requirements(pyproject):
+        name = canonicalize_name(requirement.name)
+        assert name in lock, f"{requirement} is declared in pyproject.toml but missing from requirements.lock"
+        assert requirement.specifier.contains(lock[name], prereleases=True), (
+            f"requirements.lock pins {name}=={lock[name]}, outside pyproject.toml's {requirement}"
+        )
+
+
+def test_alibi_detect_pins_hold(lock):
+    assert lock["numpy"] < Version("2"), lock["numpy"]
+    assert lock["pandas"] < Version("3"), lock["pandas"]
+    assert "alibi-detect" in lock
+
+
+def test_lock_is_closed_under_dependencies(pyproject, lock):
+    "Every requirement of every locked package (for this platform) is itself locked: no loose transitive."
+    environment = default_environment()
+    missing = []
+    for name in lock:
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue  # checked by the next test
+        for text in requires:
+            requirement = Requirement(text)
+            if requirement.marker and not requirement.marker.evaluate({**environment, "extra": ""}):
+                continue
+            if canonicalize_name(requirement.name) not in lock:
+                missing.append(f"{name} needs {requirement}")
+    assert not missing, "requirements.lock is not closed:\n" + "\n".join(missing)
+
+
+def test_installed_environment_is_the_lock(lock):
+    wrong = []
+    for name, pinned in lock.items():
+        try:
+            installed = Version(distribution(name).version)
+        except PackageNotFoundError:
+            wrong.append(f"{name} is locked at {pinned} but not installed")
+            continue
+        if installed != pinned:
+            wrong.append(f"{name}: installed {installed}, locked {pinned}")
+    assert not wrong, "the environment differs from requirements.lock (run make setup):\n" + "\n".join(wrong)
+
+
+def test_environment_yml_installs_the_same_lock(root, pyproject):
+    conda = yaml.safe_load((root / "environment.yml").read_text())
+    dependencies = conda["dependencies"]
+    pythons = [d for d in dependencies if isinstance(d, str) and d.startswith("python")]
+    assert pythons == ["python=3.11"], pythons
+    assert Requirement("python" + pyproject["project"]["requires-python"]).specifier.contains("3.11")
+    pip_sections = [d["pip"] for d in dependencies if isinstance(d, dict) and "pip" in d]
+    assert len(pip_sections) == 1, "environment.yml needs exactly one pip section"
+    # Only the lock and the project itself: any other package would make conda users' environment differ.
+    assert sorted(pip_sections[0]) == sorted(["-r requirements.lock", "-e ."]), pip_sections[0]
+    conda_packages = [d for d in dependencies if isinstance(d, str) and not d.startswith(("python", "pip"))]
+    assert not conda_packages, f"environment.yml installs packages outside the lock: {conda_packages}"
+
+
+def test_read_lock_refuses_loose_pins():
+    with pytest.raises(AssertionError, match="not an exact pin"):
+        read_lock("numpy>=1.26\n")
+    assert read_lock("# header\nuvicorn[standard]==0.30.0\n    # via looplab\n") == {"uvicorn": Version("0.30.0")}

@@ -1,0 +1,1 @@
+"""looplab's Kedro pipelines, one folder per layer of the loop."""
