@@ -29,8 +29,8 @@ def test_nbdev_settings(root):
     assert nbdev["lib_path"] == "src/looplab"
     assert nbdev["nbs_path"] == "notebooks"
     assert nbdev["update_pyproject"] is False
-    assert "tags" in nbdev["allowed_cell_metadata_keys"].split(), "nbdev-clean must keep papermill's parameters tag"
-    assert "voila" in nbdev["allowed_metadata_keys"].split(), "nbdev-clean must keep Voila's notebook metadata"
+    assert "tags" in nbdev["allowed_cell_metadata_keys"], "nbdev-clean must keep papermill's parameters tag"
+    assert "voila" in nbdev["allowed_metadata_keys"], "nbdev-clean must keep Voila's notebook metadata"
 
 
 def test_every_module_is_generated_or_glue(root):
