@@ -15,8 +15,8 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'ENV_VARIABLE', 'LOG_FORMAT',
-           'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths', 'load_config', 'setup_logging',
-           'file_sha256']
+           'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths', 'load_config', 'resolve_store_uri',
+           'mlflow_settings', 'configure_mlflow', 'setup_logging', 'file_sha256']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -136,6 +136,50 @@ def load_config(
         raise FileNotFoundError(f"no {key!r} configuration under {conf} (looked for {patterns[key]})") from error
 
 # %% ../../notebooks/00_core.ipynb #28438403
+def resolve_store_uri(
+    uri: str,   # an MLflow store URI: sqlite:///relative.db, a plain path, http://…, postgresql://…
+    root: Path, # project root for relative paths
+) -> str:       # the URI with relative paths made absolute
+    "Make a relative SQLite or file store URI absolute against `root`; other URIs pass unchanged."
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
+    if "://" not in uri:
+        return (root / uri).resolve().as_uri()
+    return uri
+
+
+def mlflow_settings(env: str | None = None, root: Path | str | None = None) -> dict[str, Any]:
+    "The `mlflow` settings of the project with store URIs made absolute."
+    root = find_project_root(root)
+    settings = dict(load_config("mlflow", env=env, root=root)["mlflow"])
+    settings["tracking_uri"] = resolve_store_uri(settings["tracking_uri"], root)
+    if settings.get("registry_uri"):
+        settings["registry_uri"] = resolve_store_uri(settings["registry_uri"], root)
+    if settings.get("artifact_root"):
+        settings["artifact_root"] = resolve_store_uri(settings["artifact_root"], root)
+    return settings
+
+
+def configure_mlflow(
+    env: str | None = None,              # config environment
+    root: Path | str | None = None,      # project root
+    experiment: str | None = None,       # key of `mlflow.experiments` (data, training, …) to make active
+) -> dict[str, Any]:                     # the settings used
+    "Point MLflow at the project's store and, optionally, activate one of its experiments."
+    import mlflow
+
+    settings = mlflow_settings(env, root)
+    mlflow.set_tracking_uri(settings["tracking_uri"])
+    mlflow.set_registry_uri(settings.get("registry_uri") or settings["tracking_uri"])
+    if experiment is not None:
+        name = settings["experiments"][experiment]
+        if mlflow.get_experiment_by_name(name) is None:
+            artifacts = settings.get("artifact_root")
+            mlflow.create_experiment(name, artifact_location=f"{artifacts}/{name}" if artifacts else None)
+        mlflow.set_experiment(name)
+    return settings
+
+# %% ../../notebooks/00_core.ipynb #b9c85a66
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -157,7 +201,7 @@ def setup_logging(
         handler.setStream(stream)
     return logger
 
-# %% ../../notebooks/00_core.ipynb #a50797ee
+# %% ../../notebooks/00_core.ipynb #3a802b7b
 def file_sha256(
     path: Path | str,          # the file to hash
     chunk_size: int = 1 << 20, # bytes read at a time, so large files do not fill memory
