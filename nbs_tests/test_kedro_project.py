@@ -14,6 +14,8 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from looplab.core import load_config
+from looplab.sources import bikeshare_to_rides
+from looplab.versioning import load_version
 
 
 @pytest.fixture(scope="module")
@@ -43,32 +45,33 @@ def test_default_pipeline_is_the_loop_so_far():
 
 
 def test_data_pipeline_slice_on_an_in_memory_catalog(root):
+    "The validation step of the data pipeline alone, on an in-memory catalog."
     configure_project("looplab")
     raw = pd.read_csv(root / "data" / "01_raw" / "Bikeshare.csv")
-    parameters = load_config("parameters", env="test")["data"]["bikeshare"]
-    catalog = DataCatalog({"bikeshare_raw": MemoryDataset(raw), "params:data.bikeshare": MemoryDataset(parameters)})
-    pipeline = pipelines["data"].to_nodes("prepare_rides_node")
-    outputs = SequentialRunner().run(pipeline, catalog)
-    rides = outputs["rides"].load() if hasattr(outputs["rides"], "load") else outputs["rides"]
-    assert parameters["days"] == 14
-    assert rides["timestamp"].min() == pd.Timestamp("2011-01-01")
-    assert rides["timestamp"].max() < pd.Timestamp("2011-01-15")
-    assert len(rides) == (raw["day"] <= 14).sum()
+    parameters = load_config("parameters", env="test")["data"]
+    batch = bikeshare_to_rides(raw, parameters["demo"]["year_start"]).head(48)
+    batch.insert(1, "region", "dc")
+    batch["_source"], batch["_batch_id"] = "history", "b1"
+    batch.loc[5, "hr"] = 27  # one bad row: quarantined, not lost
+    catalog = DataCatalog({"ingested_batch": MemoryDataset(batch), "params:data": MemoryDataset(parameters)})
+    pipeline = pipelines["data"].from_nodes("validate_batch_node").to_nodes("validate_batch_node")
+    assert [node.name for node in pipeline.nodes] == ["validate_batch_node"]
+    SequentialRunner().run(pipeline, catalog)
+    validated, quarantine = catalog["validated_batch"].load(), catalog["rides_quarantine"].load()
+    assert len(validated) == 47 and len(quarantine) == 1
+    assert "27" in quarantine["_reason"].iloc[0]
 
 
 def test_kedro_run_with_the_run_config(tool, quiet_env, project_copy):
-    kedro(tool, quiet_env, project_copy, "run", "-c", "kedro.yml")
-    rides = pd.read_parquet(project_copy / "data" / "02_intermediate" / "rides.parquet")
-    assert len(rides) == 8645
-    assert rides["timestamp"].is_unique
-
-
-def test_kedro_run_test_environment_writes_nothing(tool, quiet_env, project_copy):
-    output = project_copy / "data" / "02_intermediate" / "rides.parquet"
-    output.unlink(missing_ok=True)
-    result = kedro(tool, quiet_env, project_copy, "run", "-c", "kedro.yml", "--env", "test")
+    "The default full run on the embedded defaults: history, landing days, features, versions."
+    result = kedro(tool, quiet_env, project_copy, "run", "-c", "kedro.yml")
     assert "Pipeline execution completed successfully" in result.stdout + result.stderr
-    assert not output.exists()
+    parameters = load_config("parameters", root=project_copy)["data"]
+    validated = load_version(project_copy / parameters["validated_path"])
+    expected_end = pd.Timestamp(parameters["demo"]["history_end"]) + pd.Timedelta(days=parameters["demo"]["landing_days"])
+    assert validated["timestamp"].min() == pd.Timestamp(parameters["demo"]["year_start"])
+    assert validated["timestamp"].max() == expected_end - pd.Timedelta(hours=1)
+    assert validated["timestamp"].is_unique
 
 
 def test_kedro_viz_build_draws_the_pipelines(tool, quiet_env, project_copy):
@@ -76,7 +79,8 @@ def test_kedro_viz_build_draws_the_pipelines(tool, quiet_env, project_copy):
     build = project_copy / "build"
     assert (build / "index.html").is_file()
     data = json.loads((build / "api" / "pipelines" / "data").read_text())
-    assert any(node["name"] == "prepare_rides_node" for node in data["nodes"]), data["nodes"]
+    names = {node["name"] for node in data["nodes"]}
+    assert {"ingest_sources_node", "validate_batch_node", "materialize_features_node"} <= names, names
 
 
 def test_cli_help_and_info(tool, quiet_env, root):

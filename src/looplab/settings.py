@@ -1,8 +1,27 @@
 """Kedro project settings for looplab."""
 
-from kedro.config import OmegaConfigLoader
+import os
 
-from looplab.core import CONFIG_PATTERNS, MERGE_STRATEGY
+from kedro.config import OmegaConfigLoader
+from kedro.framework.hooks import hook_impl
+
+from looplab.core import CONFIG_PATTERNS, ENV_VARIABLE, MERGE_STRATEGY, PROJECT_ROOT_VARIABLE
+
+
+class RunContextHook:
+    """Hand the run's project root and config environment to the library.
+
+    Nodes that reach services (MLflow, Feast) read their settings with `looplab.core.load_config`;
+    with these variables set, they read the same environment `kedro run --env` chose.
+    """
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        os.environ[PROJECT_ROOT_VARIABLE] = str(context.project_path)
+        os.environ[ENV_VARIABLE] = context.env or "local"
+
+
+HOOKS = (RunContextHook(),)
 
 CONF_SOURCE = "conf"
 CONFIG_LOADER_CLASS = OmegaConfigLoader
