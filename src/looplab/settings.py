@@ -1,6 +1,7 @@
 """Kedro project settings for looplab."""
 
 import os
+import warnings
 
 from kedro.config import OmegaConfigLoader
 from kedro.framework.hooks import hook_impl
@@ -22,6 +23,9 @@ class RunContextHook:
 
 
 HOOKS = (RunContextHook(),)
+
+# OmegaConf deprecates the resolver registration Kedro itself performs; the notice is not for users.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
 
 CONF_SOURCE = "conf"
 CONFIG_LOADER_CLASS = OmegaConfigLoader
