@@ -183,7 +183,10 @@ def normalise_batch(
     frame = frame.assign(**{time_name: local})
     frame["_raw_timestamp"] = raw.astype(str).where(unparseable, None).astype(object)
     if entity not in frame.columns:
-        frame[entity] = params["entity"]["default"]
+        default = params["entity"].get("default")
+        if default is None and len(frame):
+            logger.warning("source '%s': %d row(s) without a %r column and no default; they will be quarantined", source, len(frame), entity)
+        frame[entity] = default
     frame["_source"] = source
     frame["_batch_id"] = batch_id
     return order_columns(frame, [time_name, entity])
