@@ -65,5 +65,14 @@ lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv)
 	uv pip compile pyproject.toml --extra test --python-version 3.11 \
 		--python-platform x86_64-unknown-linux-gnu -o requirements.lock
 
+# Benchmarks: each writes benchmarks/results/<name>.json and prints one summary line.
+.PHONY: bench bench-data
+SIZES ?= 1000000 10000000
+
+bench: setup bench-data  ## run every benchmark
+
+bench-data: setup  ## data layer at 1M and 10M rows: rows/s, peak RSS, time ratio (SIZES="100000 1000000" to override)
+	$(BIN)/python benchmarks/data/run.py --sizes $(SIZES)
+
 clean-venv:  ## remove .venv
 	rm -rf $(VENV)

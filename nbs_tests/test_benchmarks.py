@@ -1,0 +1,40 @@
+"""The data benchmark end to end at a tiny size: it runs, accounts for every row and writes a well-formed result (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+ROWS = 20_000
+
+
+def test_bench_data_smoke(root, tmp_path, quiet_env):
+    out = tmp_path / "data.json"
+    completed = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "data" / "run.py"), "--sizes", str(ROWS), "--out", str(out),
+         "--workdir", str(tmp_path), "--regions-per-file", "1", "--entities-per-chunk", "2"],
+        cwd=root, env=quiet_env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("data: 20k "), completed.stdout
+    assert "chunk 3/3" in completed.stderr, "progress per chunk goes to standard error"
+
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "data" and result["summary"] == lines[0]
+    assert {"cores", "python"} <= set(result["machine"])
+    assert {"ratio_time_10m_over_1m", "targets", "met", "not_timed"} <= set(result)
+    assert result["ratio_time_10m_over_1m"] is None and result["met"]["time_ratio"] is None  # one size: no ratio
+    assert "feast_materialisation" in result["not_timed"]
+    [size] = result["sizes"]
+    assert size["rows"] == ROWS
+    assert {"seconds", "rows_per_second", "peak_rss_mb", "steps"} <= set(size)
+    assert set(size["steps"]) == {"ingest", "validate", "store", "features"}
+    assert all(seconds >= 0 for seconds in size["steps"].values())
+    assert size["peak_rss_mb"] > 0 and size["rows_per_second"] > 0
+    # nothing is lost: the corrupted rows are quarantined, every valid row gets its feature row
+    assert size["rows_quarantined"] > 0 and size["rows_valid"] + size["rows_quarantined"] == ROWS
+    assert size["feature_rows"] == size["rows_valid"]
+    assert size["chunks"] == {"landing_files": 3, "feature_groups": 2, "entities": 3, "entities_per_feature_group": 2}
+    assert not list(tmp_path.glob("looplab-bench-data-*")), "temporary files are removed"
