@@ -9,10 +9,11 @@ import contextlib
 import io
 import logging
 import os
+import sqlite3
 import types
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,9 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'EVENT_TIMESTAMP', 'LABEL_TTL', 'RETRIEVAL_ENGINES', 'FILE_OFFLINE_STORES', 'lag_column',
            'same_hour_mean_column', 'feature_groups', 'label_view', 'lagged_values', 'canonical_times',
            'build_features', 'to_feast_time', 'from_feast_time', 'FeatureStorePaths', 'resolve_path',
-           'feature_store_paths', 'store_config', 'feast_quietly', 'open_feature_store', 'load_definitions',
-           'feast_objects', 'materialize_features', 'feature_references', 'with_feature_dtypes', 'pandas_point_in_time',
-           'feast_point_in_time', 'training_set', 'online_features']
+           'feature_store_paths', 'store_config', 'use_feast_sqlite_codecs', 'feast_quietly', 'open_feature_store',
+           'load_definitions', 'feast_objects', 'materialize_features', 'feature_references', 'with_feature_dtypes',
+           'pandas_point_in_time', 'feast_point_in_time', 'training_set', 'online_features']
 
 # %% ../../notebooks/13_features.ipynb #1793592c
 def lag_column(target: str, hours: int) -> str:
@@ -204,9 +205,26 @@ def store_config(params: dict, root: Path | str | None = None) -> dict[str, Any]
     return config
 
 # %% ../../notebooks/13_features.ipynb #a3de1cff
+def use_feast_sqlite_codecs() -> None:
+    "Register Feast's SQLite date/time adapters and converters again, process-wide."
+    # sqlite3 keeps one adapter per Python type and one converter per column type for the whole
+    # process. Feast stores online timestamps as epoch integers; pandas, whenever it reads or writes
+    # through a plain sqlite3 connection, registers its own (ISO text) codecs over Feast's, after
+    # which Feast's online reads fail ("Invalid isoformat string"). Re-registering before every
+    # Feast call keeps both working in one process.
+    from feast.infra.online_stores import sqlite as feast_sqlite
+
+    sqlite3.register_adapter(date, feast_sqlite.adapt_date_iso)
+    sqlite3.register_adapter(datetime, feast_sqlite.adapt_datetime_epoch)
+    sqlite3.register_converter("date", feast_sqlite.convert_date)
+    sqlite3.register_converter("datetime", feast_sqlite.convert_datetime)
+    sqlite3.register_converter("timestamp", feast_sqlite.convert_timestamp)
+
+
 @contextlib.contextmanager
 def feast_quietly():
-    "Run Feast calls with their printed output sent to the debug log and their own import warnings hidden."
+    "Run Feast calls with their printed output sent to the debug log, their own import warnings hidden, and their SQLite codecs in place."
+    use_feast_sqlite_codecs()
     output = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         warnings.filterwarnings("ignore", message=r'Field name "vector_', category=UserWarning)
