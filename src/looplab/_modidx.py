@@ -42,6 +42,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'looplab.features.store_config': ('features.html#store_config', 'looplab/features.py'),
                                   'looplab.features.to_feast_time': ('features.html#to_feast_time', 'looplab/features.py'),
                                   'looplab.features.training_set': ('features.html#training_set', 'looplab/features.py'),
+                                  'looplab.features.use_feast_sqlite_codecs': ( 'features.html#use_feast_sqlite_codecs',
+                                                                                'looplab/features.py'),
                                   'looplab.features.with_feature_dtypes': ('features.html#with_feature_dtypes', 'looplab/features.py')},
             'looplab.ingestion': { 'looplab.ingestion.StateStore': ('ingestion.html#statestore', 'looplab/ingestion.py'),
                                    'looplab.ingestion.StateStore.__init__': ('ingestion.html#statestore.__init__', 'looplab/ingestion.py'),
