@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -14,31 +12,7 @@ import pytest
 from looplab.core import load_config
 from looplab.versioning import list_versions, load_version
 
-
-def copy_project(root: Path, destination: Path) -> Path:
-    "The files `kedro run` needs, copied so runs write only into `destination`."
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in ("pyproject.toml", "kedro.yml", ".telemetry"):
-        shutil.copy(root / name, destination)
-    shutil.copytree(root / "conf", destination / "conf", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(root / "src", destination / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (destination / "data" / "01_raw").mkdir(parents=True)
-    shutil.copy(root / "data" / "01_raw" / "Bikeshare.csv", destination / "data" / "01_raw")
-    return destination
-
-
-def kedro_run(tool, env, project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [tool("kedro"), "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=600
-    )
-    if check:
-        assert result.returncode == 0, f"kedro run {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-def latest_json(folder: Path) -> dict:
-    versions = sorted(p for p in folder.iterdir() if p.is_dir())
-    return json.loads((versions[-1] / folder.name).read_text())
+from conftest import copy_project, kedro_run, latest_json
 
 
 @pytest.fixture(scope="module")

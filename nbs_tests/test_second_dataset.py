@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_data_pipeline import copy_project, kedro_run, latest_json
 
 from looplab.core import load_config
 from looplab.versioning import list_versions, load_version
+
+from conftest import copy_project, kedro_run, latest_json
 
 SENSORS = ("centre", "harbour", "north")
 TIMEZONE = "Europe/Berlin"

@@ -121,5 +121,94 @@ def data_diff(before: str, after: str, dataset: str, env: str | None, as_json: b
     click.echo(json.dumps(difference, indent=2) if as_json else format_diff(difference))
 
 
+# --- model registry ---------------------------------------------------------------------------
+def _registry(env: str | None) -> dict:
+    "Point MLflow at the project's store (from conf) and check it can be reached; the settings used."
+    from looplab.core import configure_mlflow
+    from looplab.registry import RegistryError, check_tracking
+
+    try:
+        settings = configure_mlflow(env=env)
+        check_tracking(settings["tracking_uri"])
+    except (FileNotFoundError, ValueError, KeyError, RegistryError) as error:
+        raise click.ClickException(f"cannot use the MLflow store: {error}") from error
+    return settings
+
+
+def _registry_call(action, *args, **kwargs):
+    "Run a registry function; its errors become one-line messages."
+    from looplab.registry import RegistryError
+
+    try:
+        return action(*args, **kwargs)
+    except (RegistryError, ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+_ENV_OPTION = click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@_ENV_OPTION
+def promote(name: str, version: str, env: str | None) -> None:
+    """Make VERSION (a number, or an alias such as challenger) of model NAME the champion; the previous one is kept for rollback."""
+    from looplab import registry
+
+    _registry(env)
+    click.echo(registry.describe_change(_registry_call(registry.promote, name, version)))
+
+
+@cli.command()
+@click.argument("name")
+@_ENV_OPTION
+def rollback(name: str, env: str | None) -> None:
+    """Point the champion of NAME back at the previous champion."""
+    from looplab import registry
+
+    _registry(env)
+    click.echo(registry.describe_change(_registry_call(registry.rollback, name)) + " (rolled back)")
+
+
+@cli.command()
+@_ENV_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the registry's state as JSON.")
+def status(env: str | None, as_json: bool) -> None:
+    """Registered models, their aliases (champion, challenger) and versions with gate and metrics."""
+    from looplab import registry
+
+    settings = _registry(env)
+    state = _registry_call(registry.status, settings)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    try:
+        metrics = list(load_config("parameters", env=env)["evaluation"]["metrics"])
+    except (FileNotFoundError, ValueError, KeyError):
+        metrics = None  # no evaluation config: show what the versions have
+    click.echo(registry.format_status(state, metrics=metrics))
+
+
+@cli.command()
+@click.argument("spec")
+@_ENV_OPTION
+@click.option("--tolerance", default=1e-6, show_default=True, help="Relative tolerance per metric.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def reproduce(spec: str, env: str | None, tolerance: float, as_json: bool) -> None:
+    """Rebuild SPEC (NAME@ALIAS, NAME@VERSION or NAME/VERSION) from its recorded data and compare its metrics.
+
+    Exits with status 1 when a metric differs.
+    """
+    from looplab import registry
+
+    _registry(env)
+    result = _registry_call(registry.reproduce, spec, tolerance=tolerance, env=env,
+                            progress=lambda line: click.echo(f"… {line}", err=True))
+    click.echo(json.dumps(result, indent=2) if as_json else registry.format_reproduction(result))
+    if not result["matches"]:
+        raise click.exceptions.Exit(1)
+
+
 if __name__ == "__main__":
     cli()

@@ -1,0 +1,91 @@
+"""The training layer end to end: `kedro run -p training`, the papermill notebook, and the registry commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import mlflow
+import pytest
+
+from conftest import copy_project, kedro_run
+
+
+@pytest.fixture(scope="module")
+def project(root, tmp_path_factory, tool, quiet_env):
+    "A project copy with the test environment's data and one `kedro run -p training`."
+    project = copy_project(root, tmp_path_factory.mktemp("training") / "project")
+    kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
+    kedro_run(tool, quiet_env, project, "-p", "training", "--env", "test")
+    return project
+
+
+def looplab(tool, env, project, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [tool("looplab"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def status(tool, env, project) -> dict:
+    result = looplab(tool, env, project, "status", "--json", "--env", "test")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_kedro_training_registers_a_champion(project, tool, quiet_env):
+    registration = json.loads((project / "data" / "08_reporting" / "registration.json").read_text())
+    assert registration["name"] == "bike-demand" and registration["version"] == "1"
+    facts = status(tool, quiet_env, project)
+    assert facts["tracking_uri"] == f"sqlite:///{project}/mlflow.db"
+    model = next(m for m in facts["models"] if m["name"] == "bike-demand")
+    assert model["aliases"]["champion"] == "1" and model["aliases"]["challenger"] == "1"
+    version = model["versions"][0]
+    assert version["tags"]["gate.passed"] == "true", version["tags"]
+    run = mlflow.MlflowClient(tracking_uri=facts["tracking_uri"]).get_run(version["run_id"])
+    assert {"mae", "rmse", "r2", "baseline_mae"} <= set(run.data.metrics)
+    assert run.data.metrics["mae"] < run.data.metrics["baseline_mae"], "the model must beat the seasonal-naive baseline"
+    assert {"git_commit", "lock_hash"} <= {key.split(".")[-1] for key in run.data.tags}, sorted(run.data.tags)
+    assert run.inputs.dataset_inputs, "the data versions the model saw are logged as inputs"
+    assert all(len(d.dataset.digest) > 8 for d in run.inputs.dataset_inputs)
+
+
+def test_papermill_run_registers_and_keeps_its_lab_record(root, project, tool, quiet_env):
+    output = project / "data" / "08_reporting" / "train-linear.ipynb"
+    result = subprocess.run(
+        [tool("papermill"), str(root / "notebooks" / "runs" / "train.ipynb"), str(output), "-k", "looplab",
+         "-p", "env", "test", "-p", "model_family", "linear", "-p", "seed", "7", "-p", "experiment", "papermill-runs"],
+        cwd=project, env=quiet_env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert output.is_file()
+    facts = status(tool, quiet_env, project)
+    model = next(m for m in facts["models"] if m["name"] == "bike-demand")
+    version = next(v for v in model["versions"] if v["version"] == "2")
+    client = mlflow.MlflowClient(tracking_uri=facts["tracking_uri"])
+    run = client.get_run(version["run_id"])
+    assert run.data.params["training.model.family"] == "linear" and run.data.params["seed"] == "7"
+    assert client.get_experiment(run.info.experiment_id).name == "papermill-runs"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == ["notebook/train-linear.ipynb"]
+    # The linear model does not beat the champion: a normal outcome, the champion stays.
+    assert model["aliases"]["challenger"] == "2"
+    assert model["aliases"]["champion"] == ("2" if version["tags"]["gate.passed"] == "true" else "1")
+
+
+def test_promote_and_rollback(project, tool, quiet_env):
+    promoted = looplab(tool, quiet_env, project, "promote", "bike-demand", "2", "--env", "test")
+    assert promoted.returncode == 0, promoted.stderr
+    assert "champion of bike-demand: version 1 → 2" in promoted.stdout
+    assert next(m for m in status(tool, quiet_env, project)["models"] if m["name"] == "bike-demand")["aliases"]["champion"] == "2"
+    rolled = looplab(tool, quiet_env, project, "rollback", "bike-demand", "--env", "test")
+    assert rolled.returncode == 0, rolled.stderr
+    assert next(m for m in status(tool, quiet_env, project)["models"] if m["name"] == "bike-demand")["aliases"]["champion"] == "1"
+    unknown = looplab(tool, quiet_env, project, "promote", "bike-demand", "99", "--env", "test")
+    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr and "99" in unknown.stderr
+
+
+def test_reproduce_the_champion(project, tool, quiet_env):
+    result = looplab(tool, quiet_env, project, "reproduce", "bike-demand@champion", "--json", "--env", "test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    comparison = json.loads(result.stdout)
+    assert comparison["matches"] is True
+    assert {row["name"] for row in comparison["metrics"]} >= {"mae", "rmse", "r2"}
