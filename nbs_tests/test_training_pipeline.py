@@ -89,3 +89,44 @@ def test_reproduce_the_champion(project, tool, quiet_env):
     comparison = json.loads(result.stdout)
     assert comparison["matches"] is True
     assert {row["name"] for row in comparison["metrics"]} >= {"mae", "rmse", "r2"}
+
+
+def test_the_registered_model_is_visible_in_the_mlflow_ui(project, tool, quiet_env, tmp_path):
+    "The MLflow UI's server answers with the registered model and its aliases from the project's store."
+    import time
+
+    import requests
+
+    from conftest import free_port
+
+    port = free_port()
+    log = (tmp_path / "mlflow-ui.log").open("w")
+    server = subprocess.Popen(
+        [tool("mlflow"), "ui", "--backend-store-uri", f"sqlite:///{project}/mlflow.db",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=project, env=quiet_env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get"
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, (tmp_path / "mlflow-ui.log").read_text()[-3000:]
+            try:
+                response = requests.get(url, params={"name": "bike-demand"}, timeout=5)
+                if response.ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "the MLflow UI did not answer within 90 s"
+            time.sleep(0.5)
+        model = response.json()["registered_model"]
+        aliases = {alias["alias"]: alias["version"] for alias in model.get("aliases", [])}
+        assert aliases["champion"] == "1"
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).ok, "the UI page itself is served"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
