@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export KEDRO_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup run test lint sync-check nbtest pytest lab viz viz-build lock clean-venv
+.PHONY: help setup system-packages run test lint sync-check nbtest pytest lab viz viz-build lock clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,22 @@ setup: $(STAMP) $(KERNEL)  ## create .venv from the lock and register the loopla
 
 run: setup  ## run the whole loop on embedded defaults (kedro run -c kedro.yml)
 	$(BIN)/kedro run -c kedro.yml
+
+# Debian packages some targets need (the gateway's nginx, Chromium for browser tests): installed
+# with apt-get when missing and running as root; otherwise the target stops and names them.
+system-packages:  ## install nginx-light, chromium and chromium-driver when missing (as root)
+	@missing=""; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	test -x /usr/bin/chromedriver || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then \
+			echo "installing Debian packages:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
+		else \
+			echo "error: looplab needs the Debian packages$$missing: run 'sudo apt-get install$$missing'" >&2; exit 1; \
+		fi; \
+	fi
 
 lint: setup  ## ruff over the package, tests and benchmarks
 	$(BIN)/ruff check src nbs_tests benchmarks
