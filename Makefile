@@ -66,7 +66,7 @@ nbtest: setup  ## run every notebook (library and test notebooks)
 pytest: setup  ## pytest over nbs_tests/ (exit 5, "no tests collected", is not a failure)
 	$(BIN)/pytest nbs_tests; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
 
-test: setup lint sync-check nbtest pytest  ## set-up, ruff, sync guard, every notebook, pytest
+test: setup system-packages lint sync-check nbtest pytest  ## set-up, ruff, sync guard, every notebook, pytest
 
 lab: setup  ## JupyterLab on $(HOST) with the looplab kernel
 	$(BIN)/jupyter lab --ip=$(HOST) --no-browser --notebook-dir=. $(ALLOW_ROOT)
@@ -82,13 +82,35 @@ lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv)
 		--python-platform x86_64-unknown-linux-gnu -o requirements.lock
 
 # Benchmarks: each writes benchmarks/results/<name>.json and prints one summary line.
-.PHONY: bench bench-data
+.PHONY: bench bench-data bench-training
 SIZES ?= 1000000 10000000
+REPS ?= 3
 
-bench: setup bench-data  ## run every benchmark
+bench: setup bench-data bench-training  ## run every benchmark
 
 bench-data: setup  ## data layer at 1M and 10M rows: rows/s, peak RSS, time ratio (SIZES="100000 1000000" to override)
 	$(BIN)/python benchmarks/data/run.py --sizes $(SIZES)
+
+bench-training: setup  ## one training run direct / kedro run -p training / papermill: wall times, overheads (REPS=3)
+	$(BIN)/python benchmarks/training/run.py --repetitions $(REPS)
+
+# Serving: the champion on $(SERVE_WORKERS) uvicorn workers behind the nginx gateway; Ctrl-C stops both.
+.PHONY: serve
+SERVE_WORKERS ?= 2
+
+serve: setup system-packages  ## serve the champion through the nginx gateway (127.0.0.1:8080)
+	@trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/looplab serve --workers $(SERVE_WORKERS) & \
+	$(BIN)/looplab gateway & \
+	wait
+
+# The Voila apps (notebooks/apps/): APP=serving by default, on $(HOST):$(APPS_PORT).
+.PHONY: apps
+APP ?= serving
+APPS_PORT ?= 8866
+
+apps: setup  ## a Voila app on $(HOST) (APP=serving, APPS_PORT=8866)
+	$(BIN)/voila notebooks/apps/$(APP).ipynb --no-browser --Voila.ip=$(HOST) --port=$(APPS_PORT)
 
 clean-venv:  ## remove .venv
 	rm -rf $(VENV)

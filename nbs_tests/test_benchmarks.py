@@ -38,3 +38,34 @@ def test_bench_data_smoke(root, tmp_path, quiet_env):
     assert size["feature_rows"] == size["rows_valid"]
     assert size["chunks"] == {"landing_files": 3, "feature_groups": 2, "entities": 3, "entities_per_feature_group": 2}
     assert not list(tmp_path.glob("looplab-bench-data-*")), "temporary files are removed"
+
+
+def test_bench_training_smoke(root, tmp_path, quiet_env):
+    "The training benchmark once per variant on the test environment's data: a well-formed result (no timing assertions)."
+    out = tmp_path / "training.json"
+    completed = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "training" / "run.py"), "--env", "test", "--repetitions", "1",
+         "--warmup", "0", "--out", str(out), "--workdir", str(tmp_path)],
+        cwd=root, env=quiet_env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("training (env test): direct "), completed.stdout
+    assert "[1/1] papermill" in completed.stderr, "progress goes to standard error"
+
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "training" and result["summary"] == lines[0]
+    assert {"cores", "python", "packages"} <= set(result["machine"])
+    assert result["settings"]["env"] == "test" and result["settings"]["repetitions"] == 1
+    assert set(result["variants"]) == {"direct", "kedro", "papermill"}
+    for variant in result["variants"].values():
+        [run] = variant["repetitions"]
+        assert run["wall_s"] > 0 and run["cpu_s"] >= 0 and variant["median_wall_s"] == run["wall_s"]
+    direct = result["variants"]["direct"]["repetitions"][0]["in_process"]
+    assert direct["train_rows"] > 0 and direct["calls_s"] > 0
+    breakdown = result["variants"]["papermill"]["repetitions"][0]["breakdown"]
+    assert breakdown["code_cells"] > 5 and all(breakdown["cells_s"][g] > 0 for g in ("train", "evaluate", "register"))
+    assert set(result["overheads"]) == {"kedro", "papermill"}
+    assert result["target"]["papermill_overhead_s_max"] == 3.0 and isinstance(result["met"]["papermill_overhead"], bool)
+    assert result["met"]["papermill_overhead"] == (result["overheads"]["papermill"]["seconds"] <= 3.0)
+    assert not list(tmp_path.glob("looplab-bench-training-*")), "temporary files are removed"

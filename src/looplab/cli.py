@@ -210,5 +210,150 @@ def reproduce(spec: str, env: str | None, tolerance: float, as_json: bool) -> No
         raise click.exceptions.Exit(1)
 
 
+# --- serving ------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: serving.workers).")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=None,
+              help="Port of the first worker; worker i listens on PORT + i (default: serving.port).")
+@click.option("--host", default=None, help="Address to listen on (default: serving.host, 127.0.0.1).")
+@_ENV_OPTION
+def serve(workers: int | None, port: int | None, host: str | None, env: str | None) -> None:
+    """Serve the model that the configured alias names: N uvicorn workers, one port each. Ctrl-C stops them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from looplab.core import ENV_VARIABLE, find_project_root
+
+    try:
+        root = find_project_root()
+        settings = load_config("serving", env=env, root=root)["serving"]
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise click.ClickException(f"cannot read the serving configuration: {error}") from error
+    workers = workers or int(settings.get("workers", 1))
+    port = port or int(settings.get("port", 8000))
+    host = host or settings.get("host", "127.0.0.1")
+    child_env = {**os.environ, "LOOPLAB_PROJECT_ROOT": str(root)}
+    if env:
+        child_env[ENV_VARIABLE] = env
+    click.echo(f"serving {settings['model_name']}@{settings.get('alias', 'champion')} with {workers} worker(s)")
+    processes = []
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell that starts us in the background would otherwise leave Ctrl-C ignored
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for index in range(workers):
+            command = [sys.executable, "-m", "uvicorn", "looplab.serving:app_factory", "--factory",
+                       "--host", host, "--port", str(port + index), "--no-access-log"]
+            processes.append(subprocess.Popen(command, cwd=root, env=child_env))
+            click.echo(f"  worker {index + 1}: http://{host}:{port + index}  (pid {processes[-1].pid}; /docs, /ready, /metrics)")
+        click.echo("Ctrl-C stops the workers.")
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        ended = next(process for process in processes if process.poll() is not None)
+        if ended.returncode != 0:
+            raise click.ClickException(f"worker pid {ended.pid} exited with status {ended.returncode}; stopping the others")
+        click.echo(f"worker pid {ended.pid} stopped; stopping the others…")
+    except KeyboardInterrupt:
+        click.echo("stopping the workers…")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()  # uvicorn shuts down gracefully: the prediction log is flushed
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# --- gateway ------------------------------------------------------------------------------------
+@cli.command()
+@_ENV_OPTION
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for nginx.conf, pid, temp files and logs (default: gateway.run_dir).")
+@click.option("--listen", default=None, help="host:port to listen on (default: gateway.listen).")
+@click.option("--print-config", is_flag=True, help="Print the nginx configuration and exit.")
+def gateway(env: str | None, run_dir: Path | None, listen: str | None, print_config: bool) -> None:
+    """nginx in front of the serving workers (conf gateway.yml): balancing, retries, canary or shadow, API keys, limits.
+
+    Runs in the foreground; Ctrl-C (or SIGTERM) stops nginx.
+    """
+    import signal
+
+    from looplab.gateway import Gateway, GatewayError, load_gateway_settings, render_nginx_config
+
+    try:
+        settings = load_gateway_settings(env=env)
+        settings["listen"] = listen or settings.get("listen", "127.0.0.1:8080")
+        folder = (run_dir or project_paths().root / settings.get("run_dir", "data/06_models/gateway")).resolve()
+        if print_config:
+            click.echo(render_nginx_config(settings, folder), nl=False)
+            return
+    except (GatewayError, FileNotFoundError, ValueError, KeyError) as error:
+        raise click.ClickException(str(error)) from error
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # before nginx starts, so a stop request never leaves it behind
+    gateway = Gateway(settings, folder)
+    try:
+        click.echo(f"… checking and starting nginx (run folder {folder})", err=True)
+        try:
+            gateway.start()
+        except GatewayError as error:
+            raise click.ClickException(str(error)) from error
+        variant = ("canary " + str(settings["canary"].get("challenger_weight")) + "% challenger"
+                   if (settings.get("canary") or {}).get("enabled")
+                   else "shadow to challenger" if (settings.get("shadow") or {}).get("enabled") else "champion only")
+        click.echo(f"gateway on {gateway.url} → {', '.join(settings['workers'])} ({variant}); "
+                   f"access log {gateway.access_log}; Ctrl-C stops")
+        status = gateway.wait()
+    except KeyboardInterrupt:
+        click.echo("stopping the gateway", err=True)
+        status = 0
+    finally:
+        gateway.stop()
+    if status != 0:
+        raise click.ClickException(f"nginx exited with status {status}; see {gateway.error_log}")
+
+
+@cli.command()
+@click.argument("app", default="serving")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8866, show_default=True, help="Port to listen on.")
+@_ENV_OPTION
+def apps(app: str, host: str, port: int, env: str | None) -> None:
+    """Start Voila app APP from notebooks/apps/ (serving: ask the champion model); Ctrl-C stops it."""
+    import os
+    import sys
+
+    root = project_paths().root
+    folder = root / "notebooks" / "apps"
+    known = sorted(path.stem for path in folder.glob("*.ipynb"))
+    if app not in known:
+        raise click.ClickException(f"no app {app!r} in {folder}; apps: {', '.join(known) or 'none'}")
+    voila = Path(sys.executable).parent / "voila"
+    if not voila.is_file():
+        raise click.ClickException(f"voila is not installed in {voila.parent}; run make setup")
+    child_env = {**os.environ, "LOOPLAB_PROJECT_ROOT": str(root)}
+    if env:
+        child_env["KEDRO_ENV"] = env
+    command = [str(voila), f"notebooks/apps/{app}.ipynb", "--no-browser", f"--Voila.ip={host}", f"--port={port}"]
+    click.echo(f"looplab apps: {app} on http://{host}:{port}/ (config environment: {env or child_env.get('KEDRO_ENV') or 'local'}; Ctrl-C stops)", err=True)
+    # Voila takes this process's place, so Ctrl-C and a terminating signal reach it directly
+    os.chdir(root)
+    os.execve(command[0], command, child_env)
+
+
 if __name__ == "__main__":
     cli()

@@ -1,0 +1,132 @@
+"""`make serve` as a user runs it: the champion on two serving workers behind the real nginx gateway.
+
+Promote and rollback move the served version while requests flow through the gateway; none fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+import requests
+
+from looplab.core import load_config
+from looplab.versioning import load_version
+
+from conftest import copy_project, free_port, kedro_run
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="nginx is missing: run make system-packages")
+
+
+def wait_until(condition, seconds: float, what: str, poll: float = 0.3):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
+        time.sleep(poll)
+
+
+@pytest.fixture(scope="module")
+def served(root, tmp_path_factory, tool, quiet_env):
+    "Two registered versions (1 champion), two serving workers and the gateway, all on free loopback ports."
+    project = copy_project(root, tmp_path_factory.mktemp("serve") / "project")
+    kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
+    kedro_run(tool, quiet_env, project, "-p", "training", "--env", "test")
+    kedro_run(tool, quiet_env, project, "-p", "training", "--env", "test",
+              "--params", "training.model.family=linear,training.seed=7")
+    serving_port, gateway_port = free_port(), free_port()
+    while gateway_port in (serving_port, serving_port + 1):
+        gateway_port = free_port()
+    (project / "conf" / "local" / "serving.yml").write_text(
+        f"serving:\n  port: {serving_port}\n  workers: 2\n  poll_interval_seconds: 0.5\n"
+    )
+    # nginx's workers run as an unprivileged user, who must be able to enter the run folder.
+    run_dir = tempfile.mkdtemp(prefix="looplab-gateway-")
+    os.chmod(run_dir, 0o755)
+    (project / "conf" / "local" / "gateway.yml").write_text(
+        f"gateway:\n  listen: 127.0.0.1:{gateway_port}\n  run_dir: {run_dir}\n"
+    )
+    logs = tmp_path_factory.mktemp("serve-logs")
+    env = {**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project)}
+    processes = []
+    try:
+        for name, command in (("serve", [tool("looplab"), "serve", "--workers", "2"]), ("gateway", [tool("looplab"), "gateway"])):
+            log = (logs / f"{name}.log").open("w")
+            processes.append(subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT))
+        yield {"project": project, "url": f"http://127.0.0.1:{gateway_port}", "logs": logs, "env": env}
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def a_record(project) -> dict:
+    params = load_config(env="test", root=project)
+    evaluation = load_version(project / "data" / "05_model_input" / "evaluation_set.parquet")
+    row = evaluation[params["training"]["features"]].iloc[0]
+    return {key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()}
+
+
+def test_promote_and_rollback_through_the_gateway_fail_no_request(served, tool):
+    url = f"{served['url']}/v1/models/bike-demand/predict"
+    body = {"records": [a_record(served["project"])]}
+
+    def answers():
+        try:
+            response = requests.post(url, json=body, timeout=5)
+            return response if response.status_code == 200 else None
+        except requests.ConnectionError:
+            return None
+
+    first = wait_until(answers, 90, "the champion answering through the gateway")
+    assert first.json()["model_version"] == "1"
+
+    results, stop = [], threading.Event()
+
+    def traffic():
+        with requests.Session() as session:
+            while not stop.is_set() and len(results) < 20000:
+                response = session.post(url, json=body, timeout=10)
+                results.append((response.status_code, response.json().get("model_version")))
+
+    senders = [threading.Thread(target=traffic) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    try:
+        for command, version in ((["promote", "bike-demand", "2"], "2"), (["rollback", "bike-demand"], "1")):
+            changed = subprocess.run([tool("looplab"), *command], cwd=served["project"], env=served["env"],
+                                     capture_output=True, text=True, timeout=120)
+            assert changed.returncode == 0, changed.stderr
+            seen = len(results)
+
+            def serving(version=version, seen=seen):
+                return any(v == version for _, v in results[seen:])
+
+            wait_until(serving, 60, f"version {version} being served")
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(timeout=30)
+    statuses = {status for status, _ in results}
+    assert statuses == {200}, f"failed requests during the alias moves: {statuses}"
+    versions = [version for _, version in results]
+    assert "2" in versions and versions[-1] == "1"
+
+
+def test_the_gateway_refuses_bad_input_with_the_servings_422(served):
+    response = requests.post(f"{served['url']}/v1/models/bike-demand/predict",
+                             json={"records": [{"hr": "noon"}]}, timeout=10)
+    assert response.status_code == 422
+    assert "hr" in response.text
