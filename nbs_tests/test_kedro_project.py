@@ -41,7 +41,8 @@ def test_default_pipeline_is_the_loop_so_far():
     assert "data" in pipelines
     default = pipelines["__default__"]
     assert default.nodes, "the default pipeline must have nodes, or `kedro run` fails"
-    assert {node.name for node in pipelines["data"].nodes} <= {node.name for node in default.nodes}
+    for layer in ("data", "training", "deployment"):
+        assert {node.name for node in pipelines[layer].nodes} <= {node.name for node in default.nodes}, layer
 
 
 def test_data_pipeline_slice_on_an_in_memory_catalog(root):
@@ -72,6 +73,10 @@ def test_kedro_run_with_the_run_config(tool, quiet_env, project_copy):
     assert validated["timestamp"].min() == pd.Timestamp(parameters["demo"]["year_start"])
     assert validated["timestamp"].max() == expected_end - pd.Timedelta(hours=1)
     assert validated["timestamp"].is_unique
+    # The loop goes on past the data: a registered champion, deployed into the serving cache.
+    deployment = json.loads((project_copy / "data" / "08_reporting" / "deployment.json").read_text())
+    assert (deployment["model_name"], deployment["version"], deployment["source"]) == ("bike-demand", "1", "registry")
+    assert any(Path(deployment["cache_dir"]).rglob("model.skops"))
 
 
 def test_kedro_viz_build_draws_the_pipelines(tool, quiet_env, project_copy):

@@ -40,6 +40,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.deployment.ServedModel.predict': ( 'deployment.html#servedmodel.predict',
                                                                                 'looplab/deployment.py'),
                                     'looplab.deployment.cache_folder': ('deployment.html#cache_folder', 'looplab/deployment.py'),
+                                    'looplab.deployment.deploy_model': ('deployment.html#deploy_model', 'looplab/deployment.py'),
                                     'looplab.deployment.load_cache': ('deployment.html#load_cache', 'looplab/deployment.py'),
                                     'looplab.deployment.read_signature': ('deployment.html#read_signature', 'looplab/deployment.py'),
                                     'looplab.deployment.save_cache': ('deployment.html#save_cache', 'looplab/deployment.py'),

@@ -17,7 +17,8 @@ from typing import Any
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['signature_columns', 'read_signature', 'cache_folder', 'save_cache', 'load_cache', 'ServedModel', 'ModelHolder']
+__all__ = ['signature_columns', 'read_signature', 'cache_folder', 'save_cache', 'load_cache', 'ServedModel', 'ModelHolder',
+           'deploy_model']
 
 # %% ../../notebooks/30_deployment.ipynb #e318599c
 def signature_columns(
@@ -245,3 +246,27 @@ class ModelHolder:
         return {"model_name": self.name, "version": held.version if held else None, "alias": self.alias,
                 "source": held.source if held else None, "tracking_reachable": self.tracking_reachable,
                 "last_error": self.last_error, "loaded_at": held.loaded_at if held else None, "ready": held is not None}
+
+# %% ../../notebooks/30_deployment.ipynb #f7144477
+def deploy_model(
+    registration: dict,                 # the training pipeline's `registration` (orders this step after it)
+    env: str | None = None,             # config environment; `$KEDRO_ENV` or local when None
+    root: Path | str | None = None,     # project root; found when None
+) -> dict[str, Any]:                    # what is deployed: `ModelHolder.status()` plus the cache folder
+    "The Kedro node: load the served alias through the registry and leave it in the serving cache."
+    from looplab.core import find_project_root, load_config, mlflow_settings
+
+    root = find_project_root(root)
+    settings = load_config("serving", env=env, root=root)["serving"]
+    cache = Path(settings["cache_dir"])
+    cache = cache if cache.is_absolute() else root / cache
+    holder = ModelHolder(settings["model_name"], settings.get("alias", "champion"), cache_dir=cache,
+                         tracking=mlflow_settings(env, root))
+    holder.refresh()
+    if not holder.ready or holder.status()["source"] != "registry":
+        raise RuntimeError(f"deployment: {settings['model_name']}@{settings.get('alias', 'champion')} "
+                           f"cannot be loaded from the registry: {holder.last_error}")
+    deployed = {**holder.status(), "cache_dir": str(cache), "registered_version": registration.get("version")}
+    _logger.info("deployed %s version %s (alias %s) to the serving cache %s",
+                 deployed["model_name"], deployed["version"], deployed["alias"], cache)
+    return deployed
