@@ -68,9 +68,10 @@ def execute(base: str, kernel_id: str, code: str, timeout: float = 60) -> dict:
                     "allow_stdin": False, "stop_on_error": True},
     }))
     result = {"stdout": "", "error": None, "status": None}
+    idle = False  # outputs arrive on iopub, the reply on shell: done when both are in
     deadline = time.monotonic() + timeout
     try:
-        while result["status"] is None:
+        while result["status"] is None or not idle:
             assert time.monotonic() < deadline, f"no execute_reply within {timeout} s: {result}"
             message = json.loads(socket.recv())
             if message.get("parent_header", {}).get("msg_id") != message_id:
@@ -82,6 +83,8 @@ def execute(base: str, kernel_id: str, code: str, timeout: float = 60) -> dict:
                 result["error"] = f"{content['ename']}: {content['evalue']}"
             elif kind == "execute_reply":
                 result["status"] = content["status"]
+            elif kind == "status" and content["execution_state"] == "idle":
+                idle = True
     finally:
         socket.close()
     return result
