@@ -69,3 +69,24 @@ def kedro_run(tool, env, project: Path, *args: str, check: bool = True) -> subpr
 def latest_json(folder: Path) -> dict:
     versions = sorted(p for p in folder.iterdir() if p.is_dir())
     return json.loads((versions[-1] / folder.name).read_text())
+
+
+def project_with_models(root: Path, destination: Path, tool, env: dict, second_version: bool = False) -> Path:
+    "A project copy with the test data and `bike-demand` version 1 as champion; with `second_version`, a linear version 2 too."
+    project = copy_project(root, destination)
+    kedro_run(tool, env, project, "-p", "data", "--env", "test")
+    kedro_run(tool, env, project, "-p", "training", "--env", "test")
+    if second_version:
+        kedro_run(tool, env, project, "-p", "training", "--env", "test",
+                  "--params", "training.model.family=linear,training.seed=7")
+    return project
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    "Terminate a child process, and kill it when it does not stop within `timeout` seconds."
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import copy_project, free_port, kedro_run
+from conftest import free_port, project_with_models, stop_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's c
 @pytest.fixture(scope="module")
 def project(root, tmp_path_factory, tool, quiet_env):
     "A project copy with a registered champion (bike-demand version 1) and the app notebook."
-    project = copy_project(root, tmp_path_factory.mktemp("app") / "project")
-    kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
-    kedro_run(tool, quiet_env, project, "-p", "training", "--env", "test")
+    project = project_with_models(root, tmp_path_factory.mktemp("app") / "project", tool, quiet_env)
     (project / "notebooks" / "apps").mkdir(parents=True)
     shutil.copy(root / "notebooks" / "apps" / "serving.ipynb", project / "notebooks" / "apps")
     return project
@@ -60,12 +58,7 @@ def app_url(project, tool, quiet_env, tmp_path_factory):
                 time.sleep(0.3)
             yield url
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=10)
+            stop_process(server, timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import requests
 import websocket
 
-from conftest import free_port
+from conftest import free_port, stop_process
 
 TOKEN = uuid.uuid4().hex
 
@@ -46,11 +46,7 @@ def jupyterlab(tool, quiet_env, root, tmp_path_factory):
             time.sleep(0.3)
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, timeout=20)
         log.close()
 
 

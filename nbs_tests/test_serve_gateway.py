@@ -18,7 +18,7 @@ import requests
 from looplab.core import load_config
 from looplab.versioning import load_version
 
-from conftest import copy_project, free_port, kedro_run
+from conftest import free_port, project_with_models, stop_process
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="nginx is missing: run make system-packages")
 
@@ -36,11 +36,7 @@ def wait_until(condition, seconds: float, what: str, poll: float = 0.3):
 @pytest.fixture(scope="module")
 def served(root, tmp_path_factory, tool, quiet_env):
     "Two registered versions (1 champion), two serving workers and the gateway, all on free loopback ports."
-    project = copy_project(root, tmp_path_factory.mktemp("serve") / "project")
-    kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
-    kedro_run(tool, quiet_env, project, "-p", "training", "--env", "test")
-    kedro_run(tool, quiet_env, project, "-p", "training", "--env", "test",
-              "--params", "training.model.family=linear,training.seed=7")
+    project = project_with_models(root, tmp_path_factory.mktemp("serve") / "project", tool, quiet_env, second_version=True)
     serving_port, gateway_port = free_port(), free_port()
     while gateway_port in (serving_port, serving_port + 1):
         gateway_port = free_port()
@@ -63,12 +59,7 @@ def served(root, tmp_path_factory, tool, quiet_env):
         yield {"project": project, "url": f"http://127.0.0.1:{gateway_port}", "logs": logs, "env": env}
     finally:
         for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
-from conftest import copy_project, free_port, kedro_run
+from conftest import free_port, project_with_models, stop_process
 
 MODEL = "bike-demand"
 PREDICT = f"/v1/models/{MODEL}/predict"
@@ -25,10 +25,7 @@ PREDICT = f"/v1/models/{MODEL}/predict"
 @pytest.fixture(scope="module")
 def project(root, tmp_path_factory, tool, quiet_env):
     "A project copy with the test data, the champion (version 1) and a second, linear version (2) that is not champion."
-    project = copy_project(root, tmp_path_factory.mktemp("serving") / "project")
-    kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
-    kedro_run(tool, quiet_env, project, "-p", "training", "--env", "test")
-    kedro_run(tool, quiet_env, project, "-p", "training", "--env", "test", "--params", "training.model.family=linear,training.seed=7")
+    project = project_with_models(root, tmp_path_factory.mktemp("serving") / "project", tool, quiet_env, second_version=True)
     from looplab import registry
 
     client = registry.registry_client(f"sqlite:///{project}/mlflow.db")
@@ -266,12 +263,7 @@ def server(project, tool, quiet_env, tmp_path_factory):
                 time.sleep(0.2)
         yield port, log_path
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 

@@ -8,16 +8,13 @@ import subprocess
 import mlflow
 import pytest
 
-from conftest import copy_project, kedro_run
+from conftest import project_with_models, stop_process
 
 
 @pytest.fixture(scope="module")
 def project(root, tmp_path_factory, tool, quiet_env):
     "A project copy with the test environment's data and one `kedro run -p training`."
-    project = copy_project(root, tmp_path_factory.mktemp("training") / "project")
-    kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
-    kedro_run(tool, quiet_env, project, "-p", "training", "--env", "test")
-    return project
+    return project_with_models(root, tmp_path_factory.mktemp("training") / "project", tool, quiet_env)
 
 
 def looplab(tool, env, project, *args: str) -> subprocess.CompletedProcess:
@@ -124,9 +121,5 @@ def test_the_registered_model_is_visible_in_the_mlflow_ui(project, tool, quiet_e
         assert aliases["champion"] == "1"
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).ok, "the UI page itself is served"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, timeout=20)
         log.close()
