@@ -239,7 +239,7 @@ def test_classification_uses_the_classifiers(demo, sets):
 
 
 def test_the_kedro_nodes_run_as_wired(demo, monkeypatch, tmp_path):
-    "train_model and evaluate_model wired as the training pipeline's contract says, on an in-memory catalog."
+    "train_model and evaluate_model wired as the training pipeline wires them, on an in-memory catalog."
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.pipeline import Node, Pipeline
     from kedro.runner import SequentialRunner
