@@ -86,17 +86,23 @@ lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv)
 		--no-emit-package lark -o requirements.lock
 
 # Benchmarks: each writes benchmarks/results/<name>.json and prints one summary line.
-.PHONY: bench bench-data bench-training
+.PHONY: bench bench-data bench-training bench-serving
 SIZES ?= 1000000 10000000
 REPS ?= 3
+DURATION ?= 15
 
-bench: setup bench-data bench-training  ## run every benchmark
+bench: setup bench-data bench-training bench-serving  ## run every benchmark
 
 bench-data: setup  ## data layer at 1M and 10M rows: rows/s, peak RSS, time ratio (SIZES="100000 1000000" to override)
 	$(BIN)/python benchmarks/data/run.py --sizes $(SIZES)
 
 bench-training: setup  ## one training run direct / kedro run -p training / papermill: wall times, overheads (REPS=3)
 	$(BIN)/python benchmarks/training/run.py --repetitions $(REPS)
+
+bench-serving: setup system-packages  ## mlflow models serve vs looplab through nginx under wrk: rps, p50/p99, 10k-row batch rows/s (DURATION=15)
+	@test -x /usr/bin/wrk || { if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
+		else echo "error: wrk is missing; run as root or apt-get install wrk" >&2; exit 1; fi; }
+	DURATION=$(DURATION) $(BIN)/python benchmarks/serving/run.py
 
 # Serving: the champion on $(SERVE_WORKERS) uvicorn workers behind the nginx gateway; Ctrl-C stops both.
 .PHONY: serve

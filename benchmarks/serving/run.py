@@ -1,0 +1,329 @@
+"""The serving benchmark: the same registered model served by `mlflow models serve` and by looplab through nginx.
+
+Set-up (not timed): a temporary project copy, `kedro run -p data --env test` and `kedro run -p
+training --env test`, so `bike-demand` version 1 is the champion in the copy's own store. Then, one
+after the other, on 127.0.0.1 and under the same load generator (wrk, 2 threads, 16 connections,
+one-row JSON POSTs, DURATION seconds each, default 15):
+
+- mlflow (the anchor): `mlflow models serve -m models:/bike-demand@champion -w 2 --env-manager local`,
+  body `{"dataframe_records": [row]}` at /invocations;
+- looplab: `looplab serve --workers 2` behind `looplab gateway` (nginx), body `{"records": [row]}`
+  at /v1/models/bike-demand/predict; the gateway's rate limit raised out of the way and its body
+  limit raised for the batch test.
+
+Then the batch test: N sequential POSTs of 10,000 rows to looplab through the gateway, rows/s.
+Targets: looplab rps ≥ 10 × mlflow's; looplab p99 ≤ 25 ms; batch ≥ 500,000 rows/s.
+
+    .venv/bin/python benchmarks/serving/run.py                 # 15 s per server
+    DURATION=5 .venv/bin/python benchmarks/serving/run.py --out /tmp/serving.json
+
+Progress goes to standard error; the last line on standard output is the one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "serving.json"
+BIN = Path(sys.executable).parent
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+MODEL = "bike-demand"
+RPS_RATIO_MIN = 10.0
+P99_MAX_MS = 25.0
+BATCH_ROWS_PER_S_MIN = 500_000
+BATCH_ROWS = 10_000
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def child_env(project: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("LOOPLAB_PROJECT_ROOT", "KEDRO_ENV")}
+    # `mlflow models serve` runs `uvicorn` by name: the environment's bin must come first on PATH.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return {**env, "DO_NOT_TRACK": "1", "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1",
+            "LOOPLAB_PROJECT_ROOT": str(project), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+
+
+def free_port(taken: set[int]) -> int:
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if not {port, port + 1} & taken:
+            taken.update({port, port + 1})
+            return port
+
+
+def copy_project(destination: Path) -> Path:
+    "The files `kedro run` needs (as nbs_tests/conftest.py copies them), so runs write only into `destination`."
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("pyproject.toml", "kedro.yml", ".telemetry"):
+        if (ROOT / name).is_file():
+            shutil.copy(ROOT / name, destination)
+    shutil.copytree(ROOT / "conf", destination / "conf", ignore=shutil.ignore_patterns("__pycache__", "local"))
+    (destination / "conf" / "local").mkdir(exist_ok=True)
+    shutil.copytree(ROOT / "src", destination / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (destination / "data" / "01_raw").mkdir(parents=True)
+    shutil.copy(ROOT / "data" / "01_raw" / "Bikeshare.csv", destination / "data" / "01_raw")
+    return destination
+
+
+def run(command: list[str], project: Path, log: Path) -> float:
+    started = time.perf_counter()
+    with log.open("w", encoding="utf-8") as output:
+        done = subprocess.run(command, cwd=project, env=child_env(project), stdout=output, stderr=subprocess.STDOUT,
+                              timeout=900, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:])
+        raise SystemExit(f"bench-serving: {' '.join(command)} failed (exit {done.returncode}):\n{tail}")
+    return time.perf_counter() - started
+
+
+def start(command: list[str], project: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
+    output = log.open("w", encoding="utf-8")
+    return subprocess.Popen(command, cwd=project, env={**child_env(project), **(env or {})}, stdout=output,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    "Stop a server and everything it started (its own process group)."
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=timeout)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(process.pid, 9)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+
+
+def post(url: str, body: bytes, timeout: float = 30) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return 0, b""
+
+
+def wait_ready(url: str, body: bytes, process: subprocess.Popen, log: Path, seconds: float = 180) -> bytes:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench-serving: server exited ({process.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+        status, answer = post(url, body, timeout=5)
+        if status == 200:
+            return answer
+        time.sleep(0.5)
+    raise SystemExit(f"bench-serving: {url} did not answer 200 within {seconds:.0f} s; see {log}:\n{log.read_text()[-3000:]}")
+
+
+def records(project: Path, rows: int) -> list[dict]:
+    "`rows` feature rows of the evaluation set (repeated when it is shorter), as JSON-ready dictionaries."
+    sys.path.insert(0, str(project / "src"))
+    from looplab.core import load_config
+    from looplab.versioning import load_version
+    features = load_config(env="test", root=project)["training"]["features"]
+    # complete rows only: looplab's schema refuses null lags (JSON has no NaN), mlflow's accepts them
+    frame = load_version(project / "data" / "05_model_input" / "evaluation_set.parquet")[features].dropna()
+    repeated = frame.sample(n=rows, replace=len(frame) < rows, random_state=0) if rows > 1 else frame.iloc[:1]
+    return json.loads(repeated.to_json(orient="records", date_format="iso"))
+
+
+def ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url: str, body: bytes, work: Path, name: str, duration: int, threads: int, connections: int) -> dict:
+    script = work / f"{name}.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body.decode())}\n", encoding="utf-8")
+    command = [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
+    (work / f"{name}.wrk.txt").write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode != 0:
+        raise SystemExit(f"bench-serving: wrk failed on {url}:\n{done.stdout}\n{done.stderr}")
+    text = done.stdout
+    percentiles = {f"p{p}_ms": ms(v, u) for p, v, u in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)}
+    total = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)), **percentiles,
+            "requests": int(total.group(1)) if total else None, "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": dict(zip(("connect", "read", "write", "timeout"), map(int, socket_errors.groups()), strict=True))
+            if socket_errors else None, "command": " ".join(command[:-3] + [script.name, url])}
+
+
+def batch(url: str, body: bytes, count: int) -> dict:
+    "Sequential POSTs of a 10,000-row body: per-request seconds and rows/s."
+    import http.client
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    times = []
+    try:
+        for _ in range(count + 1):  # the first is a warm-up
+            started = time.perf_counter()
+            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise SystemExit(f"bench-serving: the batch request failed ({response.status}): {answer[:500]!r}")
+            times.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    times = times[1:]
+    times.sort()
+    median = times[len(times) // 2]
+    return {"requests": count, "rows_per_request": BATCH_ROWS, "body_bytes": len(body), "median_s": median,
+            "min_s": times[0], "max_s": times[-1], "rows_per_second": BATCH_ROWS / median,
+            "rows_per_second_overall": BATCH_ROWS * count / sum(times)}
+
+
+def machine() -> dict:
+    versions = {}
+    for package in ("mlflow", "scikit-learn", "skops", "fastapi", "uvicorn", "pandas"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    nginx = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False).stderr.strip()
+    wrk_version = subprocess.run([WRK, "-v"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
+    return {"cores": os.cpu_count(), "load_average_1min": os.getloadavg()[0], "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions, "nginx": nginx, "wrk": wrk_version[0] if wrk_version else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=int(os.environ.get("DURATION", "15")),
+                        help="seconds of load per server (default: $DURATION or 15)")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=20, help="timed 10,000-row requests (default 20)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary project and the logs")
+    args = parser.parse_args(argv)
+    if not os.path.exists(WRK):
+        raise SystemExit("bench-serving: wrk is missing (make bench-serving installs it as root: apt-get install wrk)")
+    if not os.path.exists("/usr/sbin/nginx"):
+        raise SystemExit("bench-serving: nginx is missing: run make system-packages")
+
+    info = machine()
+    temp = Path(tempfile.mkdtemp(prefix="looplab-bench-serving-"))
+    run_dir = Path(tempfile.mkdtemp(prefix="looplab-bench-gateway-"))
+    os.chmod(run_dir, 0o755)  # nginx's workers run as an unprivileged user, who must be able to enter it
+    processes: list[subprocess.Popen] = []
+    results: dict = {}
+    try:
+        project, work = copy_project(temp / "project"), temp / "work"
+        work.mkdir()
+        say(f"[setup] project copy in {project}; kedro run -p data / -p training (--env test)")
+        setup_s = run([str(BIN / "kedro"), "run", "-p", "data", "--env", "test"], project, work / "data.log")
+        setup_s += run([str(BIN / "kedro"), "run", "-p", "training", "--env", "test"], project, work / "training.log")
+        say(f"[setup] champion registered in {setup_s:.1f} s")
+        one = records(project, 1)
+        big = records(project, BATCH_ROWS)
+        taken: set[int] = set()
+        mlflow_port, serving_port, gateway_port = free_port(taken), free_port(taken), free_port(taken)
+
+        # mlflow models serve: the anchor
+        say(f"[mlflow] mlflow models serve -w 2 --env-manager local on :{mlflow_port}")
+        mlflow = start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion", "-w", "2",
+                        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)], project, work / "mlflow.log")
+        processes.append(mlflow)
+        mlflow_url = f"http://127.0.0.1:{mlflow_port}/invocations"
+        mlflow_body = json.dumps({"dataframe_records": one}).encode()
+        mlflow_answer = wait_ready(mlflow_url, mlflow_body, mlflow, work / "mlflow.log")
+        say(f"[mlflow] ready: {mlflow_answer[:120]!r}; wrk {args.duration} s")
+        results["mlflow"] = wrk(mlflow_url, mlflow_body, work, "mlflow", args.duration, args.threads, args.connections)
+        say(f"[mlflow] {results['mlflow']['rps']:.0f} rps, p50 {results['mlflow'].get('p50_ms')} ms, p99 {results['mlflow'].get('p99_ms')} ms")
+        stop(mlflow)
+
+        # looplab serve + gateway
+        (project / "conf" / "local" / "serving.yml").write_text(f"serving:\n  port: {serving_port}\n  workers: 2\n")
+        (project / "conf" / "local" / "gateway.yml").write_text(
+            f"gateway:\n  listen: 127.0.0.1:{gateway_port}\n  run_dir: {run_dir}\n  max_body_size: 16m\n"
+            "  rate_limit:\n    requests_per_second: 1000000\n    burst: 100000\n")
+        say(f"[looplab] looplab serve --workers 2 on :{serving_port}+i, looplab gateway on :{gateway_port}")
+        serve = start([str(BIN / "looplab"), "serve", "--workers", "2"], project, work / "serve.log")
+        processes.append(serve)
+        gateway = start([str(BIN / "looplab"), "gateway"], project, work / "gateway.log")
+        processes.append(gateway)
+        looplab_url = f"http://127.0.0.1:{gateway_port}/v1/models/{MODEL}/predict"
+        looplab_body = json.dumps({"records": one}).encode()
+        looplab_answer = wait_ready(looplab_url, looplab_body, serve, work / "serve.log")
+        say(f"[looplab] ready: {looplab_answer[:120]!r}; warm-up 2 s, then wrk {args.duration} s")
+        wrk(looplab_url, looplab_body, work, "looplab-warmup", 2, args.threads, args.connections)
+        results["looplab"] = wrk(looplab_url, looplab_body, work, "looplab", args.duration, args.threads, args.connections)
+        say(f"[looplab] {results['looplab']['rps']:.0f} rps, p50 {results['looplab'].get('p50_ms')} ms, p99 {results['looplab'].get('p99_ms')} ms")
+        # the same load on the first worker alone, without nginx: where the time goes
+        direct_url = f"http://127.0.0.1:{serving_port}/v1/models/{MODEL}/predict"
+        results["looplab_worker_direct"] = wrk(direct_url, looplab_body, work, "looplab-direct", args.duration, args.threads, args.connections)
+        say(f"[looplab, one worker, no nginx] {results['looplab_worker_direct']['rps']:.0f} rps, "
+            f"p50 {results['looplab_worker_direct'].get('p50_ms')} ms, p99 {results['looplab_worker_direct'].get('p99_ms')} ms")
+        say(f"[batch] {args.batches} × {BATCH_ROWS} rows through the gateway")
+        results["batch"] = batch(looplab_url, json.dumps({"records": big}).encode(), args.batches)
+        say(f"[batch] median {results['batch']['median_s'] * 1000:.1f} ms: {results['batch']['rows_per_second']:.0f} rows/s")
+    finally:
+        for process in reversed(processes):
+            stop(process)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if args.keep:
+            say(f"kept {temp}")
+        else:
+            shutil.rmtree(temp, ignore_errors=True)
+
+    ratio = results["looplab"]["rps"] / results["mlflow"]["rps"]
+    met = {"rps_ratio": ratio >= RPS_RATIO_MIN, "looplab_p99": results["looplab"]["p99_ms"] <= P99_MAX_MS,
+           "batch_rows_per_second": results["batch"]["rows_per_second"] >= BATCH_ROWS_PER_S_MIN}
+    result = {"benchmark": "serving", "machine": info, **results, "rps_ratio": ratio,
+              "targets": {"rps_ratio_min": RPS_RATIO_MIN, "looplab_p99_ms_max": P99_MAX_MS,
+                          "batch_rows_per_second_min": BATCH_ROWS_PER_S_MIN},
+              "met": met,
+              "settings": {"duration_s": args.duration, "threads": args.threads, "connections": args.connections,
+                           "body": "one row of the evaluation set's features", "model": f"models:/{MODEL}@champion (env test)",
+                           "mlflow": "mlflow models serve -w 2 --env-manager local; {\"dataframe_records\": [row]} → /invocations",
+                           "looplab": "looplab serve --workers 2 + looplab gateway (nginx); {\"records\": [row]} → /v1/models/bike-demand/predict; "
+                                      "rate limit raised, max_body_size 16m",
+                           "setup_s": setup_s},
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    mark = {True: "met", False: "not met"}
+    result["summary"] = (
+        f"serving ({args.connections} conn, {args.duration} s): mlflow {results['mlflow']['rps']:.0f} rps "
+        f"(p50 {results['mlflow']['p50_ms']:.1f} ms, p99 {results['mlflow']['p99_ms']:.1f} ms) · looplab {results['looplab']['rps']:.0f} rps "
+        f"(p50 {results['looplab']['p50_ms']:.1f} ms, p99 {results['looplab']['p99_ms']:.1f} ms) · ratio {ratio:.1f}× "
+        f"(target ≥ {RPS_RATIO_MIN:.0f}×: {mark[met['rps_ratio']]}; p99 ≤ {P99_MAX_MS:.0f} ms: {mark[met['looplab_p99']]}) · "
+        f"batch {results['batch']['rows_per_second'] / 1000:.0f}k rows/s (target ≥ {BATCH_ROWS_PER_S_MIN // 1000}k: "
+        f"{mark[met['batch_rows_per_second']]})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    say(f"wrote {args.out}")
+    print(result["summary"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
