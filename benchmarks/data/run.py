@@ -16,17 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # benchmarks/, for the shared helpers
+from common import machine, say, write_result  # noqa: E402
+
 DEFAULT_SIZES = (1_000_000, 10_000_000)
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "data.json"
 PEAK_RSS_MB_MAX = 3 * 1024          # at the largest size
@@ -39,10 +40,6 @@ NOT_TIMED = {
     "append_validated": "the whole-table upsert is replaced by one Parquet part per validated chunk (landing files hold whole regions, so keys do not cross chunks)",
     "mlflow": "validation reports are not logged to MLflow",
 }
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def peak_rss_mb() -> float:
@@ -251,31 +248,6 @@ def run_child(role: str, arguments: list[str], result: Path) -> dict:
     return json.loads(result.read_text(encoding="utf-8"))
 
 
-def machine() -> dict:
-    memory = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    versions = {}
-    for package in ("pandas", "numpy", "pyarrow", "pandera"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gb": memory,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "packages": versions,
-    }
-
-
 def assess(sizes: list[dict]) -> dict:
     "Targets and whether they are met: the anchor is the smallest size, the RSS limit applies to the largest."
     anchor, largest = sizes[0], sizes[-1]
@@ -368,17 +340,13 @@ def main(argv: list[str] | None = None) -> int:
         results.append(size)
         say(f"[{label}] {size['seconds']:.1f} s, {short_rate(size['rows_per_second'])} rows/s, peak RSS {short_mb(size['peak_rss_mb'])}")
 
-    result = {"benchmark": "data", "machine": machine(), "sizes": results, **assess(results),
+    result = {"benchmark": "data", "machine": machine(("pandas", "numpy", "pyarrow", "pandera")), "sizes": results, **assess(results),
               "settings": {"regions_per_file": args.regions_per_file, "entities_per_chunk": args.entities_per_chunk,
                            "bad_share": args.bad_share, "seed": args.seed, "steps": list(STEPS)},
               "not_timed": NOT_TIMED,
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result["summary"] = summary(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    say(f"wrote {args.out}")
-    print(result["summary"])
-    return 0
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -33,11 +32,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # benchmarks/, for the shared helpers
+from common import copy_project, machine, say, write_result  # noqa: E402
+
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "serving.json"
 BIN = Path(sys.executable).parent
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -46,10 +47,6 @@ RPS_RATIO_MIN = 10.0
 P99_MAX_MS = 25.0
 BATCH_ROWS_PER_S_MIN = 500_000
 BATCH_ROWS = 10_000
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def child_env(project: Path) -> dict[str, str]:
@@ -68,20 +65,6 @@ def free_port(taken: set[int]) -> int:
         if not {port, port + 1} & taken:
             taken.update({port, port + 1})
             return port
-
-
-def copy_project(destination: Path) -> Path:
-    "The files `kedro run` needs (as nbs_tests/conftest.py copies them), so runs write only into `destination`."
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in ("pyproject.toml", "kedro.yml", ".telemetry"):
-        if (ROOT / name).is_file():
-            shutil.copy(ROOT / name, destination)
-    shutil.copytree(ROOT / "conf", destination / "conf", ignore=shutil.ignore_patterns("__pycache__", "local"))
-    (destination / "conf" / "local").mkdir(exist_ok=True)
-    shutil.copytree(ROOT / "src", destination / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (destination / "data" / "01_raw").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / "01_raw" / "Bikeshare.csv", destination / "data" / "01_raw")
-    return destination
 
 
 def run(command: list[str], project: Path, log: Path) -> float:
@@ -203,17 +186,12 @@ def batch(url: str, body: bytes, count: int) -> dict:
             "rows_per_second_overall": BATCH_ROWS * count / sum(times)}
 
 
-def machine() -> dict:
-    versions = {}
-    for package in ("mlflow", "scikit-learn", "skops", "fastapi", "uvicorn", "pandas"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
+def machine_facts() -> dict:
+    "The shared machine facts, plus the nginx and wrk versions."
     nginx = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False).stderr.strip()
     wrk_version = subprocess.run([WRK, "-v"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
-    return {"cores": os.cpu_count(), "load_average_1min": os.getloadavg()[0], "python": platform.python_version(),
-            "platform": platform.platform(), "packages": versions, "nginx": nginx, "wrk": wrk_version[0] if wrk_version else None}
+    return {**machine(("mlflow", "scikit-learn", "skops", "fastapi", "uvicorn", "pandas")),
+            "nginx": nginx, "wrk": wrk_version[0] if wrk_version else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.exists("/usr/sbin/nginx"):
         raise SystemExit("bench-serving: nginx is missing: run make system-packages")
 
-    info = machine()
+    info = machine_facts()
     temp = Path(tempfile.mkdtemp(prefix="looplab-bench-serving-"))
     run_dir = Path(tempfile.mkdtemp(prefix="looplab-bench-gateway-"))
     os.chmod(run_dir, 0o755)  # nginx's workers run as an unprivileged user, who must be able to enter it
@@ -318,11 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(target ≥ {RPS_RATIO_MIN:.0f}×: {mark[met['rps_ratio']]}; p99 ≤ {P99_MAX_MS:.0f} ms: {mark[met['looplab_p99']]}) · "
         f"batch {results['batch']['rows_per_second'] / 1000:.0f}k rows/s (target ≥ {BATCH_ROWS_PER_S_MIN // 1000}k: "
         f"{mark[met['batch_rows_per_second']]})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    say(f"wrote {args.out}")
-    print(result["summary"])
-    return 0
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

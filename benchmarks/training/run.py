@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -36,11 +35,13 @@ import sys
 import tempfile
 import time
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # benchmarks/, for the shared helpers
+from common import copy_project, machine, say, write_result  # noqa: E402
+
 NOTEBOOK = ROOT / "notebooks" / "runs" / "train.ipynb"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "training.json"
 BIN = Path(sys.executable).parent
@@ -93,10 +94,6 @@ CELL_GROUPS = (
 DISPLAY_GROUP = "tables_plots_report"
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -105,20 +102,6 @@ def child_env() -> dict[str, str]:
     "The environment of every timed process: no telemetry, no project root or Kedro env inherited."
     env = {key: value for key, value in os.environ.items() if key not in ("LOOPLAB_PROJECT_ROOT", "KEDRO_ENV")}
     return {**env, "DO_NOT_TRACK": "1", "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
-
-
-def copy_project(destination: Path) -> Path:
-    "The files `kedro run` needs (as nbs_tests/conftest.py copies them), so runs write only into `destination`."
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in ("pyproject.toml", "kedro.yml", ".telemetry"):
-        if (ROOT / name).is_file():
-            shutil.copy(ROOT / name, destination)
-    shutil.copytree(ROOT / "conf", destination / "conf", ignore=shutil.ignore_patterns("__pycache__", "local"))
-    (destination / "conf" / "local").mkdir(exist_ok=True)
-    shutil.copytree(ROOT / "src", destination / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (destination / "data" / "01_raw").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / "01_raw" / "Bikeshare.csv", destination / "data" / "01_raw")
-    return destination
 
 
 def timed(command: list[str], cwd: Path, log: Path) -> dict:
@@ -202,36 +185,6 @@ def papermill_breakdown(notebook: dict, wall: float) -> dict:
 
 
 # --- summary -----------------------------------------------------------------------------------
-
-def machine() -> dict:
-    memory = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    versions = {}
-    for package in ("kedro", "papermill", "nbclient", "ipykernel", "jupyter_client", "mlflow", "scikit-learn", "feast", "pandas"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = None
-    return {
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gb": memory,
-        "load_average_1min": load,  # at the start: other work on the machine widens the spread
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "packages": versions,
-    }
-
 
 def median_of(runs: list[dict], *path: str) -> float:
     values = []
@@ -332,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repetitions must be ≥ 1 and --warmup ≥ 0")
 
     data_label = f"env {args.env}" if args.env else "demo data, env local"
-    info = machine()
+    info = machine(("kedro", "papermill", "nbclient", "ipykernel", "jupyter_client", "mlflow", "scikit-learn", "feast", "pandas"))
     temp = Path(tempfile.mkdtemp(prefix="looplab-bench-training-", dir=args.workdir))
     runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
     try:
@@ -369,11 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "papermill": "papermill notebooks/runs/train.ipynb OUT -k looplab" + (f" -p env {args.env}" if args.env else "")}},
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result["summary"] = summary_line(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    say(f"wrote {args.out}")
-    print(result["summary"])
-    return 0
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":
