@@ -37,13 +37,20 @@ setup: $(STAMP) $(KERNEL)  ## create .venv from the lock and register the loopla
 run: setup  ## run the whole loop on embedded defaults (kedro run -c kedro.yml)
 	$(BIN)/kedro run -c kedro.yml
 
-# Debian packages some targets need (the gateway's nginx, Chromium for browser tests): installed
-# with apt-get when missing and running as root; otherwise the target stops and names them.
-system-packages:  ## install nginx-light, chromium and chromium-driver when missing (as root)
+# Debian packages some targets need: the gateway's nginx, Chromium for browser tests, wrk for load
+# tests, Prometheus + Alertmanager (promtool, amtool) for the monitoring stack, PostgreSQL and Redis
+# for the scale-out engines. Installed with apt-get when missing and running as root; otherwise the
+# target stops and names them.
+system-packages:  ## install the Debian packages the servers and tests need, when missing (as root)
 	@missing=""; \
 	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	test -x /usr/bin/chromedriver || missing="$$missing chromium-driver"; \
+	test -x /usr/bin/wrk || missing="$$missing wrk"; \
+	test -x /usr/bin/promtool || missing="$$missing prometheus"; \
+	test -x /usr/bin/amtool || missing="$$missing prometheus-alertmanager"; \
+	test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" -eq 0 ]; then \
 			echo "installing Debian packages:$$missing"; \
@@ -100,8 +107,6 @@ bench-training: setup  ## one training run direct / kedro run -p training / pape
 	$(BIN)/python benchmarks/training/run.py --repetitions $(REPS)
 
 bench-serving: setup system-packages  ## mlflow models serve vs looplab through nginx under wrk: rps, p50/p99, 10k-row batch rows/s (DURATION=15)
-	@test -x /usr/bin/wrk || { if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
-		else echo "error: wrk is missing; run as root or apt-get install wrk" >&2; exit 1; fi; }
 	DURATION=$(DURATION) $(BIN)/python benchmarks/serving/run.py
 
 # Serving: the champion on $(SERVE_WORKERS) uvicorn workers behind the nginx gateway; Ctrl-C stops both.
