@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export KEDRO_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup system-packages run test lint sync-check nbtest pytest lab viz viz-build lock clean-venv
+.PHONY: help setup system-packages run replay test lint sync-check nbtest pytest lab viz viz-build lock clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,8 +34,17 @@ $(KERNEL): $(STAMP)
 
 setup: $(STAMP) $(KERNEL)  ## create .venv from the lock and register the looplab kernel
 
-run: setup  ## run the whole loop on embedded defaults (kedro run -c kedro.yml)
+# `make run`: the loop once (data → training → deployment → monitoring), then a short replay of the
+# following weeks in which drift is detected, the trigger retrains and serving moves to the new champion.
+RUN_REPLAY_START ?= 2011-03-15
+RUN_REPLAY_END ?= 2011-04-30
+
+run: setup  ## run the whole loop on embedded defaults, then close it with a short replay (about 2 min)
 	$(BIN)/kedro run -c kedro.yml
+	$(BIN)/looplab replay --start $(RUN_REPLAY_START) --end $(RUN_REPLAY_END)
+
+replay: setup  ## replay the loop over the rest of the year (replay.start … replay.end) after `make run`
+	$(BIN)/looplab replay
 
 # Debian packages some targets need: the gateway's nginx, Chromium for browser tests, wrk for load
 # tests, Prometheus + Alertmanager (promtool, amtool) for the monitoring stack, PostgreSQL and Redis
@@ -73,7 +82,7 @@ nbtest: setup  ## run every notebook (library and test notebooks)
 pytest: setup  ## pytest over nbs_tests/ (exit 5, "no tests collected", is not a failure)
 	$(BIN)/pytest nbs_tests; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
 
-test: setup system-packages lint sync-check nbtest pytest  ## set-up, ruff, sync guard, every notebook, pytest
+test: setup system-packages setup-airflow lint sync-check nbtest pytest  ## set-up, ruff, sync guard, every notebook, pytest
 
 lab: setup  ## JupyterLab on $(HOST) with the looplab kernel
 	$(BIN)/jupyter lab --ip=$(HOST) --no-browser --notebook-dir=. $(ALLOW_ROOT)
@@ -98,7 +107,7 @@ SIZES ?= 1000000 10000000
 REPS ?= 3
 DURATION ?= 15
 
-bench: setup bench-data bench-training bench-serving  ## run every benchmark
+bench: setup bench-data bench-training bench-serving bench-monitoring  ## run every benchmark
 
 bench-data: setup  ## data layer at 1M and 10M rows: rows/s, peak RSS, time ratio (SIZES="100000 1000000" to override)
 	$(BIN)/python benchmarks/data/run.py --sizes $(SIZES)
@@ -108,6 +117,12 @@ bench-training: setup  ## one training run direct / kedro run -p training / pape
 
 bench-serving: setup system-packages  ## mlflow models serve vs looplab through nginx under wrk: rps, p50/p99, 10k-row batch rows/s (DURATION=15)
 	DURATION=$(DURATION) $(BIN)/python benchmarks/serving/run.py
+
+.PHONY: bench-monitoring
+MONITORING_ROWS ?= 100000
+
+bench-monitoring: setup  ## drift check of a 100k-row window, both backends (target <= 1 s); replay days/s (MONITORING_ROWS, REPS)
+	$(BIN)/python benchmarks/monitoring/run.py --rows $(MONITORING_ROWS) --repetitions $(REPS)
 
 # Serving: the champion on $(SERVE_WORKERS) uvicorn workers behind the nginx gateway; Ctrl-C stops both.
 .PHONY: serve
@@ -129,3 +144,90 @@ apps: setup  ## a Voila app on $(HOST) (APP=serving, APPS_PORT=8866)
 
 clean-venv:  ## remove .venv
 	rm -rf $(VENV)
+
+# Deploying (deploy/): images, the Kubernetes overlays, the monitoring stack; README "Deploying".
+.PHONY: ops ops-render deploy-check images push-images cluster-render deploy cluster-monitor
+REGISTRY ?= ghcr.io/looplab
+TAG ?= $(shell git describe --tags --always 2>/dev/null || echo dev)
+OVERLAY ?= dev
+NAMESPACE ?= $(if $(filter prod,$(OVERLAY)),looplab,looplab-$(OVERLAY))
+IMAGES := serving jobs apps
+KUSTOMIZE := kubectl kustomize --load-restrictor=LoadRestrictionsNone
+
+ops: setup  ## monitoring exporter + Alertmanager webhook (looplab ops serve, 127.0.0.1:9108)
+	$(BIN)/looplab ops serve
+
+ops-render: setup  ## render the Prometheus rules/config, Alertmanager config and k8s ingress from conf
+	$(BIN)/looplab ops render
+
+deploy-check: setup system-packages  ## deploy/ is consistent: rendered files match conf, promtool, amtool, every overlay renders
+	$(BIN)/looplab ops render --check
+	promtool check config deploy/monitoring/prometheus.yml
+	promtool test rules deploy/monitoring/tests/looplab.rules.test.yml
+	amtool check-config deploy/monitoring/alertmanager.yml
+	@for overlay in dev prod; do $(KUSTOMIZE) deploy/k8s/overlays/$$overlay >/dev/null || exit 1; echo "deploy/k8s/overlays/$$overlay renders"; done
+
+images:  ## docker build the serving, jobs and apps images as $(REGISTRY)/looplab-NAME:$(TAG)
+	@for image in $(IMAGES); do \
+		docker build -f deploy/docker/$$image.Dockerfile -t $(REGISTRY)/looplab-$$image:$(TAG) . || exit 1; \
+	done
+
+push-images: images  ## push the three images (docker login to $(REGISTRY) first)
+	@for image in $(IMAGES); do docker push $(REGISTRY)/looplab-$$image:$(TAG) || exit 1; done
+
+# The overlay with the images at $(TAG), through a generated kustomization in build/.
+cluster-render:  ## print OVERLAY's manifests (dev|prod) with images $(REGISTRY)/looplab-NAME:$(TAG)
+	@mkdir -p build/cluster-$(OVERLAY)
+	@{ printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../deploy/k8s/overlays/$(OVERLAY)]\nimages:\n'; \
+	  for image in $(IMAGES); do printf '  - {name: ghcr.io/looplab/looplab-%s, newName: $(REGISTRY)/looplab-%s, newTag: "$(TAG)"}\n' $$image $$image; done; \
+	} > build/cluster-$(OVERLAY)/kustomization.yaml
+	@$(KUSTOMIZE) build/cluster-$(OVERLAY)
+
+deploy:  ## apply OVERLAY at TAG to the current kubectl context and wait for serving to roll out
+	$(MAKE) --no-print-directory cluster-render OVERLAY=$(OVERLAY) TAG=$(TAG) REGISTRY=$(REGISTRY) > build/cluster-$(OVERLAY).yaml
+	kubectl apply -f build/cluster-$(OVERLAY).yaml
+	kubectl -n $(NAMESPACE) rollout status deployment/looplab-serving --timeout=10m
+
+cluster-monitor:  ## run one monitoring window in the cluster now (OVERLAY=prod or NAMESPACE=...) and wait for it
+	kubectl -n $(NAMESPACE) create job --from=cronjob/looplab-monitoring looplab-monitoring-manual-$$(date +%s) -o name \
+		| xargs -I{} kubectl -n $(NAMESPACE) wait --for=condition=complete --timeout=55m {}
+
+# Airflow: the DAGs come from kedro-airflow (`make airflow-dags`, template orchestration/airflow/dag_template.j2,
+# schedules in conf/<env>/airflow.yml). Airflow itself lives in its own environment, .venv-airflow,
+# installed from orchestration/airflow/requirements.lock (its pins clash with the main environment's); `make test`
+# installs it (2 s with uv, 83 s with pip on 2 busy cores) for the DagBag test.
+.PHONY: setup-airflow airflow-dags lock-airflow
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+AIRFLOW_ENV ?= prod
+AIRFLOW_DAGS ?= orchestration/airflow/dags
+AIRFLOW_PIPELINES ?= data training deployment monitoring
+AIRFLOW_CONSTRAINTS ?=
+
+$(AIRFLOW_STAMP): orchestration/airflow/requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; Airflow's environment needs Python 3.11" >&2; exit 1; }
+	@test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	@if command -v uv >/dev/null; then \
+		uv pip install --quiet --python $(AIRFLOW_VENV)/bin/python --no-deps -r orchestration/airflow/requirements.lock; \
+	else \
+		$(AIRFLOW_VENV)/bin/python -m pip install --quiet --progress-bar off --no-deps -r orchestration/airflow/requirements.lock; \
+	fi
+	@touch $@
+
+setup-airflow: $(AIRFLOW_STAMP)  ## Apache Airflow in .venv-airflow, from orchestration/airflow/requirements.lock
+
+airflow-dags: setup  ## Airflow DAGs of the pipelines that exist into orchestration/airflow/dags (AIRFLOW_ENV=prod)
+	@listed=$$($(BIN)/kedro registry list 2>&1) || { echo "$$listed" >&2; exit 1; }; \
+	pipelines=$$(sed -n 's/^- //p' <<< "$$listed"); \
+	for name in $(AIRFLOW_PIPELINES); do \
+		if ! grep -qx "$$name" <<< "$$pipelines"; then echo "no '$$name' pipeline: no DAG for it"; continue; fi; \
+		out=$$($(BIN)/kedro airflow create --pipelines $$name --group-by memory --env $(AIRFLOW_ENV) \
+			--jinja-file orchestration/airflow/dag_template.j2 --target-dir $(AIRFLOW_DAGS) 2>&1) || { echo "$$out" >&2; exit 1; }; \
+		grep -o "Converted pipeline .*" <<< "$$out"; \
+	done
+
+# Airflow publishes a constraints file per release and Python version; pass it when reachable:
+# make lock-airflow AIRFLOW_CONSTRAINTS=https://raw.githubusercontent.com/apache/airflow/constraints-3.3.2/constraints-3.11.txt
+lock-airflow:  ## re-resolve orchestration/airflow/requirements.lock (needs uv)
+	uv pip compile --quiet orchestration/airflow/requirements.in --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		$(if $(AIRFLOW_CONSTRAINTS),--constraint $(AIRFLOW_CONSTRAINTS)) -o orchestration/airflow/requirements.lock

@@ -52,6 +52,8 @@ def copy_project(root: Path, destination: Path) -> Path:
         shutil.copy(root / name, destination)
     shutil.copytree(root / "conf", destination / "conf", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(root / "src", destination / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    # the papermill notebooks a run may start (the retraining trigger runs notebooks/runs/train.ipynb)
+    shutil.copytree(root / "notebooks" / "runs", destination / "notebooks" / "runs", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     (destination / "data" / "01_raw").mkdir(parents=True)
     shutil.copy(root / "data" / "01_raw" / "Bikeshare.csv", destination / "data" / "01_raw")
     return destination

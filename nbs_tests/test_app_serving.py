@@ -34,11 +34,37 @@ def project(root, tmp_path_factory, tool, quiet_env):
 
 
 @pytest.fixture(scope="module")
-def app_url(project, tool, quiet_env, tmp_path_factory):
-    "`looplab apps` (Voila) serving the app on a free 127.0.0.1 port, from the project copy; stopped after the module."
+def api_url(project, tool, quiet_env, tmp_path_factory):
+    "A live serving worker (`looplab serve --workers 1`) on a free port of the project copy; stopped after the module."
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("api") / "serve.log"
+    env = {**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project)}
+    with log_path.open("w") as log:
+        server = subprocess.Popen([tool("looplab"), "serve", "--workers", "1", "--port", str(port), "--env", "test"],
+                                  cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                assert server.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    if requests.get(url + "/ready", timeout=5).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline, "looplab serve was not ready within 120 s:\n" + log_path.read_text()[-3000:]
+                time.sleep(0.3)
+            yield url
+        finally:
+            stop_process(server, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def app_url(project, api_url, tool, quiet_env, tmp_path_factory):
+    "`looplab apps` (Voila) serving the app on a free 127.0.0.1 port, from the project copy, asking the live API; stopped after the module."
     port = free_port()
     log_path = tmp_path_factory.mktemp("voila") / "voila.log"
-    env = {**quiet_env, "KEDRO_ENV": "test", "LOOPLAB_PROJECT_ROOT": str(project)}
+    env = {**quiet_env, "KEDRO_ENV": "test", "LOOPLAB_PROJECT_ROOT": str(project), "LOOPLAB_SERVING_URL": api_url}
     with log_path.open("w") as log:
         server = subprocess.Popen(
             [tool("looplab"), "apps", "serving", "--host", "127.0.0.1", "--port", str(port), "--env", "test"],
@@ -98,32 +124,12 @@ def expected_predictions(project: Path, frame: pd.DataFrame) -> list[float]:
     return [float(value) for value in model.predict(frame)]
 
 
-def api_predictions(project: Path, frame: pd.DataFrame) -> list[float]:
-    "The serving API's answer for `frame`, in process (FastAPI's TestClient), on the project copy's store."
-    import os
-
-    from fastapi.testclient import TestClient
-
-    from looplab.core import configure_mlflow, load_config
-    from looplab.serving import create_app
-
-    before, previous_root = Path.cwd(), os.environ.get("LOOPLAB_PROJECT_ROOT")
-    os.chdir(project)
-    os.environ["LOOPLAB_PROJECT_ROOT"] = str(project)
-    try:
-        configure_mlflow("test", project)
-        settings = load_config("serving", env="test", root=project)["serving"]
-        with TestClient(create_app(settings)) as client:
-            records = json.loads(frame.to_json(orient="records"))
-            response = client.post(f"/v1/models/{MODEL}/predict", json={"records": records})
-            assert response.status_code == 200, response.text
-            return [float(value) for value in response.json()["predictions"]]
-    finally:
-        os.chdir(before)
-        if previous_root is None:
-            os.environ.pop("LOOPLAB_PROJECT_ROOT", None)
-        else:
-            os.environ["LOOPLAB_PROJECT_ROOT"] = previous_root
+def api_predictions(api_url: str, frame: pd.DataFrame) -> list[float]:
+    "The live serving API's answer for `frame`: a POST to the worker's /v1/models/bike-demand/predict."
+    records = json.loads(frame.to_json(orient="records"))
+    response = requests.post(f"{api_url}/v1/models/{MODEL}/predict", json={"records": records}, timeout=30)
+    assert response.status_code == 200, response.text
+    return [float(value) for value in response.json()["predictions"]]
 
 
 def shown_record(page) -> dict:
@@ -215,8 +221,17 @@ def test_a_csv_without_a_feature_is_refused_by_name(page, tmp_path):
     assert "temp" in message.inner_text() and "Traceback" not in message.inner_text()
 
 
-def test_the_app_agrees_with_the_serving_api(page, project):
-    "The record on the page, sent to the serving API (in process), gets the prediction the page shows."
-    pytest.importorskip("looplab.serving", reason="the serving API (notebooks/31_serving.ipynb) is not built yet")
+def test_the_app_agrees_with_the_live_serving_api(page, api_url):
+    "Change a widget: the prediction the page shows is the live API's answer for the record the page shows."
     record = shown_record(page)
-    assert shown_prediction(page) == pytest.approx(api_predictions(project, pd.DataFrame([record]))[0], abs=6e-4)
+    hour = 17 if record["hr"] != 17 else 6
+    set_slider(page, "hr", hour)
+    page.wait_for_function("hour => JSON.parse(document.querySelector('.looplab-record-json').innerText).hr === hour", arg=hour)
+    record = shown_record(page)
+    expected = api_predictions(api_url, pd.DataFrame([record]))[0]
+    page.wait_for_function(
+        "expected => Math.abs(parseFloat(document.querySelector('.looplab-value').innerText) - expected) < 6e-4", arg=expected,
+    )
+    assert shown_prediction(page) == pytest.approx(expected, abs=6e-4)
+    source = page.locator(".looplab-source").inner_text()
+    assert f"answered by the serving API at {api_url}" in source, source

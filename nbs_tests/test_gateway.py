@@ -98,7 +98,9 @@ def base_settings(**changes) -> dict:
     settings = load_gateway_settings()
     settings.update({"listen": f"127.0.0.1:{free_port()}", "challenger_workers": [], "api_keys": [],
                      "canary": {"enabled": False}, "shadow": {"enabled": False},
-                     "rate_limit": {"requests_per_second": 10000, "burst": 1000}, "fail_timeout_seconds": 1})
+                     "rate_limit": {"requests_per_second": 10000, "burst": 1000}, "fail_timeout_seconds": 1,
+                     # tests read the access log while nginx runs; bodies over 16k exercise nginx's temp files
+                     "access_log_buffer": None, "body_buffer_size": "16k"})
     settings.update(changes)
     return settings
 

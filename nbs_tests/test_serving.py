@@ -128,10 +128,45 @@ def test_predictions_equal_the_registered_model(project, tmp_path, data_params, 
         online = online_features(["dc"], data_params, root=project)[list(inputs.columns)]
         expected = [float(model.predict(online)[0]), float(model.predict(inputs.head(1))[0])]
         assert by_entity.json()["predictions"] == pytest.approx(expected, rel=1e-9)
+        # an optional input (the signature's required: false, like a lag missing at the start of the data) takes null: NaN
+        gap = client.post(PREDICT, json={"records": [{**records(inputs.head(1))[0], "bikers_lag_24h": None}]})
+        assert gap.status_code == 200, gap.text
+        assert gap.json()["predictions"] == pytest.approx([float(model.predict(inputs.head(1).assign(bikers_lag_24h=float("nan")))[0])], rel=1e-9)
         docs = client.get("/docs")
         assert docs.status_code == 200
         schema = client.get("/openapi.json").json()
-        assert set(schema["components"]["schemas"]["FeatureRecord"]["properties"]) == set(inputs.columns)
+        properties = schema["components"]["schemas"]["FeatureRecord"]["properties"]
+        assert set(properties) == set(inputs.columns) | {"region", "timestamp"}  # the model inputs and the optional identifying fields
+        assert set(schema["components"]["schemas"]["FeatureRecord"]["required"]) == set(inputs.columns)
+        assert properties["timestamp"]["format"] == "date-time"
+
+
+def test_identifying_fields_are_validated_logged_and_kept_from_the_model(project, tmp_path, data_params, inputs, registry_client):
+    from looplab import registry
+    from looplab.serving import LOG_COLUMNS, read_prediction_log
+
+    model = registry.load_model(MODEL, "1", registry_client)
+    app, settings = make_app(project, tmp_path, data_params)
+    good = records(inputs.head(2))
+    identified = [{**good[0], "region": "dc", "timestamp": "2011-03-15T08:00:00"},
+                  {**good[1], "timestamp": "2011-03-15T14:00:00+00:00"}]  # zone-aware: converted into the data's zone
+    with TestClient(app) as client:
+        response = client.post(PREDICT, json={"records": identified})
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"] == pytest.approx(list(model.predict(inputs.head(2))), rel=1e-9)
+        for bad, field in (({**good[0], "timestamp": "tomorrow"}, "timestamp"), ({**good[0], "timestamp": 1300000000}, "timestamp"),
+                           ({**good[0], "region": ""}, "region"), ({**good[0], "region": 7}, "region")):
+            answer = client.post(PREDICT, json={"records": [good[1], bad]})
+            assert answer.status_code == 422, answer.text
+            problems = answer.json()["detail"]
+            assert ["body", "records", 1, field] in [problem["loc"] for problem in problems], problems
+            assert any(field in problem["msg"] for problem in problems), problems
+    logged = read_prediction_log(settings["prediction_log"]["path"])
+    assert list(logged.columns) == LOG_COLUMNS and len(logged) == 2
+    assert list(logged["entity"]) == ["dc", None]
+    assert list(logged["event_time"]) == ["2011-03-15T08:00:00", "2011-03-15T10:00:00"]
+    assert all("region" not in inputs and "timestamp" not in inputs for inputs in logged["inputs"])
+    assert (logged["latency_ms"] > 0).all() and logged["latency_ms"].nunique() == 1  # one request, one server-side time
 
 
 def test_every_200_is_logged_after_shutdown(project, tmp_path, data_params, inputs):

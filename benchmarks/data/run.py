@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE.parent))  # benchmarks/, for the shared helpers
 from common import machine, say, write_result  # noqa: E402
 
 DEFAULT_SIZES = (1_000_000, 10_000_000)
+DEFAULT_DASK_SIZES = (1_000_000,)   # the Dask row: the whole batch passes through the client (the Kedro path)
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "data.json"
 PEAK_RSS_MB_MAX = 3 * 1024          # at the largest size
 TIME_RATIO_PER_ROWS_RATIO = 1.2     # time(10M) / time(1M) ≤ 12: at most 20% worse than linear
@@ -237,6 +238,76 @@ def pipeline(landing: Path, work: Path, entities_per_chunk: int, label: str) -> 
     }
 
 
+# --- child: pipeline on Dask -------------------------------------------------------------------
+
+def pipeline_dask(landing: Path, work: Path, workers: int, partitions: int, label: str) -> dict:
+    "The library's own steps with `data.engine: dask` on a LocalCluster of worker processes; this process is the client."
+    import logging
+    import warnings
+
+    from distributed import Client, LocalCluster
+
+    from looplab.features import build_features
+    from looplab.ingestion import commit_watermarks, ingest_sources
+    from looplab.validation import build_schema, validate_batch
+
+    logging.getLogger("looplab").setLevel(logging.WARNING)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore", FutureWarning)
+    params = bench_params(landing, work)
+    params.update(engine="dask", dask={"partitions": partitions})
+    build_schema(params)  # pandera's import is not charged to the first step
+    say(f"[{label}] dask: starting a LocalCluster of {workers} worker processes")
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit="4GiB",
+                      dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("looplab.validation") and __import__("pandera.pandas"))  # workers import before timing
+        rss_start = peak_rss_mb()
+        seconds, raised = {}, {"startup": rss_start}
+        started = time.perf_counter()
+
+        def step(name, function, *args):
+            tick, peak = time.perf_counter(), peak_rss_mb()
+            result = function(*args)
+            seconds[name] = time.perf_counter() - tick
+            raised[name] = max(0.0, peak_rss_mb() - peak)
+            say(f"[{label}] dask {name}: {seconds[name]:.1f} s · client peak RSS {short_mb(peak_rss_mb())}")
+            return result
+
+        batch, pending = step("ingest", ingest_sources, None, params)
+        validated, quarantine, report = step("validate", validate_batch, batch, params)
+        del batch
+        tick, peak = time.perf_counter(), peak_rss_mb()
+        (work / "validated").mkdir(parents=True, exist_ok=True)
+        validated.to_parquet(work / "validated" / "part-00000.parquet", index=False)
+        if len(quarantine):
+            (work / "quarantine").mkdir(parents=True, exist_ok=True)
+            quarantine.to_parquet(work / "quarantine" / "part-00000.parquet", index=False)
+        commit_watermarks(pending, None, params)
+        seconds["store"], raised["store"] = time.perf_counter() - tick, max(0.0, peak_rss_mb() - peak)
+        features = step("features", build_features, validated, params)
+        tick = time.perf_counter()
+        features.to_parquet(work / "features.parquet", index=False)
+        seconds["features"] += time.perf_counter() - tick
+        total = time.perf_counter() - started
+        workers_rss = client.run(peak_rss_mb)
+    if len(features) != report["rows_valid"] or report["rows_in"] != report["rows_valid"] + report["rows_quarantined"]:
+        raise RuntimeError(f"dask: rows lost: {report['rows_in']} in, {report['rows_valid']} valid, {len(features)} feature rows")
+    return {
+        "engine": "dask",
+        "rows": report["rows_in"],
+        "seconds": total,
+        "rows_per_second": report["rows_in"] / total if total else None,
+        "peak_rss_mb": peak_rss_mb(),
+        "workers_peak_rss_mb": sorted(workers_rss.values()),
+        "steps": seconds,
+        "peak_rss_mb_raised_by": raised,
+        "cluster": {"workers": workers, "threads_per_worker": 1, "processes": True, "partitions": partitions},
+        "rows_valid": report["rows_valid"],
+        "rows_quarantined": report["rows_quarantined"],
+        "feature_rows": len(features),
+    }
+
+
 # --- parent ------------------------------------------------------------------------------------
 
 def run_child(role: str, arguments: list[str], result: Path) -> dict:
@@ -277,6 +348,9 @@ def assess(sizes: list[dict]) -> dict:
 def summary(result: dict) -> str:
     parts = [f"{short_rows(s['rows'])} {s['seconds']:.1f} s ({short_rate(s['rows_per_second'])} rows/s, {short_mb(s['peak_rss_mb'])})"
              for s in result["sizes"]]
+    for row in result.get("dask", []):
+        parts.append(f"dask {short_rows(row['rows'])} {row['seconds']:.1f} s ({short_rate(row['rows_per_second'])} rows/s, "
+                     f"client {short_mb(row['peak_rss_mb'])}; ×{row['time_ratio_over_pandas']:.2f} pandas time)")
     ratio, met, targets = result["time_ratio"], result["met"], result["targets"]
     if ratio["value"] is not None:
         parts.append(f"time ratio {ratio['value']:.1f} (target ≤ {targets['time_ratio_max']:.0f}"
@@ -288,7 +362,7 @@ def summary(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("role", nargs="?", default="bench", choices=("bench", "generate", "pipeline"), help=argparse.SUPPRESS)
+    parser.add_argument("role", nargs="?", default="bench", choices=("bench", "generate", "pipeline", "pipeline-dask"), help=argparse.SUPPRESS)
     parser.add_argument("--sizes", nargs="+", type=lambda text: int(float(text)), default=list(DEFAULT_SIZES),
                         help="rows per run, smallest first is the anchor (default: 1000000 10000000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON result goes")
@@ -297,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entities-per-chunk", type=int, default=50, help="regions per feature-building chunk (default 50)")
     parser.add_argument("--bad-share", type=float, default=0.001, help="share of rows corrupted on purpose (default 0.001)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dask-sizes", nargs="*", type=lambda text: int(float(text)), default=list(DEFAULT_DASK_SIZES),
+                        help="sizes also run with data.engine: dask, against the pandas run of the same size (default: 1000000; none: skip)")
+    parser.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
+    parser.add_argument("--dask-partitions", type=int, default=8, help="data.dask.partitions (default 8)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary files go (default: the system's temp)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary files")
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -314,11 +392,15 @@ def main(argv: list[str] | None = None) -> int:
         result = pipeline(args.landing, args.work, args.entities_per_chunk, args.label)
         args.result.write_text(json.dumps(result), encoding="utf-8")
         return 0
+    if args.role == "pipeline-dask":
+        result = pipeline_dask(args.landing, args.work, args.dask_workers, args.dask_partitions, args.label)
+        args.result.write_text(json.dumps(result), encoding="utf-8")
+        return 0
 
     sizes = sorted(set(args.sizes))
     if not sizes or sizes[0] < 1:
         parser.error("--sizes must be positive row counts")
-    results = []
+    results, dask_results = [], []
     for rows in sizes:
         label = short_rows(rows)
         temp = Path(tempfile.mkdtemp(prefix=f"looplab-bench-data-{label}-", dir=args.workdir))
@@ -331,6 +413,18 @@ def main(argv: list[str] | None = None) -> int:
             say(f"[{label}] running ingestion → validation → features in a fresh process")
             size = run_child("pipeline", [*common, "--landing", str(temp / "landing"), "--work", str(temp / "work"),
                                           "--entities-per-chunk", str(args.entities_per_chunk)], temp / "pipeline.json")
+            if rows in args.dask_sizes:
+                say(f"[{label}] the same files with data.engine: dask, in a fresh client process")
+                on_dask = run_child("pipeline-dask", [*common, "--landing", str(temp / "landing"), "--work", str(temp / "work-dask"),
+                                                      "--dask-workers", str(args.dask_workers),
+                                                      "--dask-partitions", str(args.dask_partitions)], temp / "pipeline-dask.json")
+                if on_dask["rows_valid"] != size["rows_valid"] or on_dask["feature_rows"] != size["feature_rows"]:
+                    raise SystemExit(f"bench-data: dask and pandas disagree: {on_dask['rows_valid']:,} vs {size['rows_valid']:,} valid rows")
+                on_dask["time_ratio_over_pandas"] = on_dask["seconds"] / size["seconds"]
+                on_dask["peak_rss_ratio_over_pandas"] = on_dask["peak_rss_mb"] / size["peak_rss_mb"]
+                dask_results.append(on_dask)
+                say(f"[{label}] dask: {on_dask['seconds']:.1f} s, {short_rate(on_dask['rows_per_second'])} rows/s, "
+                    f"client peak RSS {short_mb(on_dask['peak_rss_mb'])}")
         finally:
             if not args.keep:
                 shutil.rmtree(temp, ignore_errors=True)
@@ -340,9 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         results.append(size)
         say(f"[{label}] {size['seconds']:.1f} s, {short_rate(size['rows_per_second'])} rows/s, peak RSS {short_mb(size['peak_rss_mb'])}")
 
-    result = {"benchmark": "data", "machine": machine(("pandas", "numpy", "pyarrow", "pandera")), "sizes": results, **assess(results),
+    result = {"benchmark": "data", "machine": machine(("pandas", "numpy", "pyarrow", "pandera", "dask", "distributed")),
+              "sizes": results, "dask": dask_results, **assess(results),
               "settings": {"regions_per_file": args.regions_per_file, "entities_per_chunk": args.entities_per_chunk,
-                           "bad_share": args.bad_share, "seed": args.seed, "steps": list(STEPS)},
+                           "bad_share": args.bad_share, "seed": args.seed, "steps": list(STEPS),
+                           "dask_sizes": args.dask_sizes, "dask_workers": args.dask_workers, "dask_partitions": args.dask_partitions},
               "not_timed": NOT_TIMED,
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result["summary"] = summary(result)

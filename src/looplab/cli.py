@@ -218,7 +218,7 @@ def reproduce(spec: str, env: str | None, tolerance: float, as_json: bool) -> No
 @click.option("--host", default=None, help="Address to listen on (default: serving.host, 127.0.0.1).")
 @_ENV_OPTION
 def serve(workers: int | None, port: int | None, host: str | None, env: str | None) -> None:
-    """Serve the model that the configured alias names: N uvicorn workers, one port each. Ctrl-C stops them."""
+    """Serve the model that the configured alias names: N uvicorn workers, one port each; a worker that dies is restarted. Ctrl-C stops them."""
     import os
     import signal
     import subprocess
@@ -236,6 +236,8 @@ def serve(workers: int | None, port: int | None, host: str | None, env: str | No
     port = port or int(settings.get("port", 8000))
     host = host or settings.get("host", "127.0.0.1")
     child_env = {**os.environ, "LOOPLAB_PROJECT_ROOT": str(root)}
+    # OpenMP threads that wait sleep instead of spinning: spinning workers starve each other on a busy machine
+    child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if env:
         child_env[ENV_VARIABLE] = env
     click.echo(f"serving {settings['model_name']}@{settings.get('alias', 'champion')} with {workers} worker(s)")
@@ -246,19 +248,37 @@ def serve(workers: int | None, port: int | None, host: str | None, env: str | No
 
     # SIGINT too: a shell that starts us in the background would otherwise leave Ctrl-C ignored
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def start_worker(index: int) -> subprocess.Popen:
+        command = [sys.executable, "-m", "uvicorn", "looplab.serving:app_factory", "--factory",
+                   "--host", host, "--port", str(port + index), "--no-access-log",
+                   # longer than the gateway's keep-alive to the workers, so nginx never reuses a connection being closed
+                   "--timeout-keep-alive", str(int(settings.get("keep_alive_seconds", 30)))]
+        return subprocess.Popen(command, cwd=root, env=child_env)
+
+    restarts: list[float] = []  # when workers were restarted: a worker that keeps dying stops the whole server
     try:
         for index in range(workers):
-            command = [sys.executable, "-m", "uvicorn", "looplab.serving:app_factory", "--factory",
-                       "--host", host, "--port", str(port + index), "--no-access-log"]
-            processes.append(subprocess.Popen(command, cwd=root, env=child_env))
+            processes.append(start_worker(index))
             click.echo(f"  worker {index + 1}: http://{host}:{port + index}  (pid {processes[-1].pid}; /docs, /ready, /metrics)")
         click.echo("Ctrl-C stops the workers.")
-        while all(process.poll() is None for process in processes):
+        while True:
             time.sleep(0.5)
-        ended = next(process for process in processes if process.poll() is not None)
-        if ended.returncode != 0:
-            raise click.ClickException(f"worker pid {ended.pid} exited with status {ended.returncode}; stopping the others")
-        click.echo(f"worker pid {ended.pid} stopped; stopping the others…")
+            ended = [index for index, process in enumerate(processes) if process.poll() is not None]
+            if not ended:
+                continue
+            for index in ended:
+                dead = processes[index]
+                if dead.returncode == 0:
+                    click.echo(f"worker pid {dead.pid} stopped; stopping the others…")
+                    raise KeyboardInterrupt
+                restarts[:] = [moment for moment in restarts if moment > time.monotonic() - 60] + [time.monotonic()]
+                if len(restarts) > 3 * workers:
+                    raise click.ClickException(f"worker pid {dead.pid} exited with status {dead.returncode}, and workers keep "
+                                               "exiting (more restarts than 3 per worker within a minute); stopping the others")
+                # the gateway sends the dead worker's requests to the others meanwhile
+                processes[index] = start_worker(index)
+                click.echo(f"worker pid {dead.pid} on port {port + index} exited with status {dead.returncode}; "
+                           f"restarted it as pid {processes[index].pid}", err=True)
     except KeyboardInterrupt:
         click.echo("stopping the workers…")
     finally:
@@ -327,13 +347,51 @@ def gateway(env: str | None, run_dir: Path | None, listen: str | None, print_con
         raise click.ClickException(f"nginx exited with status {status}; see {gateway.error_log}")
 
 
+def _days(value: str) -> int:
+    "'1d' or '1' → 1."
+    text = str(value).strip().lower().removesuffix("d")
+    if not text.isdigit() or int(text) < 1:
+        raise click.BadParameter(f"{value!r}: give whole days, e.g. 1d or 7d")
+    return int(text)
+
+
+@cli.command()
+@click.option("--start", default=None, help="First day, e.g. 2011-03-15 (default: replay.start).")
+@click.option("--end", default=None, help="Last day, inclusive (default: replay.end).")
+@click.option("--step", default=None, help="Days per step, e.g. 1d (default: replay.step_days).")
+@click.option("--mode", type=click.Choice(["in_process", "http"]), default=None,
+              help="Serve in this process, or through a running gateway (default: replay.mode).")
+@click.option("--url", default=None, help="The gateway for --mode http (default: replay.url).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_ENV_OPTION
+def replay(start: str | None, end: str | None, step: str | None, mode: str | None, url: str | None,
+           no_progress: bool, env: str | None) -> None:
+    """Backtest the closed loop day by day: land, ingest, serve, monitor, retrain; then report policy vs static."""
+    from looplab.core import setup_logging
+    from looplab.replay import replay as run_replay
+
+    setup_logging("WARNING")
+    settings = load_config("parameters", env=env).get("replay") or {}
+    try:
+        summary = run_replay(start or settings.get("start"), end or settings.get("end"), _days(step) if step else None,
+                             env=env, mode=mode, url=url, progress=not no_progress)
+    except (RuntimeError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"replay {summary['start']} – {summary['end']}: {summary['days']} days in {summary['seconds']} s "
+               f"({summary['days_per_second']} days/s), {summary['requests']} predictions")
+    click.echo(f"  MAE: policy {summary['policy_mae']:.2f} vs static {summary['static_mae']:.2f}; "
+               f"{summary['retrainings']} retraining(s), {summary['promotions']} promoted; "
+               f"champion {summary['champion_start']} → {summary['champion_end']}; drift in {summary['drift_windows']} window(s)")
+    click.echo(f"  report: {summary['report']}")
+
+
 @cli.command()
 @click.argument("app", default="serving")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(min=1, max=65535), default=8866, show_default=True, help="Port to listen on.")
 @_ENV_OPTION
 def apps(app: str, host: str, port: int, env: str | None) -> None:
-    """Start Voila app APP from notebooks/apps/ (serving: ask the champion model); Ctrl-C stops it."""
+    """Start Voila app APP from notebooks/apps/ (serving: ask the champion model; monitoring: the monitoring dashboard); Ctrl-C stops it."""
     import os
     import sys
 
@@ -353,6 +411,71 @@ def apps(app: str, host: str, port: int, env: str | None) -> None:
     # Voila takes this process's place, so Ctrl-C and a terminating signal reach it directly
     os.chdir(root)
     os.execve(command[0], command, child_env)
+
+
+# --- ops: monitoring exporter, Alertmanager webhook, deploy files rendered from conf ----------------
+def _ops_settings(env: str | None) -> dict:
+    from looplab.ops import OpsError, ops_settings
+
+    try:
+        return ops_settings(env=env)
+    except (OpsError, FileNotFoundError, ValueError, KeyError) as error:
+        raise click.ClickException(f"cannot read the ops configuration: {error}") from error
+
+
+@cli.group()
+def ops() -> None:
+    """Operations: the monitoring exporter + Alertmanager webhook, and the deploy files rendered from conf."""
+
+
+@ops.command("serve")
+@click.option("--host", default=None, help="Address to listen on (default: monitoring.ops.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=None, help="Port (default: monitoring.ops.port).")
+@_ENV_OPTION
+def ops_serve(host: str | None, port: int | None, env: str | None) -> None:
+    """Serve /metrics (monitoring store, champion, gateway access log) and POST /v1/alerts (Alertmanager → retraining trigger)."""
+    from looplab.core import setup_logging
+    from looplab.ops import serve as serve_ops
+
+    settings = _ops_settings(env)
+    setup_logging("INFO")
+    address = f"{host or settings['ops']['host']}:{port or settings['ops']['port']}"
+    click.echo(f"looplab ops on http://{address}: /metrics, POST /v1/alerts, /health; Ctrl-C stops", err=True)
+    serve_ops(settings, host=host, port=port, log_level="warning")
+
+
+@ops.command("render")
+@_ENV_OPTION
+@click.option("--check", is_flag=True, help="Only compare; exit 1 naming the files that differ from conf.")
+def ops_render(env: str | None, check: bool) -> None:
+    """Write the Prometheus rules and config, the Alertmanager config and the Kubernetes ingress from conf."""
+    from looplab.ops import RENDERED, OpsError, render_all
+
+    settings = _ops_settings(env)
+    try:
+        changed = render_all(settings, write=not check)
+    except OpsError as error:
+        raise click.ClickException(str(error)) from error
+    if check:
+        if changed:
+            raise click.ClickException("out of date with conf (run `looplab ops render`): " + ", ".join(changed))
+        click.echo(f"{len(RENDERED)} rendered files match conf")
+        return
+    for name in RENDERED:
+        click.echo(f"{'wrote    ' if name in changed else 'unchanged'} {name}")
+
+
+@ops.command("render-rules")
+@_ENV_OPTION
+def ops_render_rules(env: str | None) -> None:
+    """Print the Prometheus recording and alert rules rendered from monitoring.slo and the retraining policy."""
+    from looplab.ops import OpsError, render_rules
+
+    settings = _ops_settings(env)
+    try:
+        click.echo(render_rules(settings["monitoring"], settings["retraining"]), nl=False)
+    except OpsError as error:
+        raise click.ClickException(str(error)) from error
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ __all__ = ['logger', 'EVENT_TIMESTAMP', 'LABEL_TTL', 'RETRIEVAL_ENGINES', 'FILE_
            'same_hour_mean_column', 'feature_groups', 'label_view', 'lagged_values', 'canonical_times',
            'build_features', 'to_feast_time', 'from_feast_time', 'FeatureStorePaths', 'resolve_path',
            'feature_store_paths', 'store_config', 'use_feast_sqlite_codecs', 'feast_quietly', 'open_feature_store',
-           'load_definitions', 'feast_objects', 'materialize_features', 'feature_references', 'with_feature_dtypes',
-           'pandas_point_in_time', 'feast_point_in_time', 'training_set', 'online_features']
+           'online_store_errors', 'load_definitions', 'feast_objects', 'materialize_features', 'feature_references',
+           'with_feature_dtypes', 'pandas_point_in_time', 'feast_point_in_time', 'training_set', 'online_features']
 
 # %% ../../notebooks/13_features.ipynb #1793592c
 def lag_column(target: str, hours: int) -> str:
@@ -99,6 +99,10 @@ def build_features(
     params: dict,                   # the `data` parameters
 ) -> pd.DataFrame:                  # one row per (entity, event_timestamp), sorted
     "Feature rows: calendar and weather of the row's hour, target lags and same-hour means from strictly earlier hours, and the label."
+    if (params.get("engine") or "pandas") != "pandas":  # data.engine: dask — on partitions of whole entities
+        from looplab.scale import features_on_dask
+
+        return features_on_dask(validated_rides, params)
     entity, time, target = params["entity"]["column"], params["timestamp"], params["target"]
     settings = params["features"]
     inputs = [*settings.get("calendar", []), *settings.get("weather", [])]
@@ -199,6 +203,11 @@ def store_config(params: dict, root: Path | str | None = None) -> dict[str, Any]
     if registry.get("registry_type", "file") == "file" and "://" not in str(registry["path"]):
         registry["path"] = Path(registry["path"]).name  # the store folder is the repo path Feast resolves against
     config["registry"] = registry
+    override = params["features"].get("online_store")  # e.g. conf/prod: Redis instead of the SQLite file
+    if override is not None:
+        if not isinstance(override, dict) or not override.get("type"):
+            raise ValueError(f"data.features.online_store must be a mapping with a type (sqlite, redis, ...), got {override!r}")
+        config["online_store"] = {key: value for key, value in override.items() if value is not None}
     online = config.get("online_store") or {}
     if isinstance(online, dict) and online.get("type", "sqlite") == "sqlite":
         config["online_store"] = {**online, "type": "sqlite", "path": Path(online.get("path", "online_store.db")).name}
@@ -261,6 +270,22 @@ def open_feature_store(
 
         return FeatureStore(repo_path=str(paths.store))
 
+
+@contextlib.contextmanager
+def online_store_errors(store):
+    "A server-backed online store (Redis, PostgreSQL) that cannot be reached becomes a `ConnectionError` naming it."
+    try:
+        yield
+    except Exception as error:
+        module = type(error).__module__.split(".")[0]
+        if module not in ("redis", "psycopg", "psycopg2", "psycopg_pool") and not isinstance(error, ConnectionError | TimeoutError):
+            raise
+        online = store.config.online_store
+        where = getattr(online, "connection_string", None) or getattr(online, "host", None) or ""
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConnectionError(f"online store {online.type} {where} is unreachable (data.features.online_store): {first}".replace("  ", " ")) from error
+
+
 # %% ../../notebooks/13_features.ipynb #6e085ff2
 def load_definitions(repo: Path):
     "The `definitions.py` module of the Feast repository `repo`."
@@ -321,7 +346,7 @@ def materialize_features(
     store = open_feature_store(params, root)
     start = source[EVENT_TIMESTAMP].min().to_pydatetime()
     end = (source[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1)).to_pydatetime()  # Feast's end is exclusive
-    with feast_quietly():
+    with feast_quietly(), online_store_errors(store):
         store.apply(objects)
         store.materialize(start_date=start, end_date=end)
     views = {view.name: [field.name for field in view.features] for view in store.list_feature_views()}
@@ -333,7 +358,8 @@ def materialize_features(
         "online_views": [view.name for view in store.list_feature_views() if view.online],
         "label_view": label_view(params),
         "registry_path": str(paths.store / store.config.registry.path),
-        "online_store_path": str(paths.store / store.config.online_store.path),
+        "online_store_path": str(paths.store / store.config.online_store.path) if getattr(store.config.online_store, "path", None) else None,
+        "online_store": store.config.online_store.type,
     })
     logger.info("feature store: %d rows of %d entities materialised (%s … %s)", report["rows"], report["entities"], report["start"], report["end"])
     return report
@@ -479,7 +505,8 @@ def online_features(
     store = open_feature_store(params, root, must_exist=True)
     with feast_quietly():
         references, types = feature_references(store, features, allow_label=False, params=params)
-        response = store.get_online_features(features=references, entity_rows=[{entity: key} for key in entity_keys])
+        with online_store_errors(store):
+            response = store.get_online_features(features=references, entity_rows=[{entity: key} for key in entity_keys])
         found = response.to_df(include_event_timestamps=True)
     result = pd.DataFrame({entity: list(entity_keys)})
     for name in types:

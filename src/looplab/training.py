@@ -411,6 +411,18 @@ def _data_version_tags(data_versions: dict) -> dict[str, str]:
     return tags
 
 
+def _log_drift_reference(model: Any, train_set: pd.DataFrame, training_params: dict, root: Path, env: str | None) -> None:
+    "Log the model's drift reference in the active run, with the `monitoring.drift` settings of the project."
+    from looplab.core import load_config
+    from looplab.drift import log_model_reference
+
+    settings = (load_config("parameters", env=env, root=root).get("monitoring") or {}).get("drift")
+    if not settings:
+        logger.warning("train_model: no monitoring.drift parameters, so this model version gets no drift reference")
+        return
+    log_model_reference(model, train_set, training_params, settings)
+
+
 def train_model(
     features: pd.DataFrame,          # the data layer's feature table (orders the node after it)
     data_versions: dict,             # the data layer's version record (`record_data_versions`)
@@ -466,6 +478,7 @@ def train_model(
             mlflow.log_dict({"candidates": candidates}, "search/candidates.json")
         else:
             model, best = fit_model(train_set, data_params, training_params), None
+        _log_drift_reference(model, train_set, training_params, root, env)
         run_info = {
             "run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "model_name": name,
             "git_commit": commit["commit"], "git_dirty": commit["dirty"], "lock_hash": lock,

@@ -338,7 +338,8 @@ def _quarantine(
     picked = batch.iloc[rows]
     quarantine = pd.DataFrame({"_row": np.asarray(rows, dtype="int64"), "_reason": [reasons[row] for row in rows]})
     for column in ordered:
-        values = picked[column].map(_text).to_numpy(dtype=object) if column in picked.columns else [None] * len(rows)
+        # as objects first: `map` on a nullable integer column with a null turns 2 into 2.0
+        values = picked[column].astype(object).map(_text).to_numpy(dtype=object) if column in picked.columns else [None] * len(rows)
         quarantine[str(column)] = pd.Series(values, dtype=object)
     return quarantine
 
@@ -352,6 +353,10 @@ def validate_batch(
     params: dict,         # the `data` parameters (`timestamp`, `entity`, `timezone`, `validation`, `dataset`)
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:  # (validated batch, quarantine, report)
     "Split `batch` into valid rows (canonical dtypes) and quarantined rows with reasons; reject it whole when too much is wrong."
+    if (params.get("engine") or "pandas") != "pandas":  # data.engine: dask — the same checks, partition by partition
+        from looplab.scale import validate_on_dask
+
+        return validate_on_dask(batch, params)
     import pandera.pandas as pa
 
     validation = params.get("validation") or {}

@@ -1,0 +1,427 @@
+"""The Voila monitoring dashboard (notebooks/apps/monitoring.ipynb) in a real browser: headless Debian Chromium driven by Playwright.
+
+The monitoring store is written here in exactly the format of the monitoring layer (windows.parquet,
+drift.parquet, decisions.jsonl); the registry is a real MLflow store in the project copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import struct
+import subprocess
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from conftest import copy_project, free_port, project_with_models, stop_process
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+MODEL = "bike-demand"
+FEATURES = ["hr", "weekday", "workingday", "holiday", "season", "weathersit", "temp", "atemp", "hum", "windspeed",
+            "bikers_lag_24h", "bikers_lag_168h", "bikers_mean_same_hour_7d", "prediction"]
+RENDER_TIMEOUT_MS = 90_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+
+
+# --- the monitoring store, as the monitoring layer writes it ------------------------------------
+def monitoring_windows(count: int = 8, start: str = "2011-03-01", promoted_after: int = 4, seed: int = 3) -> pd.DataFrame:
+    "`count` weekly windows: version 1 degrades and drifts, is retrained after window `promoted_after`, version 2 serves the rest."
+    generator = np.random.default_rng(seed)
+    rows = []
+    for index in range(count):
+        window_start = pd.Timestamp(start) + pd.Timedelta(days=7 * index)
+        version = "1" if index <= promoted_after else "2"
+        evaluation_mae = 31.25 if version == "1" else 28.5
+        drifting = version == "1" and index >= promoted_after - 1
+        mae = evaluation_mae * (1.45 if drifting else 1.0 + generator.uniform(-0.05, 0.12))
+        labelled = 168 if index < count - 1 else 120
+        drift_features = 3 if drifting else int(index == 1)
+        rows.append({
+            "window_start": window_start, "window_end": window_start + pd.Timedelta(days=7),
+            "model_name": MODEL, "model_version": version,
+            "predictions": 168 + int(generator.integers(0, 30)), "labelled": labelled, "missing_labels": 168 - labelled,
+            "mae": mae, "rmse": mae * 1.38, "bias": float(generator.normal(0, 4)),
+            "baseline_mae": 58.0 + float(generator.normal(0, 3)), "evaluation_mae": evaluation_mae,
+            "degradation": mae / evaluation_mae - 1,
+            "prediction_mean": 160 + float(generator.normal(0, 10)), "prediction_std": 120 + float(generator.normal(0, 5)),
+            "drift": drift_features > 0, "drift_features": drift_features, "drift_backend": "scipy",
+            "latency_p50_ms": 2.5 + float(generator.uniform(0, 1)), "latency_p99_ms": 11 + float(generator.uniform(0, 6)),
+            "monitored_at": (window_start + pd.Timedelta(days=9)).tz_localize("UTC").isoformat(),
+        })
+    frame = pd.DataFrame(rows)
+    for column in ("predictions", "labelled", "missing_labels", "drift_features"):
+        frame[column] = frame[column].astype("int64")
+    return frame
+
+
+def drift_rows(windows: pd.DataFrame, seed: int = 5) -> pd.DataFrame:
+    "One row per feature and window; the drifted features get small p-values, as many as each window says."
+    generator = np.random.default_rng(seed)
+    rows = []
+    for window in windows.itertuples(index=False):
+        drifted = ["temp", "atemp", "prediction"][: window.drift_features] if window.drift_features != 1 else ["hum"]
+        for feature in FEATURES:
+            p_value = float(10 ** generator.uniform(-9, -4)) if feature in drifted else float(generator.uniform(0.08, 1.0))
+            rows.append({
+                "window_start": window.window_start, "window_end": window.window_end, "feature": feature,
+                "test": "chi2" if feature == "weathersit" else "ks", "p_value": p_value,
+                "distance": float(generator.uniform(0.2, 0.5) if feature in drifted else generator.uniform(0.0, 0.08)),
+                "drift": feature in drifted, "model_version": window.model_version,
+            })
+    return pd.DataFrame(rows)
+
+
+def decision_records(windows: pd.DataFrame, fired_after: int = 4) -> list[dict]:
+    "One decision per window: not fired (no signal, or cooldown after the retraining), fired once; its outcome comes in a later line with the same id."
+    records = []
+    for index, window in enumerate(windows.itertuples(index=False)):
+        fired = index == fired_after
+        champion = "1" if index <= fired_after else "2"
+        blocked = [] if fired else (["cooldown"] if index == fired_after + 1 else ["no_signal"])
+        records.append({
+            "id": f"decision-{index}", "time": (window.window_end + pd.Timedelta(hours=49)).tz_localize("UTC").isoformat(),
+            "window_end": str(window.window_end), "fired": fired,
+            "reasons": ["drift on 3 features: atemp, prediction, temp", "mae 45.3 > evaluation 31.25 by 45% in 2 windows"] if fired else [],
+            "blocked_by": blocked, "source": "monitoring", "outcome": "running" if fired else None,
+            "champion_before": champion, "champion_after": champion, "run_id": None,
+        })
+        if fired:
+            records.append({"id": f"decision-{index}", "outcome": "promoted", "champion_after": "2",
+                            "run_id": "4f1c2b7e9a0d4c55b1e2f3a4b5c6d7e8"})
+    return records
+
+
+def write_store(folder: Path, windows: pd.DataFrame, drift: pd.DataFrame, decisions: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    windows.to_parquet(folder / "windows.parquet", index=False)
+    drift.to_parquet(folder / "drift.parquet", index=False)
+    (folder / "decisions.jsonl").write_text("".join(json.dumps(record) + "\n" for record in decisions))
+    return folder
+
+
+def set_conf(project: Path, store: Path, tracking_uri: str = "sqlite:///mlflow.db") -> None:
+    "Point the copy's `test` environment at `store` and at an MLflow store; the app reads conf on every page load."
+    (project / "conf" / "test" / "parameters_monitoring.yml").write_text(
+        f"monitoring:\n  store_path: {store.relative_to(project) if store.is_relative_to(project) else store}\n")
+    (project / "conf" / "test" / "mlflow.yml").write_text(f"mlflow:\n  tracking_uri: {tracking_uri}\n")
+
+
+def register_versions(project: Path) -> dict[str, float]:
+    "Versions 1-3 of the model in the copy's MLflow store (runs with their evaluation metrics); champion 2, challenger 3."
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    experiment = client.create_experiment("looplab-training", artifact_location=str(project / "mlartifacts"))
+    client.create_registered_model(MODEL)
+    maes = {}
+    for version, mae in (("1", 31.25), ("2", 28.5), ("3", 27.75)):
+        run = client.create_run(experiment).info.run_id
+        client.log_metric(run, "mae", mae)
+        client.log_metric(run, "baseline_mae", 58.4)
+        client.set_terminated(run)
+        created = client.create_model_version(MODEL, source=str(project / "mlartifacts" / run / "model"), run_id=run,
+                                              tags={"gate.reason": f"version {version} registered by the test"})
+        assert str(created.version) == version
+        maes[version] = mae
+    client.set_registered_model_alias(MODEL, "champion", "2")
+    client.set_registered_model_alias(MODEL, "challenger", "3")
+    return maes
+
+
+# --- the app --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def project(root, tmp_path_factory):
+    "A project copy with the app notebook, a monitoring store and a registry (champion 2, challenger 3)."
+    project = copy_project(root, tmp_path_factory.mktemp("monitoring-app") / "project")
+    (project / "notebooks" / "apps").mkdir(parents=True)
+    shutil.copy(root / "notebooks" / "apps" / "monitoring.ipynb", project / "notebooks" / "apps")
+    register_versions(project)
+    windows = monitoring_windows()
+    write_store(project / "data" / "08_reporting" / "monitoring", windows, drift_rows(windows), decision_records(windows))
+    return project
+
+
+@contextmanager
+def running_app(project: Path, tool, quiet_env: dict, log_path: Path, env: str = "test") -> Iterator[str]:
+    "`looplab apps monitoring` (Voila) on a free 127.0.0.1 port, from `project`; its URL once it answers. Always stopped."
+    port = free_port()
+    child_env = {**quiet_env, "KEDRO_ENV": env, "LOOPLAB_PROJECT_ROOT": str(project)}
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [tool("looplab"), "apps", "monitoring", "--host", "127.0.0.1", "--port", str(port), "--env", env],
+            cwd=project, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    if requests.get(url + "api/status", timeout=5).status_code < 500:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline, "Voila did not answer within 60 s:\n" + log_path.read_text()[-3000:]
+                time.sleep(0.3)
+            yield url
+        finally:
+            stop_process(server, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def app_url(project, tool, quiet_env, tmp_path_factory):
+    "The app on the project copy; stopped after the module."
+    with running_app(project, tool, quiet_env, tmp_path_factory.mktemp("voila") / "voila.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def open_dashboard(browser, url: str, ready: str):
+    "A new page on the app, once `ready` (a CSS selector) is there; the caller closes it."
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(RENDER_TIMEOUT_MS)
+    page.goto(url)
+    page.locator(f"{ready}, .looplab-error").first.wait_for()
+    errors = page.locator(".looplab-error")
+    assert errors.count() == 0, errors.first.inner_text()
+    return page
+
+
+def shown(page, field: str) -> tuple[str, str]:
+    "(text shown, stored value) of the latest-window cell `field`."
+    element = page.locator(f"#looplab-latest td[data-field='{field}']")
+    return element.inner_text().strip(), element.get_attribute("data-value")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def png_colours(data: bytes, limit: int = 64) -> int:
+    "How many distinct pixel values the PNG's first rows hold (8-bit RGB/RGBA, unfiltered enough to tell blank from drawn)."
+    chunks, position = [], 8
+    while position < len(data):
+        length = struct.unpack(">I", data[position:position + 4])[0]
+        kind = data[position + 4:position + 8]
+        if kind == b"IDAT":
+            chunks.append(data[position + 8:position + 8 + length])
+        position += 12 + length
+    raw = zlib.decompress(b"".join(chunks))
+    return len(set(raw[: 200_000])) if raw else 0
+
+
+def test_the_dashboard_shows_the_stored_numbers_and_its_plots(browser, app_url, project, tmp_path):
+    store = project / "data" / "08_reporting" / "monitoring"
+    set_conf(project, store)
+    windows = pd.read_parquet(store / "windows.parquet")
+    drift = pd.read_parquet(store / "drift.parquet")
+    latest = windows.sort_values("window_start").iloc[-1]
+    page = open_dashboard(browser, app_url, "#looplab-latest")
+    try:
+        # the plot is a real image of a real size, drawn (not blank)
+        image = page.locator("img#looplab-timeline")
+        image.wait_for()
+        page.wait_for_function("() => { const i = document.querySelector('#looplab-timeline'); return i.complete && i.naturalWidth > 0; }")
+        box = image.bounding_box()
+        assert box["width"] > 600 and box["height"] > 400, box
+        png = base64.b64decode(image.get_attribute("src").split(",", 1)[1])
+        width, height = png_size(png)
+        assert width >= 1000 and height >= 800, (width, height)
+        assert png_colours(png) > 20, "the timeline image is blank"
+
+        # the numbers of the latest window are the stored ones
+        for field in ("mae", "baseline_mae", "evaluation_mae", "latency_p50_ms", "latency_p99_ms", "degradation"):
+            text, value = shown(page, field)
+            assert float(value) == pytest.approx(float(latest[field]), rel=1e-12), field
+            if field in ("mae", "baseline_mae", "evaluation_mae"):
+                assert text == format(float(latest[field]), ".4g"), (field, text)
+        for field in ("predictions", "labelled", "drift_features"):
+            text, value = shown(page, field)
+            assert int(value) == int(latest[field]) and text.replace(",", "") == str(int(latest[field])), field
+        assert shown(page, "model_version") == (f"v{latest['model_version']}", str(latest["model_version"]))
+        in_latest = drift[(drift["window_start"] == latest["window_start"]) & drift["drift"]]
+        assert shown(page, "drifted")[1] == ",".join(sorted(in_latest["feature"]))
+        assert pd.Timestamp(shown(page, "window_end")[1]) == latest["window_end"]
+
+        # champion and challenger come from the registry
+        assert shown(page, "champion") == ("v2", "2") and shown(page, "challenger") == ("v3", "3")
+        assert page.locator("#looplab-registry").get_attribute("data-source") == "registry"
+        assert page.locator("tr.looplab-champion").get_attribute("data-version") == "2"
+        assert "28.5" in page.locator("tr.looplab-champion").inner_text()
+
+        # the decisions: all there, the fired one with its outcome
+        decisions = {json.loads(line)["id"] for line in (store / "decisions.jsonl").read_text().splitlines()}
+        rows = page.locator("#looplab-decisions tr[data-fired]")
+        assert rows.count() == len(decisions)  # one row per decision: its outcome line updates it
+        fired = page.locator("#looplab-decisions tr[data-fired='true']")
+        assert fired.count() == 1 and fired.get_attribute("data-outcome") == "promoted"
+        assert "drift on 3 features" in fired.inner_text()
+        assert "Traceback" not in page.content()
+
+        screenshot = tmp_path / "monitoring-dashboard.png"
+        # Voila's page scrolls inside a container, so a full-page shot needs a viewport as tall as the content
+        height = page.evaluate("() => Math.max(...Array.from(document.querySelectorAll('*'), e => e.scrollHeight))")
+        page.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 6000)})
+        page.screenshot(path=str(screenshot), full_page=True)
+        data = screenshot.read_bytes()
+        width, height = png_size(data)
+        assert width >= 1000 and height >= 1000 and len(data) > 50_000
+        assert png_colours(data) > 20, "the screenshot is blank"
+    finally:
+        page.close()
+
+
+def test_refresh_shows_a_new_window(browser, app_url, project, tmp_path):
+    "A window the monitoring layer adds while the page is open appears on Refresh."
+    first = monitoring_windows(count=5)
+    store = write_store(tmp_path / "store", first, drift_rows(first), decision_records(first))
+    set_conf(project, store)
+    page = open_dashboard(browser, app_url, "#looplab-latest")
+    try:
+        before = pd.read_parquet(store / "windows.parquet")
+        assert float(shown(page, "mae")[1]) == pytest.approx(float(before["mae"].iloc[-1]), rel=1e-12)
+        grown = monitoring_windows(count=6)
+        grown.loc[5, "mae"] = 77.125
+        write_store(store, grown, drift_rows(grown), decision_records(grown))
+        page.get_by_role("button", name="Refresh").click()
+        page.wait_for_function("() => document.querySelector(\"#looplab-latest td[data-field='mae']\")?.dataset.value === '77.125'")
+        assert shown(page, "mae") == ("77.12", "77.125") or shown(page, "mae") == ("77.13", "77.125")
+        assert pd.Timestamp(shown(page, "window_start")[1]) == grown["window_start"].iloc[-1]
+    finally:
+        page.close()
+
+
+def test_an_unreachable_registry_is_said_and_the_store_names_the_champion(browser, app_url, project, tmp_path):
+    store = project / "data" / "08_reporting" / "monitoring"
+    set_conf(project, store, tracking_uri=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    page = open_dashboard(browser, app_url, "#looplab-latest")
+    try:
+        note = page.locator("#looplab-registry-note")
+        assert note.get_attribute("data-source") == "store"
+        assert "registry unreachable" in note.inner_text()
+        # the store's last champion: the promoted decision's champion_after
+        assert shown(page, "champion") == ("v2", "2")
+        assert shown(page, "challenger")[1] == "nan"
+        assert page.locator("img#looplab-timeline").count() == 1
+    finally:
+        page.close()
+
+
+def test_an_empty_store_says_how_to_fill_it(browser, app_url, project, tmp_path):
+    empty = tmp_path / "no-store-yet"
+    set_conf(project, empty)
+    page = open_dashboard(browser, app_url, "#looplab-empty")
+    try:
+        message = page.locator("#looplab-empty").inner_text()
+        assert "No monitoring data yet" in message
+        assert "kedro run -p monitoring" in message and "looplab replay" in message
+        assert str(empty) in message
+        assert page.locator("img#looplab-timeline").count() == 0
+        assert "Traceback" not in page.content() and "Error" not in page.locator(".looplab-dashboard").inner_text()
+    finally:
+        page.close()
+
+
+def test_a_corrupt_store_file_is_named_not_a_traceback(browser, app_url, project, tmp_path):
+    store = tmp_path / "broken"
+    store.mkdir()
+    (store / "windows.parquet").write_bytes(b"this is not parquet")
+    set_conf(project, store)
+    page = browser.new_page()
+    page.set_default_timeout(RENDER_TIMEOUT_MS)
+    try:
+        page.goto(app_url)
+        error = page.locator(".looplab-error")
+        error.first.wait_for()
+        assert "windows.parquet" in error.first.inner_text()
+        assert "Traceback" not in page.content()
+    finally:
+        page.close()
+
+
+def test_a_latest_window_without_labels_shows_dashes(browser, app_url, project, tmp_path):
+    "Labels not arrived yet: no MAE (NaN in the store) shows as a dash, and the plot still renders."
+    windows = monitoring_windows(count=4)
+    for column in ("mae", "rmse", "bias", "baseline_mae", "degradation"):
+        windows.loc[3, column] = float("nan")
+    windows.loc[3, ["labelled", "missing_labels"]] = [0, 168]
+    store = write_store(tmp_path / "store", windows, drift_rows(windows), decision_records(windows))
+    set_conf(project, store)
+    page = open_dashboard(browser, app_url, "#looplab-latest")
+    try:
+        assert shown(page, "mae") == ("—", "nan") and shown(page, "degradation") == ("—", "nan")
+        assert shown(page, "labelled") == ("0", "0")
+        assert "no labels yet" in page.locator("#looplab-latest").inner_text()
+        assert page.locator("img#looplab-timeline").count() == 1
+    finally:
+        page.close()
+
+
+# --- a store written by the real loop ---------------------------------------------------------------
+REPLAY_START, REPLAY_END = "2011-01-21", "2011-02-03"  # inside the test data; two weekly windows get their labels
+
+
+@pytest.fixture(scope="module")
+def replayed_project(root, tmp_path_factory, tool, quiet_env):
+    "A project copy with a champion, after `looplab replay` over two weeks: its monitoring store is the real thing."
+    pytest.importorskip("looplab.replay", reason="looplab replay (notebooks/44_replay.ipynb) is not built yet")
+    project = project_with_models(root, tmp_path_factory.mktemp("monitoring-replay") / "project", tool, quiet_env)
+    (project / "notebooks" / "apps").mkdir(parents=True)
+    shutil.copy(root / "notebooks" / "apps" / "monitoring.ipynb", project / "notebooks" / "apps")
+    result = subprocess.run(
+        [tool("looplab"), "replay", "--start", REPLAY_START, "--end", REPLAY_END, "--env", "test"],
+        cwd=project, env={**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project), "KEDRO_ENV": "test"},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, f"looplab replay failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return project
+
+
+def test_the_dashboard_agrees_with_a_store_written_by_replay(browser, replayed_project, tool, quiet_env, tmp_path):
+    from looplab import registry
+    from looplab.monitoring import load_store
+
+    store = load_store(root=replayed_project, env="test")
+    assert len(store["windows"]), "the replay monitored no window"
+    latest = store["windows"].sort_values("window_start").iloc[-1]
+    champion = registry.alias_version(MODEL, "champion", client=registry.registry_client(f"sqlite:///{replayed_project}/mlflow.db"))
+    with running_app(replayed_project, tool, quiet_env, tmp_path / "voila.log") as url:
+        page = open_dashboard(browser, url, "#looplab-latest")
+        try:
+            page.locator("img#looplab-timeline").wait_for()
+            for field in ("mae", "baseline_mae", "evaluation_mae", "latency_p99_ms"):
+                stored = float(latest[field]) if latest[field] is not None else float("nan")
+                value = float(shown(page, field)[1])
+                assert value == pytest.approx(stored, rel=1e-12, nan_ok=True), field
+            for field in ("predictions", "labelled", "drift_features"):
+                assert int(shown(page, field)[1]) == int(latest[field]), field
+            assert shown(page, "model_version")[1] == str(latest["model_version"])
+            assert shown(page, "champion")[1] == str(champion)
+            assert page.locator("#looplab-registry").get_attribute("data-source") == "registry"
+            assert page.locator("#looplab-decisions tr[data-fired]").count() == len(store["decisions"])
+            page.screenshot(path=str(tmp_path / "monitoring-dashboard-replay.png"), full_page=True)
+        finally:
+            page.close()

@@ -1,0 +1,289 @@
+"""The monitoring layer on a project copy: windows scored from the prediction log against late labels,
+the `monitoring` pipeline, the retraining trigger's faults (a crashing training run, a trigger while one
+runs, alerts), and the closed loop of `make run` (the loop once, then a replay that drifts, retrains,
+promotes and serves the new champion)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import copy_project, kedro_run, project_with_models
+
+
+@pytest.fixture(scope="module")
+def project(root, tool, quiet_env, tmp_path_factory) -> Path:
+    "A test-environment copy with data through 2011-01-23 and champion version 1."
+    return project_with_models(root, tmp_path_factory.mktemp("monitoring") / "project", tool, quiet_env)
+
+
+@pytest.fixture
+def env(quiet_env, project) -> dict:
+    return {**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project), "KEDRO_ENV": "test"}
+
+
+@pytest.fixture
+def fresh_store(project):
+    "Each test starts with an empty monitoring store and prediction log."
+    import shutil
+
+    for folder in ("data/08_reporting/monitoring", "data/07_model_output/predictions"):
+        shutil.rmtree(project / folder, ignore_errors=True)
+    yield project / "data" / "08_reporting" / "monitoring"
+
+
+def in_project(project: Path):
+    "Work inside the project copy (library calls read conf and the MLflow store from there)."
+    import contextlib
+
+    @contextlib.contextmanager
+    def inside():
+        here, before = Path.cwd(), {key: os.environ.get(key) for key in ("LOOPLAB_PROJECT_ROOT", "KEDRO_ENV")}
+        os.chdir(project)
+        os.environ.update(LOOPLAB_PROJECT_ROOT=str(project), KEDRO_ENV="test")
+        try:
+            yield
+        finally:
+            os.chdir(here)
+            for key, value in before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    return inside()
+
+
+def parameters(project: Path) -> dict:
+    from looplab.core import load_config
+
+    return load_config("parameters", env="test", root=project)
+
+
+def validated(project: Path) -> pd.DataFrame:
+    folder = project / "data" / "03_primary" / "validated_rides.parquet"
+    return pd.read_parquet(sorted(folder.iterdir())[-1] / folder.name)
+
+
+def write_log(project: Path, start: str, end: str, version: str = "1", repeat: int = 1, shift: dict | None = None,
+              later_days: int = 0, values: dict | None = None) -> int:
+    "Log the champion's predictions for the hours in [start, end) the way serving does (contract of 31_serving)."
+    from looplab.core import configure_mlflow
+    from looplab.registry import load_model
+    from looplab.serving import PredictionLog
+
+    params = parameters(project)
+    columns = params["training"]["features"]
+    folder = project / "data" / "04_feature" / "features.parquet"
+    features = pd.read_parquet(sorted(folder.iterdir())[-1] / folder.name)
+    times = pd.to_datetime(features["event_timestamp"])
+    rows = features[(times >= start) & (times < end)].copy()
+    for column, amount in (shift or {}).items():
+        rows[column] = rows[column] + amount
+    for column, value in (values or {}).items():
+        rows[column] = value
+    configure_mlflow("test", project)
+    predictions = load_model("bike-demand", version).predict(rows[columns])
+    log = PredictionLog(project / "data" / "07_model_output" / "predictions")
+    call = uuid.uuid4().hex[:8]
+    for attempt in range(repeat):  # a repeat writes the very same lines again
+        log.append([{"request_id": f"{call}-{index}", "row": 0, "time": f"2026-01-01T00:00:{attempt:02d}+00:00",
+                     "model_name": "bike-demand", "model_version": version, "entity": "dc",
+                     "event_time": (when + pd.Timedelta(days=later_days)).isoformat(), "latency_ms": 2.5,
+                     "inputs": {column: (None if pd.isna(value) else value) for column, value in zip(columns, row, strict=True)},
+                     "prediction": float(prediction)}
+                    for index, (when, row, prediction) in enumerate(zip(pd.to_datetime(rows["event_timestamp"]), rows[columns].itertuples(index=False),
+                                                                        predictions, strict=True))])
+    log.close()
+    return len(rows)
+
+
+def monitor(project: Path, now: str, **overrides) -> dict:
+    from looplab.monitoring import monitor_windows
+
+    params = parameters(project)
+    with in_project(project):
+        return monitor_windows(validated(project), {**params["monitoring"], **overrides}, params["data"], params["training"],
+                               params["evaluation"], now=now, root=project, env="test")
+
+
+def test_windows_are_scored_once_their_labels_are_due(project, fresh_store):
+    from looplab.monitoring import load_store
+
+    rows = write_log(project, "2011-01-10", "2011-01-17", repeat=2)  # every line twice: counted once
+    assert monitor(project, "2011-01-18")["windows"] == []           # labels due two days after the window
+    report = monitor(project, "2011-01-20")
+    (window,) = report["windows"]
+    assert window["window_start"] == "2011-01-10 00:00:00" and window["predictions"] == rows == window["labelled"]
+    assert report["predictions"]["lines"] == 2 * rows and report["predictions"]["duplicates"] == 0
+    labels = validated(project).set_index("timestamp")["bikers"]
+    assert 0 < window["mae"] < labels.mean() and math.isfinite(window["baseline_mae"]) and window["model_version"] == "1"
+    assert math.isfinite(window["evaluation_mae"]) and window["drift_backend"] in ("alibi", "scipy")
+    assert monitor(project, "2011-01-21")["windows"] == []           # monitored once
+    stored = load_store(project, "test")
+    assert len(stored["windows"]) == 1 and set(stored["drift"]["feature"]) >= {"temp", "weathersit", "prediction"}
+    assert "hr" not in set(stored["drift"]["feature"])  # monitoring.drift.ignore: calendar columns
+
+
+def test_late_labels_empty_windows_and_duplicates(project, fresh_store):
+    write_log(project, "2011-01-03", "2011-01-05")
+    write_log(project, "2011-01-17", "2011-01-18")
+    write_log(project, "2011-01-17 05:00", "2011-01-17 06:00")  # the same hour predicted again: the later line counts
+    report = monitor(project, "2011-01-26 00:00", label_delay_hours=60)
+    by_start = {window["window_start"][:10]: window for window in report["windows"]}
+    assert set(by_start) == {"2011-01-03", "2011-01-10"}           # the week of the 17th: labels not due yet
+    assert by_start["2011-01-10"]["predictions"] == 0 and by_start["2011-01-10"]["note"] == "no predictions in this window"
+    assert report["predictions"]["duplicates"] == 1
+    # Labels that never arrive (hours after the data ends): the window is reported with its volume
+    # and why it has no error.
+    write_log(project, "2011-01-17", "2011-01-18", later_days=7)
+    late = {window["window_start"][:10]: window for window in monitor(project, "2011-02-01", label_delay_hours=1)["windows"]}
+    assert set(late) == {"2011-01-17", "2011-01-24"} and late["2011-01-17"]["labelled"] == 24
+    week = late["2011-01-24"]
+    assert week["predictions"] == week["missing_labels"] == 24 and week["labelled"] == 0
+    assert "labels missing" in week["note"] and math.isnan(week["mae"])
+
+
+def test_a_window_with_one_weather_and_a_constant_feature_is_checked(project, fresh_store):
+    write_log(project, "2011-01-10", "2011-01-17", values={"weathersit": "clear", "windspeed": 0.2})
+    (window,) = monitor(project, "2011-01-20")["windows"]
+    assert window["drift_backend"] and "drift not checked" not in window["note"], window["note"]
+    from looplab.monitoring import load_store
+
+    drift = load_store(project, "test")["drift"].set_index("feature")
+    assert {"weathersit", "windspeed", "prediction"} <= set(drift.index)
+    assert bool(drift.loc["windspeed", "drift"])  # a wind that never changes is not the wind of the reference
+
+
+def test_monitoring_pipeline_runs_one_window(project, fresh_store, tool, env):
+    write_log(project, "2011-01-10", "2011-01-17")
+    kedro_run(tool, env, project, "-p", "monitoring", "--env", "test")
+    report = json.loads((project / "data" / "08_reporting" / "monitoring_report.json").read_text())
+    decision = json.loads((project / "data" / "08_reporting" / "retraining_decision.json").read_text())
+    assert [window["window_start"][:10] for window in report["windows"]] == ["2011-01-10"]
+    assert decision["fired"] is False and decision["blocked_by"] and decision["champion_before"] == "1"
+    audit = [json.loads(line) for line in (fresh_store / "decisions.jsonl").read_text().splitlines()]
+    assert audit[-1]["id"] == decision["id"] and audit[-1]["source"] == "monitoring"
+
+
+def alert(name: str = "LooplabDriftDetected", status: str = "firing", group: str = "g1") -> dict:
+    return {"version": "4", "status": status, "groupKey": group, "groupLabels": {"alertname": name},
+            "alerts": [{"status": status, "labels": {"alertname": name, "severity": "warning"}, "fingerprint": "f1"}]}
+
+
+def policy_conf(project: Path, runner: str = "direct", cooldown_days: float = 0, **retraining) -> None:
+    "An override of the retraining policy for these tests (in the copy's conf/test)."
+    import yaml
+
+    block = {"retraining": {"runner": runner, "policy": {"min_new_labelled_rows": 0, "cooldown_days": cooldown_days}, **retraining}}
+    (project / "conf" / "test" / "parameters_retraining_override.yml").write_text(yaml.safe_dump(block))
+
+
+@pytest.fixture
+def policy(project):
+    yield lambda **kwargs: policy_conf(project, **kwargs)
+    (project / "conf" / "test" / "parameters_retraining_override.yml").unlink(missing_ok=True)
+
+
+def test_a_crashing_training_run_leaves_the_champion_serving(project, fresh_store, policy):
+    from looplab.core import configure_mlflow
+    from looplab.monitoring import load_store
+    from looplab.registry import alias_version
+    from looplab.retraining import handle_alert
+
+    # The papermill notebook runs for real and fails inside: one day of training data is below
+    # training.window.min_train_rows.
+    policy(runner="papermill", train_days=1, evaluation_days=2)
+    with in_project(project):
+        decision = handle_alert(alert(group="crash"), project, "test")
+        configure_mlflow("test", project)
+        assert alias_version("bike-demand", "champion") == "1"
+    assert decision["fired"] and decision["outcome"] == "failed" and decision["champion_after"] == "1"
+    assert "TrainingDataError" in decision["error"] or "no training rows" in decision["error"], decision["error"]
+    stored = load_store(project, "test")["decisions"]
+    assert stored.iloc[-1]["outcome"] == "failed"                     # the decision and its outcome, merged
+    assert not (fresh_store / "retraining.lock").exists()
+
+
+def test_alerts_are_deduplicated_and_a_running_retraining_blocks_another(project, fresh_store, policy):
+    from looplab.monitoring import load_store, store_files
+    from looplab.retraining import handle_alert, retraining_lock
+
+    policy(runner="direct", cooldown_days=7)
+    with in_project(project):
+        resolved = handle_alert(alert(status="resolved", group="r"), project, "test")
+        assert resolved["fired"] is False and resolved["blocked_by"] == ["resolved"]
+        with retraining_lock(store_files(fresh_store)["lock"]) as held:  # a retraining is running
+            assert held
+            blocked = handle_alert(alert(group="busy"), project, "test")
+        assert blocked["fired"] is False and "running" in blocked["blocked_by"]
+        assert handle_alert(alert(group="busy"), project, "test").get("deduplicated")  # the same group within the hour
+        with pytest.raises(ValueError, match="alerts"):
+            handle_alert({"nothing": 1}, project, "test")
+        # Two alerts at once: one retraining; the other is told one is running (or, when it decides
+        # after the first has finished, that the cool-down holds).
+        results = []
+        threads = [threading.Thread(target=lambda group=group: results.append(handle_alert(alert(group=group), project, "test")))
+                   for group in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+    fired = [result for result in results if result["fired"]]
+    assert len(results) == 2 and len(fired) == 1, results
+    assert fired[0]["outcome"] in ("promoted", "rejected")
+    decisions = load_store(project, "test")["decisions"]
+    assert len(decisions) == 4 and decisions["fired"].sum() == 1     # resolved, busy, a, b: all kept; one retraining
+
+
+def test_make_run_closes_the_loop(root, tool, quiet_env, tmp_path):
+    "`make run`'s two steps on the embedded defaults: drift is detected, the trigger retrains, serving moves on."
+    project = copy_project(root, tmp_path / "project")
+    env = {**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project)}
+    env.pop("KEDRO_ENV", None)
+    makefile = (root / "Makefile").read_text()
+    start = re.search(r"^RUN_REPLAY_START \?= (\S+)", makefile, re.M).group(1)
+    end = re.search(r"^RUN_REPLAY_END \?= (\S+)", makefile, re.M).group(1)
+    kedro_run(tool, env, project, "-c", "kedro.yml")
+    result = subprocess.run([tool("looplab"), "replay", "--start", start, "--end", end, "--no-progress"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "promoted" in result.stdout and "policy" in result.stdout, result.stdout
+    summary = json.loads((project / "data" / "08_reporting" / "replay" / "summary.json").read_text())
+    assert summary["retrainings"] >= 1 and summary["promotions"] >= 1 and summary["drift_windows"] >= 1, summary
+    assert summary["champion_end"] != summary["champion_start"]
+    assert summary["requests"] >= 24 * 40 and math.isfinite(summary["policy_mae"]) and math.isfinite(summary["static_mae"])
+    # Serving answered with the new champion after its promotion.
+    from looplab.monitoring import load_store, logged_predictions
+
+    store = load_store(project)
+    promoted = store["decisions"][store["decisions"]["outcome"] == "promoted"].iloc[0]
+    log, _ = logged_predictions(project / "data" / "07_model_output" / "predictions", "bike-demand")
+    after = log[log["event_time"] >= pd.Timestamp(promoted["clock"])]
+    assert len(after) and set(after["model_version"]) - {summary["champion_start"]}, "serving never moved to a retrained version"
+    assert store["windows"]["drift"].astype(bool).any()
+    # Everything is in MLflow: the windows, the decisions, the retraining's executed notebook, the report.
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("looplab-monitoring")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    names = [run.info.run_name for run in runs]
+    assert any(name.startswith("window ") for name in names) and any(name.startswith("replay ") for name in names)
+    assert any(run.data.tags.get("looplab.outcome") == "promoted" for run in runs)
+    retrained = client.get_run(promoted["run_id"])
+    assert any(item.path.startswith("notebook") for item in client.list_artifacts(retrained.info.run_id))
+    (report,) = (project / "data" / "08_reporting" / "replay").glob("replay-*.html")
+    page = report.read_text()
+    assert "policy" in page and "static" in page and "data:image/png;base64," in page and "promoted" in page
