@@ -184,7 +184,7 @@ cluster-render:  ## print OVERLAY's manifests (dev|prod) with images $(REGISTRY)
 	@$(KUSTOMIZE) build/cluster-$(OVERLAY)
 
 deploy:  ## apply OVERLAY at TAG to the current kubectl context and wait for serving to roll out
-	$(MAKE) --no-print-directory cluster-render OVERLAY=$(OVERLAY) TAG=$(TAG) REGISTRY=$(REGISTRY) > build/cluster-$(OVERLAY).yaml
+	mkdir -p build && $(MAKE) --no-print-directory cluster-render OVERLAY=$(OVERLAY) TAG=$(TAG) REGISTRY=$(REGISTRY) > build/cluster-$(OVERLAY).yaml
 	kubectl apply -f build/cluster-$(OVERLAY).yaml
 	kubectl -n $(NAMESPACE) rollout status deployment/looplab-serving --timeout=10m
 
