@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -92,3 +95,28 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(
+    command: list[str], cwd: Path, env: dict, ready_url: str, log_path: Path,
+    timeout: float = 120, ready=lambda status: status == 200,
+):
+    "Start `command`, wait (bounded) until `ready_url` answers with a status `ready` accepts; yield; always stop it."
+    with log_path.open("w") as log:
+        server = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                assert server.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    if ready(requests.get(ready_url, timeout=5).status_code):
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline, f"{Path(command[0]).name} {command[1]} did not answer within {timeout:.0f} s:\n" \
+                    + log_path.read_text()[-3000:]
+                time.sleep(0.3)
+            yield server
+        finally:
+            stop_process(server, timeout=20)

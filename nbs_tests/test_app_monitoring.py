@@ -11,7 +11,6 @@ import json
 import shutil
 import struct
 import subprocess
-import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 
-from conftest import copy_project, free_port, project_with_models, stop_process
+from conftest import copy_project, free_port, project_with_models, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -157,26 +155,10 @@ def running_app(project: Path, tool, quiet_env: dict, log_path: Path, env: str =
     "`looplab apps monitoring` (Voila) on a free 127.0.0.1 port, from `project`; its URL once it answers. Always stopped."
     port = free_port()
     child_env = {**quiet_env, "KEDRO_ENV": env, "LOOPLAB_PROJECT_ROOT": str(project)}
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [tool("looplab"), "apps", "monitoring", "--host", "127.0.0.1", "--port", str(port), "--env", env],
-            cwd=project, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            deadline = time.monotonic() + 60
-            while True:
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    if requests.get(url + "api/status", timeout=5).status_code < 500:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "Voila did not answer within 60 s:\n" + log_path.read_text()[-3000:]
-                time.sleep(0.3)
-            yield url
-        finally:
-            stop_process(server, timeout=20)
+    url = f"http://127.0.0.1:{port}/"
+    with running_server([tool("looplab"), "apps", "monitoring", "--host", "127.0.0.1", "--port", str(port), "--env", env], project,
+                        child_env, url + "api/status", log_path, timeout=60, ready=lambda status: status < 500):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,13 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import requests
 
-from conftest import free_port, project_with_models, stop_process
+from conftest import free_port, project_with_models, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -39,24 +37,10 @@ def api_url(project, tool, quiet_env, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("api") / "serve.log"
     env = {**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project)}
-    with log_path.open("w") as log:
-        server = subprocess.Popen([tool("looplab"), "serve", "--workers", "1", "--port", str(port), "--env", "test"],
-                                  cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    if requests.get(url + "/ready", timeout=5).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "looplab serve was not ready within 120 s:\n" + log_path.read_text()[-3000:]
-                time.sleep(0.3)
-            yield url
-        finally:
-            stop_process(server, timeout=20)
+    url = f"http://127.0.0.1:{port}"
+    with running_server([tool("looplab"), "serve", "--workers", "1", "--port", str(port), "--env", "test"], project, env,
+                        url + "/ready", log_path):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -65,26 +49,10 @@ def app_url(project, api_url, tool, quiet_env, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("voila") / "voila.log"
     env = {**quiet_env, "KEDRO_ENV": "test", "LOOPLAB_PROJECT_ROOT": str(project), "LOOPLAB_SERVING_URL": api_url}
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [tool("looplab"), "apps", "serving", "--host", "127.0.0.1", "--port", str(port), "--env", "test"],
-            cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            deadline = time.monotonic() + 60
-            while True:
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    if requests.get(url + "api/status", timeout=5).status_code < 500:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "Voila did not answer within 60 s:\n" + log_path.read_text()[-3000:]
-                time.sleep(0.3)
-            yield url
-        finally:
-            stop_process(server, timeout=20)
+    url = f"http://127.0.0.1:{port}/"
+    with running_server([tool("looplab"), "apps", "serving", "--host", "127.0.0.1", "--port", str(port), "--env", "test"], project, env,
+                        url + "api/status", log_path, timeout=60, ready=lambda status: status < 500):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -245,6 +245,26 @@ def test_alerts_are_deduplicated_and_a_running_retraining_blocks_another(project
     assert len(decisions) == 4 and decisions["fired"].sum() == 1     # resolved, busy, a, b: all kept; one retraining
 
 
+def test_replay_through_a_running_server(project, fresh_store, tool, env):
+    "`looplab replay --mode http`: the same steps, the requests sent to a real `looplab serve` worker."
+    from looplab.monitoring import logged_predictions
+
+    from conftest import free_port, running_server
+
+    port = free_port()
+    with running_server([tool("looplab"), "serve", "--workers", "1", "--port", str(port), "--env", "test"], project, env,
+                        f"http://127.0.0.1:{port}/ready", project / "serve.log"):
+        result = subprocess.run([tool("looplab"), "replay", "--mode", "http", "--url", f"http://127.0.0.1:{port}", "--start", "2011-01-24",
+                                 "--end", "2011-01-25", "--no-progress", "--env", "test"], cwd=project, env=env,
+                                capture_output=True, text=True, timeout=600)
+    # stopped gracefully on leaving: the worker has flushed its prediction log
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    served = int(re.search(r"2 days in .* s \(.*\), (\d+) predictions", result.stdout).group(1))
+    log, _ = logged_predictions(project / "data" / "07_model_output" / "predictions", "bike-demand")
+    days = set(log["event_time"].dt.strftime("%Y-%m-%d"))
+    assert days == {"2011-01-24", "2011-01-25"} and len(log) == served >= 40  # every hour the data has, logged by the worker
+
+
 def test_make_run_closes_the_loop(root, tool, quiet_env, tmp_path):
     "`make run`'s two steps on the embedded defaults: drift is detected, the trigger retrains, serving moves on."
     project = copy_project(root, tmp_path / "project")
