@@ -266,7 +266,12 @@ def test_malformed_load_then_a_killed_worker(stack, tmp_path):
     load.join(60)
     statuses = result["statuses"]
     assert set(statuses) == {200}, result["output"]  # the gateway retried the refused and broken connections on the other worker
-    assert statuses[200] > 100 and not any(result["errors"].values()), result["output"]  # no socket error, no non-2xx
+    errors = result["errors"]
+    assert statuses[200] > 100 and not (errors["connect"] or errors["write"] or errors["timeout"] or errors["status"]), result["output"]
+    # A response the killed worker had begun to send when it died cannot be replayed by nginx (part of
+    # it already went to the client): that connection is cut. At most the worker's requests in flight
+    # (16 connections over 2 workers); seen here: 0 or 1. Every other request was answered 200.
+    assert errors["read"] <= 8, result["output"]
     # `looplab serve` restarted the killed worker, and the gateway uses it again
     wait_until(lambda: stack.worker_pid(1) != victim and ready(stack.worker_url(1)), 120, "the killed worker's restart")
     assert "exited with status -9; restarted it as pid" in stack.serve_log.read_text()
