@@ -243,6 +243,7 @@ def test_alerts_are_deduplicated_and_a_running_retraining_blocks_another(project
     assert fired[0]["outcome"] in ("promoted", "rejected")
     decisions = load_store(project, "test")["decisions"]
     assert len(decisions) == 4 and decisions["fired"].sum() == 1     # resolved, busy, a, b: all kept; one retraining
+    assert decisions["source"].eq("alert").all() and decisions["time"].notna().all()  # each decision whole, not just its id
 
 
 def test_replay_through_a_running_server(project, fresh_store, tool, env):

@@ -314,9 +314,11 @@ def _execute(decision: dict, monitoring: dict, settings: dict, now: pd.Timestamp
     window = retraining_window(now, monitoring["label_delay_hours"], settings)
     decision["window"] = window
     with retraining_lock(store_files(store)["lock"]) as mine:
-        if not mine:
+        if not mine:  # another retraining took the lock since the decision was made: held, recorded whole
             decision.update(fired=False, blocked_by=[*decision["blocked_by"], "running"], outcome=None)
-            return record_decision(store, {"id": decision["id"], "fired": False, "blocked_by": decision["blocked_by"], "outcome": None})
+            configure_mlflow(env, root, experiment="monitoring")
+            log_decision(decision)
+            return record_decision(store, decision)
         record_decision(store, decision)
         before = decision["champion_before"]
         try:
