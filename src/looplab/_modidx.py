@@ -532,6 +532,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.validation.coerce_batch': ('validation.html#coerce_batch', 'looplab/validation.py'),
                                     'looplab.validation.log_validation_report': ( 'validation.html#log_validation_report',
                                                                                   'looplab/validation.py'),
+                                    'looplab.validation.rejection_reasons': ('validation.html#rejection_reasons', 'looplab/validation.py'),
                                     'looplab.validation.report_validation': ('validation.html#report_validation', 'looplab/validation.py'),
                                     'looplab.validation.row_problems': ('validation.html#row_problems', 'looplab/validation.py'),
                                     'looplab.validation.validate_batch': ('validation.html#validate_batch', 'looplab/validation.py'),

@@ -307,7 +307,13 @@ def validate_on_dask(
     import dask.dataframe as dd
     import pandera.pandas as pa
 
-    from looplab.validation import DEFAULT_SAMPLE_ROWS, _canonical, _percent, build_schema, coerce_batch
+    from looplab.validation import (
+        DEFAULT_SAMPLE_ROWS,
+        _canonical,
+        build_schema,
+        coerce_batch,
+        rejection_reasons,
+    )
 
     data_engine(params)  # a misspelt engine is named, not run on Dask
     params = pandas_params(params)
@@ -355,17 +361,8 @@ def validate_on_dask(
             for key, count in result["sources"].items():
                 sources[key] = sources.get(key, 0) + count
 
-        rejection = []
-        if rows_in:
-            if missing:
-                rejection.append(f"missing column(s) {', '.join(missing)}")
-            if extra and policy == "reject":
-                rejection.append(f"extra column(s) {', '.join(extra)} (extra_columns: reject)")
-            for name in present:
-                if schema.columns[name].nullable and null_fractions[name] > max_null_fraction:
-                    rejection.append(f"column {name} is {_percent(null_fractions[name])} null, over max_null_fraction {_percent(max_null_fraction)}")
-            if invalid_share > max_invalid_share:
-                rejection.append(f"{_percent(invalid_share)} of rows invalid, over max_invalid_share {_percent(max_invalid_share)}")
+        rejection = rejection_reasons(rows_in, missing, extra, policy, present, schema, null_fractions, max_null_fraction,
+                                      invalid_share, max_invalid_share)  # the same rule as the pandas path
         rejected = bool(rejection)
 
         if rejected:

@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'NOT_A', 'LINEAGE_KEPT', 'DEFAULT_SAMPLE_ROWS', 'REPORT_METRICS',
-           'build_schema', 'coerce_batch', 'row_problems', 'validate_batch', 'validation_report_html',
-           'log_validation_report', 'report_validation']
+           'build_schema', 'coerce_batch', 'row_problems', 'rejection_reasons', 'validate_batch',
+           'validation_report_html', 'log_validation_report', 'report_validation']
 
 # %% ../../notebooks/12_validation.ipynb #0537277a
 DTYPES = ("int64", "float64", "str", "datetime64[ns]")  # the canonical dtypes a schema column can take
@@ -344,6 +344,25 @@ def _quarantine(
     return quarantine
 
 
+def rejection_reasons(
+    rows_in: int, missing: list[str], extra: list[str], policy: str, present: list[str], schema,
+    null_fractions: dict[str, float], max_null_fraction: float, invalid_share: float, max_invalid_share: float,
+) -> list[str]:  # why the whole batch is rejected; empty when it is not
+    "The whole-batch rejection rule: missing or (with `extra_columns: reject`) extra columns, too many nulls, too many invalid rows."
+    rejection = []
+    if rows_in:
+        if missing:
+            rejection.append(f"missing column(s) {', '.join(missing)}")
+        if extra and policy == "reject":
+            rejection.append(f"extra column(s) {', '.join(extra)} (extra_columns: reject)")
+        for name in present:
+            if schema.columns[name].nullable and null_fractions[name] > max_null_fraction:
+                rejection.append(f"column {name} is {_percent(null_fractions[name])} null, over max_null_fraction {_percent(max_null_fraction)}")
+        if invalid_share > max_invalid_share:
+            rejection.append(f"{_percent(invalid_share)} of rows invalid, over max_invalid_share {_percent(max_invalid_share)}")
+    return rejection
+
+
 def _percent(share: float) -> str:
     return f"{100 * share:.1f}%"
 
@@ -388,17 +407,8 @@ def validate_batch(
     invalid_share = len(own_reasons) / rows_in if rows_in else 0.0
     null_fractions = {name: float(batch[name].isna().mean()) if rows_in else 0.0 for name in present}
 
-    rejection = []
-    if rows_in:
-        if missing:
-            rejection.append(f"missing column(s) {', '.join(missing)}")
-        if extra and policy == "reject":
-            rejection.append(f"extra column(s) {', '.join(extra)} (extra_columns: reject)")
-        for name in present:
-            if schema.columns[name].nullable and null_fractions[name] > max_null_fraction:
-                rejection.append(f"column {name} is {_percent(null_fractions[name])} null, over max_null_fraction {_percent(max_null_fraction)}")
-        if invalid_share > max_invalid_share:
-            rejection.append(f"{_percent(invalid_share)} of rows invalid, over max_invalid_share {_percent(max_invalid_share)}")
+    rejection = rejection_reasons(rows_in, missing, extra, policy, present, schema, null_fractions, max_null_fraction,
+                                  invalid_share, max_invalid_share)
     rejected = bool(rejection)
 
     if rejected:
