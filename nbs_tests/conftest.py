@@ -120,3 +120,21 @@ def running_server(
             yield server
         finally:
             stop_process(server, timeout=20)
+
+
+# Browser tests drive Debian's Chromium (packages chromium, chromium-driver) through Playwright.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    "Headless Debian Chromium through Playwright, for one test module."
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -20,10 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import copy_project, free_port, project_with_models, running_server
+from conftest import CHROMIUM, copy_project, free_port, project_with_models, running_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 MODEL = "bike-demand"
 FEATURES = ["hr", "weekday", "workingday", "holiday", "season", "weathersit", "temp", "atemp", "hum", "windspeed",
             "bikers_lag_24h", "bikers_lag_168h", "bikers_mean_same_hour_7d", "prediction"]
@@ -166,18 +164,6 @@ def app_url(project, tool, quiet_env, tmp_path_factory):
     "The app on the project copy; stopped after the module."
     with running_app(project, tool, quiet_env, tmp_path_factory.mktemp("voila") / "voila.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def open_dashboard(browser, url: str, ready: str):

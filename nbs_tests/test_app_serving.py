@@ -13,10 +13,8 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import free_port, project_with_models, running_server
+from conftest import CHROMIUM, free_port, project_with_models, running_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 MODEL = "bike-demand"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
@@ -53,18 +51,6 @@ def app_url(project, api_url, tool, quiet_env, tmp_path_factory):
     with running_server([tool("looplab"), "apps", "serving", "--host", "127.0.0.1", "--port", str(port), "--env", "test"], project, env,
                         url + "api/status", log_path, timeout=60, ready=lambda status: status < 500):
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")
