@@ -97,6 +97,17 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
         process.wait(timeout=10)
 
 
+def wait_until(condition, seconds: float, what: str, poll: float = 0.3):
+    "Poll `condition` until it returns something true (that value), for at most `seconds`; fail naming `what`."
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
+        time.sleep(poll)
+
+
 @contextlib.contextmanager
 def running_server(
     command: list[str], cwd: Path, env: dict, ready_url: str, log_path: Path,

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 
 import pytest
 import requests
@@ -18,19 +17,9 @@ import requests
 from looplab.core import load_config
 from looplab.versioning import load_version
 
-from conftest import free_port, project_with_models, stop_process
+from conftest import free_port, project_with_models, stop_process, wait_until
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="nginx is missing: run make system-packages")
-
-
-def wait_until(condition, seconds: float, what: str, poll: float = 0.3):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
-        time.sleep(poll)
 
 
 @pytest.fixture(scope="module")

@@ -24,22 +24,12 @@ import requests
 from looplab.core import load_config
 from looplab.versioning import load_version
 
-from conftest import free_port, project_with_models, stop_process
+from conftest import free_port, project_with_models, stop_process, wait_until
 
 WRK = "/usr/bin/wrk"
 PREDICT = "/v1/models/bike-demand/predict"
 pytestmark = pytest.mark.skipif(not (os.path.exists("/usr/sbin/nginx") and os.path.exists(WRK)),
                                 reason="nginx or wrk is missing: run make system-packages")
-
-
-def wait_until(condition, seconds: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
-        time.sleep(poll)
 
 
 def ready(url: str) -> bool:
