@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,11 @@ MERGE_STRATEGY: dict[str, str] = {key: "soft" for key in CONFIG_PATTERNS}
 
 ENV_VARIABLE = "KEDRO_ENV"
 
+# Kedro registers its `globals` resolver process-wide, bound to the newest loader: two loaders built
+# at once in two threads (two alerts reaching the webhook together) resolve through each other's
+# half-built state. One loader at a time builds and resolves.
+_LOADER_LOCK = threading.Lock()
+
 
 def load_config(
     key: str = "parameters",              # which files: parameters, catalog, mlflow, serving, ...
@@ -123,16 +129,14 @@ def load_config(
         raise FileNotFoundError(f"{conf / 'local'} is missing: create it (empty is fine); it holds this machine's own settings")
     patterns = {**CONFIG_PATTERNS}
     patterns.setdefault(key, [f"{key}*", f"{key}*/**"])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
-        loader = OmegaConfigLoader(
-            conf_source=str(conf), base_env="base", default_run_env="local", env=env,
-            config_patterns=patterns, merge_strategy={**MERGE_STRATEGY, key: MERGE_STRATEGY.get(key, "soft")},
-            runtime_params=runtime_params or {},
-        )
     try:
-        with warnings.catch_warnings():  # OmegaConf's deprecation notice about Kedro's own resolvers
+        with _LOADER_LOCK, warnings.catch_warnings():  # OmegaConf's deprecation notice about Kedro's own resolvers
             warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
+            loader = OmegaConfigLoader(
+                conf_source=str(conf), base_env="base", default_run_env="local", env=env,
+                config_patterns=patterns, merge_strategy={**MERGE_STRATEGY, key: MERGE_STRATEGY.get(key, "soft")},
+                runtime_params=runtime_params or {},
+            )
             return dict(loader[key])
     except MissingConfigException as error:
         raise FileNotFoundError(f"no {key!r} configuration under {conf} (looked for {patterns[key]})") from error
