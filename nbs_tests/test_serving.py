@@ -156,7 +156,7 @@ def test_the_compiled_predictor_answers_exactly_what_the_model_says(project, tmp
         assert client.get("/ready").json()["predictor"].startswith("CompiledModel(")
         first = client.post(PREDICT, json={"records": records(inputs)})  # the first batch: also predicted by the model, compared
         assert first.status_code == 200 and first.json()["predictions"] == list(model.predict(inputs))
-        assert app.state.batcher._checked == {id(holder.current.compiled): True}
+        assert dict(app.state.batcher._checked) == {holder.current.compiled: True}
         table = {name: [None if pd.isna(value) else value for value in large[name].tolist()] for name in large.columns}
         by_column = client.post(PREDICT, json={"columns": table})
         assert by_column.status_code == 200, by_column.text[:500]

@@ -79,6 +79,62 @@ def _flatten(
     arrays["depth"] = np.asarray(depth, dtype=np.int64)
     return arrays
 
+# %% ../../notebooks/33_inference.ipynb #fdb245f7
+def _fast_preprocess(
+    preprocess,  # the pipeline without its estimator (`pipeline[:-1]`)
+):               # a function columns → float64 matrix, equal to `preprocess.transform`; or None: not a supported form
+    "The fitted one-hot + passthrough `ColumnTransformer` as a plain function of columns, or None."
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+
+    steps = getattr(preprocess, "steps", None)
+    if not steps or len(steps) != 1 or type(steps[0][1]) is not ColumnTransformer:
+        return None
+    transformer = steps[0][1]
+    if getattr(transformer, "sparse_output_", True) or (getattr(transformer, "_sklearn_output_config", None) or {}).get("transform"):
+        return None
+    plan: list[tuple[str, str, dict | None]] = []  # (kind, column, category → position)
+    for name, step, columns in transformer.transformers_:
+        if isinstance(step, str) and step == "drop":
+            continue
+        if name == "remainder":  # columns nobody named: their types are unknown here
+            return None
+        if not isinstance(columns, list) or not all(isinstance(column, str) for column in columns):
+            return None
+        identity = (isinstance(step, str) and step == "passthrough") or (
+            type(step) is FunctionTransformer and step.func is None and not step.validate)
+        if identity:
+            plan.extend(("number", column, None) for column in columns)
+            continue
+        if (type(step) is not OneHotEncoder or step.handle_unknown != "ignore" or step.drop_idx_ is not None or step.sparse_output
+                or step.dtype not in (np.float64, float) or getattr(step, "_infrequent_enabled", False)):
+            return None
+        for column, categories in zip(columns, step.categories_, strict=True):
+            if not all(type(value) is str for value in categories):
+                return None
+            plan.append(("onehot", column, {value: position for position, value in enumerate(categories)}))
+    if not plan:
+        return None
+    width = sum(1 if kind == "number" else len(positions) for kind, _, positions in plan)
+
+    def transform(data) -> np.ndarray:
+        rows = len(data[plan[0][1]])
+        X = np.zeros((rows, width), dtype=np.float64)
+        at = 0
+        for kind, column, positions in plan:
+            values = data[column]
+            if kind == "number":
+                X[:, at] = np.asarray(values, dtype=np.float64)
+                at += 1
+                continue
+            codes = np.fromiter(map(positions.get, values, [-1] * rows), dtype=np.int64, count=rows)
+            known = np.flatnonzero(codes >= 0)
+            X[known, at + codes[known]] = 1.0
+            at += len(positions)
+        return X
+
+    return transform
+
 # %% ../../notebooks/33_inference.ipynb #78c4f96a
 class CompiledModel:
     "A fitted pipeline whose final HistGradientBoostingRegressor runs as a numba kernel; build with `compile_model`."
@@ -92,6 +148,7 @@ class CompiledModel:
         self.pipeline, self.arrays, self.threads = pipeline, arrays, max(1, int(threads))
         self.estimator = pipeline[-1]
         self.preprocess = pipeline[:-1]
+        self.transform = _fast_preprocess(self.preprocess)  # None: scikit-learn's transform
         self.inverse_link = self.estimator._loss.link.inverse
         self.n_features = int(self.estimator.n_features_in_)
         # sklearn starts from zeros and adds the baseline: 0.0 + baseline (the same number, bar -0.0)
@@ -141,13 +198,18 @@ class CompiledModel:
 
     def predict(
         self,
-        frame: pd.DataFrame,        # feature rows, as for `pipeline.predict`
+        frame,                      # feature rows, as for `pipeline.predict`: a DataFrame, or a dict of equally long columns
         threads: int | None = None, # None: the model's default
     ) -> np.ndarray:                # float64 (n_rows,), equal to `pipeline.predict(frame)`
         "Predictions of the pipeline: its preprocessing, the compiled trees, the estimator's inverse link."
-        if len(frame) == 0:
+        if isinstance(frame, dict):
+            if self.transform is None:
+                frame = pd.DataFrame(frame, copy=False)
+            elif not frame or len(next(iter(frame.values()))) == 0:
+                return np.empty(0, dtype=np.float64)
+        if isinstance(frame, pd.DataFrame) and len(frame) == 0:
             return np.empty(0, dtype=np.float64)
-        X = self.preprocess.transform(frame)
+        X = self.transform(frame) if self.transform is not None else self.preprocess.transform(frame)
         if hasattr(X, "toarray"):  # a sparse matrix
             X = X.toarray()
         return np.asarray(self.inverse_link(self.raw_predict(np.asarray(X), threads)), dtype=np.float64)

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -210,8 +211,37 @@ class InputPlan:
         self.timezone = timezone
 
 
-def _column(values: list, kind: str, bounds) -> np.ndarray | None:
+def _numbers(values: list, kind: str, bounds) -> np.ndarray | None:
+    "A column of a body without JSON booleans: numpy's own type inference is the type check (None: ask `_column`'s exact way)."
+    try:
+        array = np.array(values)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    if array.ndim != 1:
+        return None
+    if kind == "int":
+        if array.dtype != np.int64:  # a float, a string, a null or a huge number among them
+            return None
+        return array if bounds is None or (bounds[0] <= array.min() and array.max() <= bounds[1]) else None
+    if array.dtype == np.int64:
+        array = array.astype(np.float64)
+    elif array.dtype != np.float64:
+        return None
+    return array if np.isfinite(array).all() else None
+
+
+def _column(
+    values: list,       # one field's values, a row each
+    kind: str,          # "int", "float", "float?" (null allowed), "bool" or "str"
+    bounds,             # (lowest, highest) for integers, or None
+    bools: bool = True, # False: the body has no JSON true/false at all, so no value is a bool
+) -> np.ndarray | None:
     "One column as a numpy array, or None when any value is not exactly of its kind."
+    if not bools and len(values) > 16 and kind in ("int", "float", "float?"):
+        # numbers only, no booleans: numpy's inference alone tells ints, floats and anything else apart
+        quick = _numbers(values, kind, bounds)
+        if quick is not None:
+            return quick
     types = set(map(type, values))
     try:
         if kind == "float?":  # null allowed, as NaN; NaN and infinity themselves are not
@@ -241,8 +271,9 @@ def _column(values: list, kind: str, bounds) -> np.ndarray | None:
 
 
 def fast_columns(
-    records: Any,      # the body's `records`
-    plan: InputPlan,   # the served model's plan
+    records: Any,       # the body's `records`
+    plan: InputPlan,    # the served model's plan
+    bools: bool = True, # False: the body has no JSON true/false (see `_column`)
 ) -> tuple[dict[str, np.ndarray], list | None, list | None] | None:  # (columns, entities, event times), or None: take `validate_body`
     "The records as model input columns when every record is a complete, well-typed feature record."
     if type(records) is not list or not records or set(map(type, records)) != {dict}:
@@ -279,7 +310,7 @@ def fast_columns(
             values = list(map(getter, records))
         except KeyError:
             return None
-        array = _column(values, kind, bounds)
+        array = _column(values, kind, bounds, bools)
         if array is None:
             return None
         columns[name] = array
@@ -305,6 +336,7 @@ def fast_column_body(
     table: Any,        # the body's `columns`: {name: [values]}
     plan: InputPlan,   # the served model's plan
     max_records: int,  # rows allowed per request
+    bools: bool = True, # False: the body has no JSON true/false (see `_column`)
 ) -> tuple[dict[str, np.ndarray], list | None, list | None] | None:  # (columns, entities, event times), or None: take the exact path
     "A column-wise body as model input columns when every input column is there, all equally long and well typed."
     if type(table) is not dict or not table or set(map(type, table.values())) != {list}:
@@ -315,7 +347,7 @@ def fast_column_body(
         return None
     columns = {}
     for name, kind, bounds in zip(plan.names, plan.kinds, plan.bounds, strict=True):
-        array = _column(table[name], kind, bounds) if name in table else None
+        array = _column(table[name], kind, bounds, bools) if name in table else None
         if array is None:
             return None
         columns[name] = array
@@ -428,7 +460,7 @@ class MicroBatcher:
         self.on_batch, self.threads = on_batch, threads
         self.large_batch_rows, self.large_batch_threads = int(large_batch_rows), large_batch_threads
         self.batches = 0
-        self._checked: dict[int, bool] = {}  # compiled predictor → agreed with its model on its first batch
+        self._checked = weakref.WeakKeyDictionary()  # compiled predictor → agreed with its model on its first batch
         self._items: list = []        # (columns, rows, future) waiting for a batch
         self._rows = 0
         self._expected = 1            # rows worth waiting for: what the previous batch had
@@ -478,20 +510,22 @@ class MicroBatcher:
             columns = batch[0][0]
         else:
             columns = {name: np.concatenate([item[0][name] for item in batch]) for name in batch[0][0]}
-        frame = pd.DataFrame(columns, copy=False)
-        large = len(frame) >= self.large_batch_rows and self.large_batch_threads
+        rows = len(next(iter(columns.values()))) if columns else 0
+        large = rows >= self.large_batch_rows and self.large_batch_threads
         compiled = served.compiled
-        if compiled is not None and self._checked.get(id(compiled), True):
-            predictions = compiled.predict(frame, threads=int(self.large_batch_threads if large else self.threads or 1))
-            if id(compiled) in self._checked:
+        if compiled is not None and self._checked.get(compiled, True):
+            predictions = compiled.predict(columns, threads=int(self.large_batch_threads if large else self.threads or 1))
+            if compiled in self._checked:
                 return predictions
+            frame = pd.DataFrame(columns, copy=False)
             # the first batch of each compiled predictor is also predicted by the model itself: they must agree exactly
             expected = np.asarray(served.model.predict(frame), dtype=np.float64).reshape(-1)
-            self._checked[id(compiled)] = bool(np.array_equal(predictions, expected, equal_nan=True))
-            if not self._checked[id(compiled)]:
+            self._checked[compiled] = bool(np.array_equal(predictions, expected, equal_nan=True))
+            if not self._checked[compiled]:
                 _logger.error("the compiled predictor of %s version %s disagrees with the model; serving the model itself",
                               served.name, served.version)
             return expected
+        frame = pd.DataFrame(columns, copy=False)
         if large and self.large_batch_threads != self.threads:
             with _native_threads(self.large_batch_threads):
                 return np.asarray(served.model.predict(frame), dtype=np.float64).reshape(-1)
@@ -1015,11 +1049,11 @@ def create_app(
         except orjson.JSONDecodeError:
             body = None
         if type(body) is dict and len(body) == 1:
-            quick = None
+            quick, bools = None, b"true" in raw or b"false" in raw  # no JSON booleans anywhere: numpy's inference checks types
             if type(body.get("records")) is list and 0 < len(body["records"]) <= max_records:
-                quick = fast_columns(body["records"], plan)
+                quick = fast_columns(body["records"], plan, bools)
             elif "columns" in body:
-                quick = fast_column_body(body["columns"], plan, max_records)
+                quick = fast_column_body(body["columns"], plan, max_records, bools)
             if quick is not None:
                 return (*quick, None)
         # the exact path: the standard JSON parser (it keeps big integers exact) and a record-by-record check
