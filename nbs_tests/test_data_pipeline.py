@@ -100,6 +100,7 @@ def test_a_failing_source_stops_the_run_and_keeps_the_watermark(project, tool, q
     result = kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "rides_broken.csv" in output
+    assert "error: source 'landing': file rides_broken.csv is empty (0 bytes)" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in output and "│" not in result.stderr, "a known error ends the run with its message, no stack trace"
     assert state.read_bytes() == before, "a failed ingestion must not advance the watermark"
     (landing / "rides_broken.csv").unlink()

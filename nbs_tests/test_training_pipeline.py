@@ -68,6 +68,30 @@ def test_papermill_run_registers_and_keeps_its_lab_record(root, project, tool, q
     assert model["aliases"]["champion"] == ("2" if version["tags"]["gate.passed"] == "true" else "1")
 
 
+def test_papermill_in_another_environment_keeps_everything_in_that_environments_store(root, project, tool, quiet_env):
+    "`-p env NAME` with KEDRO_ENV unset: the run, the registered version and the lab record all land in NAME's MLflow store."
+    import shutil
+
+    shutil.copytree(project / "conf" / "test", project / "conf" / "elsewhere")
+    (project / "conf" / "elsewhere" / "mlflow.yml").write_text(
+        "mlflow:\n  tracking_uri: sqlite:///elsewhere.db\n  artifact_root: elsewhere-artifacts\n")
+    env = {key: value for key, value in quiet_env.items() if key != "KEDRO_ENV"}
+    default_versions = len(next(m for m in status(tool, quiet_env, project)["models"] if m["name"] == "bike-demand")["versions"])
+    output = project / "data" / "08_reporting" / "train-elsewhere.ipynb"
+    result = subprocess.run(
+        [tool("papermill"), str(root / "notebooks" / "runs" / "train.ipynb"), str(output), "-k", "looplab",
+         "-p", "env", "elsewhere", "-p", "seed", "3"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'elsewhere.db'}")
+    [version] = client.search_model_versions("name='bike-demand'")
+    assert str(version.version) == "1" and str(client.get_model_version_by_alias("bike-demand", "champion").version) == "1"
+    assert [a.path for a in client.list_artifacts(version.run_id, "notebook")] == ["notebook/train-elsewhere.ipynb"]
+    assert len(next(m for m in status(tool, quiet_env, project)["models"] if m["name"] == "bike-demand")["versions"]) == default_versions
+    shutil.rmtree(project / "conf" / "elsewhere")
+
+
 def test_promote_and_rollback(project, tool, quiet_env):
     promoted = looplab(tool, quiet_env, project, "promote", "bike-demand", "2", "--env", "test")
     assert promoted.returncode == 0, promoted.stderr
