@@ -514,17 +514,23 @@ class MicroBatcher:
         large = rows >= self.large_batch_rows and self.large_batch_threads
         compiled = served.compiled
         if compiled is not None and self._checked.get(compiled, True):
-            predictions = compiled.predict(columns, threads=int(self.large_batch_threads if large else self.threads or 1))
-            if compiled in self._checked:
-                return predictions
-            frame = pd.DataFrame(columns, copy=False)
-            # the first batch of each compiled predictor is also predicted by the model itself: they must agree exactly
-            expected = np.asarray(served.model.predict(frame), dtype=np.float64).reshape(-1)
-            self._checked[compiled] = bool(np.array_equal(predictions, expected, equal_nan=True))
-            if not self._checked[compiled]:
-                _logger.error("the compiled predictor of %s version %s disagrees with the model; serving the model itself",
-                              served.name, served.version)
-            return expected
+            try:
+                predictions = compiled.predict(columns, threads=int(self.large_batch_threads if large else self.threads or 1))
+            except Exception as error:  # noqa: BLE001 - the model itself answers instead, from now on
+                self._checked[compiled] = False
+                _logger.error("the compiled predictor of %s version %s failed (%s: %s); serving the model itself",
+                              served.name, served.version, type(error).__name__, error)
+            else:
+                if compiled in self._checked:
+                    return predictions
+                frame = pd.DataFrame(columns, copy=False)
+                # the first batch of each compiled predictor is also predicted by the model itself: they must agree exactly
+                expected = np.asarray(served.model.predict(frame), dtype=np.float64).reshape(-1)
+                self._checked[compiled] = bool(np.array_equal(predictions, expected, equal_nan=True))
+                if not self._checked[compiled]:
+                    _logger.error("the compiled predictor of %s version %s disagrees with the model; serving the model itself",
+                                  served.name, served.version)
+                return expected
         frame = pd.DataFrame(columns, copy=False)
         if large and self.large_batch_threads != self.threads:
             with _native_threads(self.large_batch_threads):
@@ -748,7 +754,7 @@ LOG_COLUMNS = ["request_id", "row", "time", "model_name", "model_version", "enti
 
 def _log_rows(entry: dict) -> list[dict]:
     "The rows of one log line: itself, or the rows of a column-wise line."
-    if "rows" not in entry:
+    if "rows" not in entry or not isinstance(entry.get("prediction"), list):
         return [entry]
     count, names = entry["rows"], list(entry["inputs"])
     entities, times = entry.get("entity") or [None] * count, entry.get("event_time") or [None] * count
