@@ -152,7 +152,10 @@ TAG ?= $(shell git describe --tags --always 2>/dev/null || echo dev)
 OVERLAY ?= dev
 NAMESPACE ?= $(if $(filter prod,$(OVERLAY)),looplab,looplab-$(OVERLAY))
 IMAGES := serving jobs apps
-KUSTOMIZE := kubectl kustomize --load-restrictor=LoadRestrictionsNone
+# Rendering uses the kubectl that comes with the lock (.venv/bin/kubectl, kustomize 5); applying to a
+# cluster uses yours on PATH (KUBECTL=...), which should match the cluster's version.
+KUSTOMIZE = $(BIN)/kubectl kustomize --load-restrictor=LoadRestrictionsNone
+KUBECTL ?= kubectl
 
 ops: setup  ## monitoring exporter + Alertmanager webhook (looplab ops serve, 127.0.0.1:9108)
 	$(BIN)/looplab ops serve
@@ -177,20 +180,21 @@ push-images: images  ## push the three images (docker login to $(REGISTRY) first
 
 # The overlay with the images at $(TAG), through a generated kustomization in build/.
 cluster-render:  ## print OVERLAY's manifests (dev|prod) with images $(REGISTRY)/looplab-NAME:$(TAG)
+	@test -x $(BIN)/kubectl || { echo "error: $(BIN)/kubectl is missing: run make setup first" >&2; exit 1; }
 	@mkdir -p build/cluster-$(OVERLAY)
 	@{ printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../deploy/k8s/overlays/$(OVERLAY)]\nimages:\n'; \
 	  for image in $(IMAGES); do printf '  - {name: ghcr.io/looplab/looplab-%s, newName: $(REGISTRY)/looplab-%s, newTag: "$(TAG)"}\n' $$image $$image; done; \
 	} > build/cluster-$(OVERLAY)/kustomization.yaml
 	@$(KUSTOMIZE) build/cluster-$(OVERLAY)
 
-deploy:  ## apply OVERLAY at TAG to the current kubectl context and wait for serving to roll out
+deploy: setup  ## apply OVERLAY at TAG to the current kubectl context and wait for serving to roll out
 	mkdir -p build && $(MAKE) --no-print-directory cluster-render OVERLAY=$(OVERLAY) TAG=$(TAG) REGISTRY=$(REGISTRY) > build/cluster-$(OVERLAY).yaml
-	kubectl apply -f build/cluster-$(OVERLAY).yaml
-	kubectl -n $(NAMESPACE) rollout status deployment/looplab-serving --timeout=10m
+	$(KUBECTL) apply -f build/cluster-$(OVERLAY).yaml
+	$(KUBECTL) -n $(NAMESPACE) rollout status deployment/looplab-serving --timeout=10m
 
 cluster-monitor:  ## run one monitoring window in the cluster now (OVERLAY=prod or NAMESPACE=...) and wait for it
-	kubectl -n $(NAMESPACE) create job --from=cronjob/looplab-monitoring looplab-monitoring-manual-$$(date +%s) -o name \
-		| xargs -I{} kubectl -n $(NAMESPACE) wait --for=condition=complete --timeout=55m {}
+	$(KUBECTL) -n $(NAMESPACE) create job --from=cronjob/looplab-monitoring looplab-monitoring-manual-$$(date +%s) -o name \
+		| xargs -I{} $(KUBECTL) -n $(NAMESPACE) wait --for=condition=complete --timeout=55m {}
 
 # Airflow: the DAGs come from kedro-airflow (`make airflow-dags`, template orchestration/airflow/dag_template.j2,
 # schedules in conf/<env>/airflow.yml). Airflow itself lives in its own environment, .venv-airflow,

