@@ -31,8 +31,8 @@ KEY = "test-key-0123456789abcdef"
 class Worker:
     """A stand-in serving worker on a free 127.0.0.1 port: answers {"worker": name} and records what it got."""
 
-    def __init__(self, name: str, status: int = 200):
-        self.name, self.status = name, status
+    def __init__(self, name: str, status: int = 200, delay: float = 0.0):
+        self.name, self.status, self.delay = name, status, delay
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         worker = self
@@ -42,12 +42,14 @@ class Worker:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with worker.lock:
                     worker.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                time.sleep(worker.delay)  # a slow worker: the gateway may have given up and closed the connection
                 answer = json.dumps({"worker": worker.name}).encode()
-                self.send_response(worker.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                with contextlib.suppress(OSError):
+                    self.send_response(worker.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
 
             do_GET = do_POST = _answer
 
@@ -74,8 +76,8 @@ def workers():
     "Start stand-in workers by name; all stopped at the end."
     started: list[Worker] = []
 
-    def start(*names: str, status: int = 200) -> list[Worker]:
-        new = [Worker(name, status) for name in names]
+    def start(*names: str, status: int = 200, delay: float = 0.0) -> list[Worker]:
+        new = [Worker(name, status, delay) for name in names]
         started.extend(new)
         return new
 
@@ -227,6 +229,98 @@ def test_body_size_limit_and_large_bodies_through_temp_files(workers, run_dir):
     assert worker.count == 1
 
 
+def test_a_slow_worker_times_out_with_504_and_the_post_is_not_resent(workers, run_dir):
+    # both workers answer after 6 s; the gateway waits 1 s. Retrying a timed-out POST on the other
+    # worker would run the same prediction twice (gateway.yml: no retry on timeouts).
+    slow, other = workers("slow", "other", delay=6.0)
+    settings = base_settings(workers=[slow.address, other.address], timeouts={"connect_seconds": 1, "read_seconds": 1})
+    with running(settings, run_dir) as (gateway, client):
+        started = time.monotonic()
+        response = client.post("/v1/models/m/predict", json={"records": [{"x": 1}]})
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)  # a retry would reach the other worker at once; time for it (and the log line) to show up
+        seen = slow.count + other.count
+        log = access_log(gateway)
+    assert response.status_code == 504
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"detail": "a serving worker took too long to answer", "status": 504}
+    assert 0.9 <= elapsed < 3.0, f"the gateway answered after {elapsed:.2f} s; its read timeout is 1 s"
+    assert seen == 1, f"the POST reached the workers {seen} times: it was re-sent after the timeout"
+    assert len(log) == 1 and log[0]["status"] == 504 and log[0]["upstream_status"] == "504"
+    assert "," not in log[0]["upstream_addr"], "one upstream tried, no second attempt"
+
+
+def test_the_default_body_limit_holds_a_request_of_max_records(workers, run_dir):
+    "conf/base: gateway.max_body_size lets through serving.max_records records of the demo model (13 features) as JSON."
+    from looplab.core import load_config
+
+    max_records = load_config("serving")["serving"]["max_records"]
+    features = load_config()["training"]["features"]
+    assert len(features) == 13
+    # the longest values of the demo data: its longest category, three-digit counts, a mean with 17 digits
+    values = {"hr": 23, "weekday": 6, "workingday": 1, "holiday": 0, "season": 4, "weathersit": "heavy rain/snow",
+              "temp": 0.8246, "atemp": 0.7879, "hum": 0.8848, "windspeed": 0.4627, "bikers_lag_24h": 327.0,
+              "bikers_lag_168h": 325.0, "bikers_mean_same_hour_7d": 225.42857142857142}
+    assert set(values) == set(features)
+    body = json.dumps({"records": [values] * max_records}).encode()
+    assert len(body) > 2 * 1024 * 1024, "the request is larger than the old 2m limit"
+    (worker,) = workers("w0")
+    # the default max_body_size (base_settings keeps it); the body goes through nginx's temp files (above 16k)
+    with running(base_settings(workers=[worker.address]), run_dir) as (_, client):
+        response = client.post("/v1/models/m/predict", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert worker.count == 1 and worker.requests[0]["body"] == body
+
+
+def _status_ids(pid: int) -> dict[str, list[int]]:
+    "Uid, Gid and Groups of a process from /proc/<pid>/status."
+    lines = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {name: [int(value) for value in lines[name].split()] for name in ("Uid", "Gid", "Groups")}
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                # the fields after the command name, which is in parentheses: state, ppid, ...
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry.name))
+    return children
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="not run as root: nginx runs as the caller and has no privilege to drop")
+def test_started_as_root_every_nginx_process_runs_unprivileged(workers, run_dir):
+    import pwd
+
+    (worker,) = workers("w0")
+    nobody = pwd.getpwnam("nobody")
+    settings = base_settings(workers=[worker.address], worker_processes=2, user="nobody", max_body_size="1m")
+    with running(settings, run_dir) as (gateway, client):
+        master = int(gateway.pid_file.read_text())
+        assert master == gateway.process.pid
+        nginx_workers = _children(master)
+        ids = {pid: _status_ids(pid) for pid in [master, *nginx_workers]}
+        # a large body: written to run_dir/temp by the unprivileged workers
+        answer = client.post("/v1/models/m/predict", content=b"z" * 100_000)
+        config = gateway.config_path.read_text()
+        for _ in range(100):  # nginx logs a request just after answering it: a bounded wait for the line
+            if access_log(gateway):
+                break
+            time.sleep(0.05)
+        log = access_log(gateway)
+    assert len(nginx_workers) == 2, f"expected 2 nginx workers under the master {master}, found {nginx_workers}"
+    for pid, found in ids.items():
+        # real, effective, saved and filesystem ids
+        assert found["Uid"] == [nobody.pw_uid] * 4, f"nginx process {pid} runs with uids {found['Uid']}"
+        assert found["Gid"] == [nobody.pw_gid] * 4, f"nginx process {pid} runs with gids {found['Gid']}"
+        assert set(found["Groups"]) <= {nobody.pw_gid}, f"nginx process {pid} keeps the groups {found['Groups']}"
+    assert answer.status_code == 200 and worker.requests[-1]["body"] == b"z" * 100_000
+    assert not any(line.strip().startswith("user ") for line in config.splitlines()), "no `user` directive for a non-root master"
+    assert "the \"user\" directive" not in (run_dir / "logs" / "error.log").read_text()
+    assert log and log[-1]["status"] == 200, "the caller reads nginx's access log"
+
+
 def test_reload_applies_new_settings(workers, run_dir):
     (worker,) = workers("w0")
     settings = base_settings(workers=[worker.address], api_keys=[KEY])
@@ -318,7 +412,8 @@ def test_cli_runs_the_gateway_until_terminated(run_dir, tool, quiet_env):
             process.wait(10)
     assert process.returncode == 0, err
     assert "stopping the gateway" in err
-    assert not (run_dir / "nginx.pid").exists() or not _alive(int((run_dir / "nginx.pid").read_text()))
+    pid_file = run_dir / "run" / "nginx.pid"
+    assert not pid_file.exists() or not _alive(int(pid_file.read_text()))
 
 
 def _alive(pid: int) -> bool:

@@ -26,6 +26,24 @@ def project(root, tool, quiet_env, tmp_path_factory) -> Path:
     return project_with_models(root, tmp_path_factory.mktemp("monitoring") / "project", tool, quiet_env)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_as_found():
+    """MLflow's tracking and registry URIs as they were before this module: its tests point them (and the
+    environment variables MLflow sets with them) at the copy's store, where a later module's clients would go."""
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def env(quiet_env, project) -> dict:
     return {**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project), "KEDRO_ENV": "test"}
@@ -153,6 +171,83 @@ def test_late_labels_empty_windows_and_duplicates(project, fresh_store):
     assert "labels missing" in week["note"] and math.isnan(week["mae"])
 
 
+class _Records(list):
+    "The records a logger emits, whatever its handlers and propagation."
+
+    def __init__(self, name: str):
+        import logging
+
+        super().__init__()
+        self.logger, self.handler = logging.getLogger(name), logging.Handler(logging.WARNING)
+        self.handler.emit = self.append
+
+    def __enter__(self):
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+
+    def messages(self) -> list[str]:
+        return [record.getMessage() for record in self]
+
+
+def test_late_log_entries_rescore_their_window(project, fresh_store):
+    from looplab.monitoring import WINDOW_COLUMNS, load_store, store_files
+
+    rows = write_log(project, "2011-01-10", "2011-01-15")
+    (window,) = monitor(project, "2011-01-20")["windows"]
+    assert window["predictions"] == window["log_lines"] == rows and window["rescored"] == window["late_entries"] == 0
+    assert monitor(project, "2011-01-20 06:00")["windows"] == []      # nothing new: nothing scored again
+    # A worker flushes a day late, and a day is served again (new lines for hours already logged).
+    late = write_log(project, "2011-01-15", "2011-01-16")
+    again = write_log(project, "2011-01-12", "2011-01-13")
+    with _Records("looplab.monitoring") as records:
+        report = monitor(project, "2011-01-21")
+    (rescored,) = report["windows"]
+    assert rescored["window_start"][:10] == "2011-01-10" and rescored["rescored"] == 1 and rescored["late_entries"] == late + again
+    assert rescored["predictions"] == rescored["labelled"] == rows + late and rescored["log_lines"] == rows + late + again
+    assert report["late_entries"] == {"2011-01-10": late + again} and "re-scored" in rescored["note"]
+    assert any("2011-01-10" in message and f"{late + again} log entries arrived after it was scored" in message
+               for message in records.messages()), records.messages()
+    stored = load_store(project, "test")["windows"]
+    assert len(stored) == 1 and stored.loc[0, "predictions"] == rows + late and stored.loc[0, "rescored"] == 1  # replaced, one row
+    assert monitor(project, "2011-01-22")["windows"] == []            # counted now: not scored a third time
+    # A store written before lines were counted: a late line for a new hour still shows, through the volume.
+    path = store_files(fresh_store)["windows"]
+    pd.read_parquet(path).drop(columns=["log_lines", "late_entries", "rescored"]).to_parquet(path, index=False)
+    last = write_log(project, "2011-01-16", "2011-01-17")
+    (old,) = monitor(project, "2011-01-23")["windows"]
+    assert old["rescored"] == 1 and old["late_entries"] == last and old["predictions"] == rows + late + last
+    assert set(WINDOW_COLUMNS) <= set(load_store(project, "test")["windows"].columns)
+
+
+def test_a_rescored_window_does_not_retrain_its_episode_again(project, fresh_store, policy):
+    from looplab.monitoring import store_files
+    from looplab.retraining import record_decision, retraining_trigger
+
+    policy(runner="direct", cooldown_days=0)
+    shift = {"temp": 0.4, "atemp": 0.4, "hum": -0.3}
+    write_log(project, "2011-01-10", "2011-01-15", shift=shift)
+    (window,) = monitor(project, "2011-01-20")["windows"]
+    assert window["drift_features"] >= 2, window
+    # The retraining this drift called for has run (recorded as the trigger records it).
+    record_decision(fresh_store, {"id": uuid.uuid4().hex, "time": "2026-01-01T00:00:00+00:00", "clock": "2011-01-20T00:00:00",
+                                  "window_end": window["window_end"], "fired": True, "reasons": ["drift"], "blocked_by": [],
+                                  "source": "monitoring", "outcome": "rejected"})
+    write_log(project, "2011-01-15", "2011-01-17", shift=shift)  # late lines: the window is scored again, drift and all
+    report = monitor(project, "2011-01-21")
+    (rescored,) = report["windows"]
+    assert rescored["rescored"] == 1 and rescored["drift_features"] >= 2
+    params = parameters(project)
+    with in_project(project):
+        decision = retraining_trigger(report, validated(project), params["monitoring"], params["retraining"], params["data"],
+                                      params["training"], root=project, env="test")
+    assert decision["fired"] is False and decision["blocked_by"] == ["episode"], decision
+    audit = [json.loads(line) for line in store_files(fresh_store)["decisions"].read_text().splitlines()]
+    assert sum(bool(line.get("fired")) for line in audit) == 1
+
+
 def test_a_window_with_one_weather_and_a_constant_feature_is_checked(project, fresh_store):
     write_log(project, "2011-01-10", "2011-01-17", values={"weathersit": "clear", "windspeed": 0.2})
     (window,) = monitor(project, "2011-01-20")["windows"]
@@ -244,6 +339,32 @@ def test_alerts_are_deduplicated_and_a_running_retraining_blocks_another(project
     decisions = load_store(project, "test")["decisions"]
     assert len(decisions) == 4 and decisions["fired"].sum() == 1     # resolved, busy, a, b: all kept; one retraining
     assert decisions["source"].eq("alert").all() and decisions["time"].notna().all()  # each decision whole, not just its id
+
+
+def test_every_alert_decision_goes_to_mlflow(project, fresh_store, policy):
+    "A resolved alert's decision and one held for want of data are MLflow runs too, like every other decision."
+    import mlflow
+    from mlflow import MlflowClient
+
+    from looplab.core import configure_mlflow, mlflow_settings
+    from looplab.retraining import handle_alert
+
+    policy(runner="direct", cooldown_days=7)
+    data = project / "data" / "03_primary" / "validated_rides.parquet"
+    with in_project(project):
+        resolved = handle_alert(alert(status="resolved", group="gone"), project, "test")
+        data.rename(data.with_name("hidden.parquet"))
+        try:
+            no_data = handle_alert(alert(group="nodata"), project, "test")
+        finally:
+            data.with_name("hidden.parquet").rename(data)
+        configure_mlflow("test", project)
+        experiment = mlflow.get_experiment_by_name(mlflow_settings("test", project)["experiments"]["monitoring"])
+        for decision, blocked in ((resolved, "resolved"), (no_data, "no_data")):
+            assert decision["fired"] is False and decision["blocked_by"] == [blocked], decision
+            (run,) = MlflowClient().search_runs([experiment.experiment_id], f"tags.`looplab.decision_id` = '{decision['id']}'")
+            assert run.data.tags["looplab.blocked_by"] == blocked and run.data.tags["looplab.source"] == "alert"
+            assert run.data.metrics["fired"] == 0.0 and run.info.run_name == "retraining decision held"
 
 
 def test_replay_through_a_running_server(project, fresh_store, tool, env):

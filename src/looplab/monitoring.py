@@ -23,14 +23,16 @@ _logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['WINDOW_COLUMNS', 'DRIFT_COLUMNS', 'DECISION_COLUMNS', 'DEFAULT_ANCHOR', 'monitoring_settings', 'window_of',
            'due_windows', 'logged_predictions', 'due_labels', 'window_performance', 'evaluation_metric', 'window_drift',
-           'store_files', 'read_decisions', 'write_window', 'load_store', 'log_window', 'monitor_window',
-           'monitoring_now', 'monitor_windows']
+           'store_files', 'read_decisions', 'write_window', 'load_store', 'late_entries', 'log_window',
+           'monitor_window', 'monitoring_now', 'monitor_windows']
 
 # %% ../../notebooks/40_monitoring.ipynb #b40f5422
 WINDOW_COLUMNS = [
     "window_start", "window_end", "model_name", "model_version", "predictions", "labelled", "missing_labels",
     "mae", "rmse", "bias", "baseline_mae", "evaluation_mae", "degradation", "prediction_mean", "prediction_std",
-    "drift", "drift_features", "drift_backend", "latency_p50_ms", "latency_p99_ms", "duplicates", "note", "monitored_at",
+    "drift", "drift_features", "drift_backend", "latency_p50_ms", "latency_p99_ms", "duplicates",
+    "log_lines", "late_entries", "rescored",  # lines scored on, lines that came after the first scoring, re-scorings
+    "note", "monitored_at",
 ]
 DRIFT_COLUMNS = ["window_start", "window_end", "feature", "test", "p_value", "distance", "drift", "model_version"]
 DECISION_COLUMNS = ["id", "time", "window_end", "fired", "reasons", "blocked_by", "source", "outcome",
@@ -110,7 +112,7 @@ def due_windows(
 def logged_predictions(
     log_path: Path | str,          # the prediction log folder
     model_name: str | None = None, # only this model's predictions
-) -> tuple[pd.DataFrame, dict]:    # (one row per (entity, event_time): inputs flattened, prediction, version, latency_ms, time), counts
+) -> tuple[pd.DataFrame, dict]:    # (one row per (entity, event_time): inputs flattened, prediction, version, latency_ms, time, log_lines), counts
     "The prediction log as a table of model inputs and outputs, one row per entity and hour."
     from looplab.serving import read_prediction_log
 
@@ -118,7 +120,7 @@ def logged_predictions(
     counts = {"lines": len(log), "without_event_time": 0, "duplicates": 0}
     columns = ["event_time", "entity", "model_name", "model_version", "prediction", "latency_ms", "time", "request_id"]
     if log.empty:
-        return pd.DataFrame(columns=columns), counts
+        return pd.DataFrame(columns=[*columns, "log_lines"]), counts
     for column in columns:
         if column not in log.columns:
             log[column] = None
@@ -133,12 +135,15 @@ def logged_predictions(
     if getattr(log["event_time"].dt, "tz", None) is not None:
         log["event_time"] = log["event_time"].dt.tz_localize(None)
     log["entity"] = log["entity"].astype("object").where(log["entity"].notna(), "")
+    # how many distinct lines the log holds for the hour (a line written again is not counted): a line
+    # that arrives after its window was scored shows as a higher count (`late_entries`)
+    log["log_lines"] = log.groupby(["entity", "event_time"])["event_time"].transform("size") if len(log) else 0
     log = log.sort_values("time", kind="stable")
     before = len(log)
     log = log.drop_duplicates(["entity", "event_time"], keep="last")
     counts["duplicates"] = before - len(log)
     inputs = pd.DataFrame(list(log["inputs"]), index=log.index) if "inputs" in log.columns and len(log) else pd.DataFrame(index=log.index)
-    table = pd.concat([log[columns].reset_index(drop=True), inputs.reset_index(drop=True)], axis=1)
+    table = pd.concat([log[[*columns, "log_lines"]].reset_index(drop=True), inputs.reset_index(drop=True)], axis=1)
     table["prediction"] = pd.to_numeric(table["prediction"], errors="coerce")
     table["latency_ms"] = pd.to_numeric(table["latency_ms"], errors="coerce")
     table["model_version"] = table["model_version"].astype(str)
@@ -338,6 +343,30 @@ def load_store(
             frame[column] = pd.to_datetime(frame[column])
     return {"windows": windows, "drift": drift, "decisions": read_decisions(files["decisions"])}
 
+# %% ../../notebooks/40_monitoring.ipynb #2c9eca85
+def late_entries(
+    windows: pd.DataFrame,      # the store's windows
+    predictions: pd.DataFrame,  # `logged_predictions` (all)
+) -> dict[pd.Timestamp, int]:   # window start -> log lines that arrived after the window was scored
+    "The scored windows the prediction log now holds more lines for than they were scored on, with how many more."
+    found: dict[pd.Timestamp, int] = {}
+    if windows.empty or predictions.empty:
+        return found
+    times = predictions["event_time"]
+    lines = pd.to_numeric(predictions["log_lines"], errors="coerce").fillna(1) if "log_lines" in predictions else pd.Series(1, index=predictions.index)
+    for row in windows.to_dict("records"):
+        start, end = pd.Timestamp(row["window_start"]), pd.Timestamp(row["window_end"])
+        inside = (times >= start) & (times < end)
+        scored_on = pd.to_numeric(row.get("log_lines"), errors="coerce")
+        if pd.notna(scored_on):
+            now, before = int(lines[inside].sum()), int(scored_on)
+        else:  # a window stored before log lines were counted: its volume (one per entity and hour)
+            volume = pd.to_numeric(row.get("predictions"), errors="coerce")
+            now, before = int(inside.sum()), int(volume) if pd.notna(volume) else 0
+        if now > before:
+            found[start] = now - before
+    return found
+
 # %% ../../notebooks/40_monitoring.ipynb #1acb4fa0
 def log_window(window: dict[str, Any], drift: pd.DataFrame) -> str | None:
     "Log one window as an MLflow run of the active experiment; its run id."
@@ -353,7 +382,8 @@ def log_window(window: dict[str, Any], drift: pd.DataFrame) -> str | None:
     with mlflow.start_run(run_name=name) as run:
         mlflow.log_metrics(numbers)
         mlflow.set_tags({"looplab.window_start": str(window["window_start"]), "looplab.window_end": str(window["window_end"]),
-                         "looplab.model": f"{window['model_name']}/{window['model_version']}", "looplab.note": window.get("note") or ""})
+                         "looplab.model": f"{window['model_name']}/{window['model_version']}", "looplab.note": window.get("note") or "",
+                         "looplab.rescored": str(int(window.get("rescored") or 0))})
         return run.info.run_id
 
 
@@ -370,6 +400,8 @@ def monitor_window(
                               "monitored_at": datetime.now(UTC).isoformat()}
     window.update(window_performance(rows, labels, settings, evaluation_params))
     window["duplicates"] = 0
+    window["log_lines"] = int(pd.to_numeric(rows["log_lines"], errors="coerce").fillna(1).sum()) if "log_lines" in rows else len(rows)
+    window["late_entries"], window["rescored"] = 0, 0
     versions = rows["model_version"].value_counts()
     window["model_version"] = str(versions.index[0]) if len(versions) else ""
     window["evaluation_mae"] = evaluation_metric(settings["model_name"], window["model_version"]) if window["model_version"] else math.nan
@@ -389,6 +421,12 @@ def monitor_window(
     return window, drift
 
 
+def _count(value) -> int:
+    "A stored count; 0 for a store written before the column existed."
+    value = pd.to_numeric(value, errors="coerce")
+    return int(value) if pd.notna(value) else 0
+
+
 def monitoring_now(validated: pd.DataFrame, data_params: dict) -> pd.Timestamp:
     "The data's clock: one hour after the latest validated hour."
     times = pd.to_datetime(validated[data_params["timestamp"]]) if len(validated) else pd.Series(dtype="datetime64[ns]")
@@ -405,8 +443,8 @@ def monitor_windows(
     root: Path | str | None = None, # project root; found when None
     env: str | None = None,         # config environment
     log_to_mlflow: bool = True,     # log each window as an MLflow run
-) -> dict[str, Any]:                # {"now", "windows": [rows monitored now], "predictions": counts, "store"}
-    "Monitor every window whose labels are due and that is not in the store yet."
+) -> dict[str, Any]:                # {"now", "windows": [rows monitored now], "predictions": counts, "store", "late_entries": {window: lines}}
+    "Monitor every window whose labels are due and that is not in the store yet, and score again those that got late log entries."
     from looplab.core import configure_mlflow
 
     root = Path(root) if root is not None else find_project_root()
@@ -416,15 +454,28 @@ def monitor_windows(
     configure_mlflow(env, root, experiment="monitoring")
     predictions, counts = logged_predictions(settings["prediction_log"], settings["model_name"])
     labels = due_labels(validated, data_params, now, settings["label_delay_hours"])
-    done = set(load_store(store_path=settings["store_path"])["windows"]["window_start"])
+    stored = load_store(store_path=settings["store_path"])["windows"]
+    done = set(stored["window_start"])
     first = predictions["event_time"].min() if len(predictions) else None
-    report = {"now": str(now), "store": settings["store_path"], "predictions": counts, "windows": []}
+    report = {"now": str(now), "store": settings["store_path"], "predictions": counts, "windows": [], "late_entries": {}}
     if first is None:
         report["note"] = f"no predictions with identifying fields in {settings['prediction_log']} yet"
         _logger.info("monitoring: %s", report["note"])
-    for start, end in due_windows(first, now, settings, done):
+    late = late_entries(stored, predictions)
+    previous = {pd.Timestamp(row["window_start"]): row for row in stored.to_dict("records")}
+    todo = due_windows(first, now, settings, done) + [(start, pd.Timestamp(previous[start]["window_end"])) for start in late]
+    for start, end in sorted(todo):
         window, drift = monitor_window(start, end, predictions, labels, settings, evaluation_params)
         window["duplicates"] = counts["duplicates"]
+        if start in late:
+            before = previous[start]
+            window["late_entries"] = _count(before.get("late_entries")) + late[start]
+            window["rescored"] = _count(before.get("rescored")) + 1
+            arrived = f"re-scored: {late[start]} log entries arrived after it was scored"
+            window["note"] = "; ".join(part for part in (window["note"], arrived) if part)
+            report["late_entries"][f"{start:%Y-%m-%d}"] = late[start]
+            _logger.warning("monitoring: window %s–%s: %d log entries arrived after it was scored; re-scored on all %d lines",
+                            f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", late[start], window["log_lines"])
         write_window(settings["store_path"], window, drift)
         if log_to_mlflow:
             window["run_id"] = log_window(window, drift)

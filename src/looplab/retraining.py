@@ -400,6 +400,18 @@ def retraining_trigger(
     return decision
 
 # %% ../../notebooks/42_retraining.ipynb #f9580284
+def _log_to_mlflow(decision: dict[str, Any], root: Path, env: str | None) -> str | None:
+    "The decision as a run of the monitoring experiment; None (and a warning) when MLflow is unreachable: the audit log keeps it."
+    from looplab.core import configure_mlflow
+
+    try:
+        configure_mlflow(env, root, experiment="monitoring")
+    except Exception as error:  # as in `log_decision`: the audit log on disk is the record, MLflow a view of it
+        _logger.warning("retraining: decision %s not logged to MLflow: %s", decision["id"], str(error).splitlines()[0])
+        return None
+    return log_decision(decision)
+
+
 def handle_alert(
     alert: dict,                     # Alertmanager's webhook payload (version 4)
     root: Path | str | None = None,  # project root
@@ -430,7 +442,9 @@ def handle_alert(
     if not firing:
         decision = {"id": uuid.uuid4().hex, "time": datetime.now(UTC).isoformat(), "fired": False, "reasons": [],
                     "blocked_by": ["resolved"], "source": "alert", "outcome": None, "detail": detail}
-        return record_decision(monitoring["store_path"], decision)
+        line = record_decision(monitoring["store_path"], decision)
+        _log_to_mlflow(decision, root, env)
+        return line
     here = Path.cwd()
     os.chdir(root)
     try:
@@ -439,7 +453,9 @@ def handle_alert(
         decision = {"id": uuid.uuid4().hex, "time": datetime.now(UTC).isoformat(), "fired": False,
                     "reasons": [f"alert: {name}" for name in names], "blocked_by": ["no_data"], "source": "alert",
                     "outcome": None, "detail": {**detail, "error": failure_text(error)}}
-        return record_decision(monitoring["store_path"], decision)
+        line = record_decision(monitoring["store_path"], decision)
+        _log_to_mlflow(decision, root, env)
+        return line
     finally:
         os.chdir(here)
     arguments = ({}, validated, parameters["monitoring"], parameters["retraining"], parameters["data"], parameters["training"])
