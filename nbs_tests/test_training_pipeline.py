@@ -86,10 +86,11 @@ def test_papermill_in_another_environment_keeps_everything_in_that_environments_
         cwd=project, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'elsewhere.db'}")
+    store = f"sqlite:///{project / 'elsewhere.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)  # both explicit: the process may have set a registry
     [version] = client.search_model_versions("name='bike-demand'")
     assert str(version.version) == "1" and str(client.get_model_version_by_alias("bike-demand", "champion").version) == "1"
-    # the lab record on disk, under that environment's artifact root (listing through MLflow would ask the process-wide store)
+    # the lab record on disk, under that environment's own artifact root
     artifacts = Path(urllib.parse.urlparse(client.get_run(version.run_id).info.artifact_uri).path)
     assert artifacts.is_relative_to(project / "elsewhere-artifacts"), artifacts
     assert (artifacts / "notebook" / "train-elsewhere.ipynb").is_file()
