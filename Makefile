@@ -43,8 +43,11 @@ run: setup  ## run the whole loop on embedded defaults, then close it with a sho
 	$(BIN)/kedro run -c kedro.yml
 	$(BIN)/looplab replay --start $(RUN_REPLAY_START) --end $(RUN_REPLAY_END)
 
-replay: setup  ## replay the loop over the rest of the year (replay.start … replay.end) after `make run`
-	$(BIN)/looplab replay
+# `make replay` continues where `make run` stopped: the rest of the year, to replay.end (conf).
+REPLAY_START ?= 2011-05-01
+
+replay: setup  ## after `make run`: replay the rest of the year (REPLAY_START … replay.end, about 5 min)
+	$(BIN)/looplab replay --start $(REPLAY_START)
 
 # Debian packages some targets need: the gateway's nginx, Chromium for browser tests, wrk for load
 # tests, Prometheus + Alertmanager (promtool, amtool) for the monitoring stack, PostgreSQL and Redis

@@ -517,16 +517,24 @@ def log_model(
     model: Any,                   # the fitted pipeline
     features: pd.DataFrame,       # model inputs (the evaluation features): signature and input example
     name: str = MODEL_ARTIFACT,   # the model's name in the run
+    optional: list[str] | tuple = (),  # inputs that may be missing in production (lags at the start or after a gap)
 ):                                # MLflow's `ModelInfo`
     "Log `model` in the active run with skops, `SKOPS_TRUSTED_TYPES`, a signature and an input example."
     import mlflow
     import mlflow.sklearn
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import ColSpec, Schema
 
     with warnings.catch_warnings():
         # integer inputs are what the feature store serves; MLflow's hint about NaN in integers does not apply
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         signature = infer_signature(features, model.predict(features))
+        # MLflow marks a column optional only when the sample had a null in it: a model evaluated on complete
+        # weeks would refuse the missing lags both model families handle (natively, or by imputation)
+        if optional and signature.inputs is not None:
+            inputs = Schema([ColSpec(spec.type, spec.name, required=spec.required and spec.name not in set(optional))
+                             for spec in signature.inputs.inputs])
+            signature = ModelSignature(inputs=inputs, outputs=signature.outputs, params=signature.params)
         return mlflow.sklearn.log_model(
             model, name=name, signature=signature, input_example=features.head(INPUT_EXAMPLE_ROWS),
             serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED_TYPES,
@@ -548,13 +556,15 @@ def register_model(
     import mlflow
 
     from looplab.core import configure_mlflow
+    from looplab.features import feature_groups
 
     features = _check_inputs(model, evaluation, evaluation_set, run_info, training_params)
     name, run_id, gate = training_params["model_name"], run_info["run_id"], evaluation["gate"]
     configure_mlflow(env, root)  # the project's store, as every node reaches it
     client = registry_client()
     with registry_errors(f"logging the model of run {run_id}"), _resumed_run(run_id):
-        info = log_model(model, evaluation_set[features].reset_index(drop=True))
+        history = [column for column in feature_groups(data_params).get(f"{data_params['target']}_history", []) if column in features]
+        info = log_model(model, evaluation_set[features].reset_index(drop=True), optional=history)
         record = reproduction_record(data_params, training_params, run_info, evaluation)
         mlflow.log_text(json.dumps(record, indent=2, default=str), RECORD_ARTIFACT)
 
