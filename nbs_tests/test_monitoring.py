@@ -5,6 +5,7 @@ promotes and serves the new champion)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,16 +33,10 @@ def mlflow_as_found():
     environment variables MLflow sets with them) at the copy's store, where a later module's clients would go."""
     import mlflow
 
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    before = {name: os.environ.get(name) for name in names}
-    yield
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with kept_environ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        yield
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
 
 
 @pytest.fixture
@@ -59,26 +54,31 @@ def fresh_store(project):
     yield project / "data" / "08_reporting" / "monitoring"
 
 
+@contextlib.contextmanager
+def kept_environ(*names: str):
+    "The environment variables `names` as they were before the block, whatever it set."
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
 def in_project(project: Path):
     "Work inside the project copy (library calls read conf and the MLflow store from there)."
-    import contextlib
-
-    @contextlib.contextmanager
-    def inside():
-        here, before = Path.cwd(), {key: os.environ.get(key) for key in ("LOOPLAB_PROJECT_ROOT", "KEDRO_ENV")}
+    here = Path.cwd()
+    with kept_environ("LOOPLAB_PROJECT_ROOT", "KEDRO_ENV"):
         os.chdir(project)
         os.environ.update(LOOPLAB_PROJECT_ROOT=str(project), KEDRO_ENV="test")
         try:
             yield
         finally:
             os.chdir(here)
-            for key, value in before.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-
-    return inside()
 
 
 def parameters(project: Path) -> dict:
