@@ -560,6 +560,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.validation._table': ('validation.html#_table', 'looplab/validation.py'),
                                     'looplab.validation._text': ('validation.html#_text', 'looplab/validation.py'),
                                     'looplab.validation._value_checks': ('validation.html#_value_checks', 'looplab/validation.py'),
+                                    'looplab.validation.batch_problems': ('validation.html#batch_problems', 'looplab/validation.py'),
                                     'looplab.validation.build_schema': ('validation.html#build_schema', 'looplab/validation.py'),
                                     'looplab.validation.coerce_batch': ('validation.html#coerce_batch', 'looplab/validation.py'),
                                     'looplab.validation.log_validation_report': ( 'validation.html#log_validation_report',

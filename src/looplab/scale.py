@@ -240,23 +240,14 @@ def _keyed(batch: pd.DataFrame, entity: str) -> pd.DataFrame:
 
 def _check_partition(part: pd.DataFrame, params: dict) -> dict:
     "One partition's problems, valid rows and quarantine (as if the batch were accepted)."
-    from looplab.validation import _canonical, _quarantine, build_schema, coerce_batch, row_problems
+    from looplab.validation import _canonical, _quarantine, batch_problems, build_schema
 
     part = part.sort_values(POSITION, kind="stable")
     positions = part[POSITION].to_numpy()
     batch = part.drop(columns=[POSITION, PARTITION_KEY]).reset_index(drop=True)
     schema = build_schema(params)
     names = list(schema.columns)
-    coerced, problems = coerce_batch(batch, schema)
-    skip = {(row, key.split(": ")[0]) for row, _, key, _ in problems}
-    problems += row_problems(coerced, schema, skip)
-    problems.sort(key=lambda problem: (problem[0], problem[1]))
-    own: dict[int, list[str]] = {}
-    counts: dict[str, set[int]] = {}
-    for row, _, key, reason in problems:
-        if reason not in own.setdefault(row, []):
-            own[row].append(reason)
-        counts.setdefault(key, set()).add(row)
+    coerced, own, counts = batch_problems(batch, schema)  # the pandas path's own checks, on this partition
     quarantined = sorted(own)
     valid = sorted(set(range(len(batch))) - set(quarantined))
     validated = _canonical(coerced.iloc[valid], batch.iloc[valid], schema)

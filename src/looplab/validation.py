@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'NOT_A', 'LINEAGE_KEPT', 'DEFAULT_SAMPLE_ROWS', 'REPORT_METRICS',
-           'build_schema', 'coerce_batch', 'row_problems', 'rejection_reasons', 'validate_batch',
+           'build_schema', 'coerce_batch', 'row_problems', 'batch_problems', 'rejection_reasons', 'validate_batch',
            'validation_report_html', 'log_validation_report', 'report_validation']
 
 # %% ../../notebooks/12_validation.ipynb #0537277a
@@ -344,6 +344,24 @@ def _quarantine(
     return quarantine
 
 
+def batch_problems(
+    batch: pd.DataFrame,  # the rows to check, indexed 0 … n-1
+    schema,               # `build_schema(params)`
+) -> tuple[pd.DataFrame, dict[int, list[str]], dict[str, set[int]]]:  # (coerced batch, row -> its reasons, check -> rows failing it)
+    "Every problem of every row: the types first, then the row checks on what coerced (a value that failed its type is not checked again)."
+    coerced, problems = coerce_batch(batch, schema)
+    skip = {(row, key.split(": ")[0]) for row, _, key, _ in problems}
+    problems += row_problems(coerced, schema, skip)
+    problems.sort(key=lambda problem: (problem[0], problem[1]))
+    reasons: dict[int, list[str]] = {}
+    counts: dict[str, set[int]] = {}
+    for row, _, key, reason in problems:
+        if reason not in reasons.setdefault(row, []):
+            reasons[row].append(reason)
+        counts.setdefault(key, set()).add(row)
+    return coerced, reasons, counts
+
+
 def rejection_reasons(
     rows_in: int, missing: list[str], extra: list[str], policy: str, present: list[str], schema,
     null_fractions: dict[str, float], max_null_fraction: float, invalid_share: float, max_invalid_share: float,
@@ -394,16 +412,7 @@ def validate_batch(
     extra = [str(c) for c in batch.columns if not str(c).startswith("_") and c not in schema.columns]
     present = [name for name in names if name in batch.columns]
 
-    coerced, problems = coerce_batch(batch, schema)
-    skip = {(row, key.split(": ")[0]) for row, _, key, _ in problems}
-    problems += row_problems(coerced, schema, skip)
-    problems.sort(key=lambda problem: (problem[0], problem[1]))
-    own_reasons: dict[int, list[str]] = {}
-    reason_counts: dict[str, set[int]] = {}
-    for row, _, key, reason in problems:
-        if reason not in own_reasons.setdefault(row, []):
-            own_reasons[row].append(reason)
-        reason_counts.setdefault(key, set()).add(row)
+    coerced, own_reasons, reason_counts = batch_problems(batch, schema)
     invalid_share = len(own_reasons) / rows_in if rows_in else 0.0
     null_fractions = {name: float(batch[name].isna().mean()) if rows_in else 0.0 for name in present}
 
