@@ -78,9 +78,14 @@ lint: setup  ## ruff over the package, tests and benchmarks
 sync-check: setup  ## fail when the notebooks and the generated modules disagree
 	$(BIN)/python nbs_tests/sync_check.py .
 
+# The notebooks' examples read the project as a fresh clone has it (LOOPLAB_PROJECT_ROOT: a copy of the
+# project's own files), never the data, stores or conf/local that a user's runs left in the checkout.
 nbtest: setup  ## run every notebook (library and test notebooks)
-	$(BIN)/nbdev-test notebooks
-	$(BIN)/nbdev-test nbs_tests
+	@clean=$$(mktemp -d) && trap 'rm -rf "$$clean"' EXIT && \
+	$(BIN)/python -c 'import sys; from looplab.core import copy_project_files; copy_project_files(".", sys.argv[1])' "$$clean" && \
+	echo "$(BIN)/nbdev-test notebooks nbs_tests (on a fresh clone's files: $$clean)" && \
+	LOOPLAB_PROJECT_ROOT="$$clean" $(BIN)/nbdev-test notebooks && \
+	LOOPLAB_PROJECT_ROOT="$$clean" $(BIN)/nbdev-test nbs_tests
 
 pytest: setup  ## pytest over nbs_tests/ (exit 5, "no tests collected", is not a failure)
 	$(BIN)/pytest nbs_tests; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]

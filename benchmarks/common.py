@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from looplab.core import copy_project_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,17 +20,9 @@ def say(message: str) -> None:
 
 
 def copy_project(destination: Path) -> Path:
-    "The files `kedro run` needs (as nbs_tests/conftest.py copies them), so runs write only into `destination`."
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in ("pyproject.toml", "kedro.yml", ".telemetry"):
-        if (ROOT / name).is_file():
-            shutil.copy(ROOT / name, destination)
-    shutil.copytree(ROOT / "conf", destination / "conf", ignore=shutil.ignore_patterns("__pycache__", "local"))
-    (destination / "conf" / "local").mkdir(exist_ok=True)
-    shutil.copytree(ROOT / "src", destination / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (destination / "data" / "01_raw").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / "01_raw" / "Bikeshare.csv", destination / "data" / "01_raw")
-    return destination
+    """The project's own files `kedro run` needs, as a fresh clone has them (never the data, stores or
+    conf/local a run of the checkout left behind), so runs write only into `destination`."""
+    return copy_project_files(ROOT, destination, only=("pyproject.toml", "kedro.yml", ".telemetry", "conf", "src", "notebooks/runs", "data"))
 
 
 def machine(packages: tuple[str, ...]) -> dict:

@@ -9,19 +9,49 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+from looplab.core import copy_project_files
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+# Tests never read what a user's runs leave in the checkout (landing files, mlflow.db, the served-model
+# cache, reports, conf/local): the whole session works on a copy of the project's own files, as a fresh
+# clone has them, and in a working directory inside that copy.
+ROOT = copy_project_files(REPOSITORY, Path(tempfile.mkdtemp(prefix="looplab-tests-")) / "project")
+
+# A user's shell may point looplab, Kedro or MLflow elsewhere; the tests set what they need themselves.
+OUTSIDE_SETTINGS = ("LOOPLAB_PROJECT_ROOT", "LOOPLAB_SERVING_URL", "LOOPLAB_LOG_LEVEL", "LOOPLAB_TRACEBACK",
+                    "KEDRO_ENV", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def pytest_configure(config):
+    for name in OUTSIDE_SETTINGS:
+        os.environ.pop(name, None)
+    os.chdir(ROOT)
+
+
+def pytest_unconfigure(config):
+    os.chdir(REPOSITORY)
+    shutil.rmtree(ROOT.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def root() -> Path:
+    "The project as a fresh clone has it (a copy: tests that write into it write into a throw-away folder)."
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def repository() -> Path:
+    "The checkout the tests come from, for facts only it has: its git history and its environment."
+    return REPOSITORY
 
 
 @pytest.fixture(scope="session")
@@ -48,18 +78,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# What `kedro run` needs, and the papermill notebooks a run may start (the retraining trigger runs
+# notebooks/runs/train.ipynb); `data/` holds only the committed demo data.
+PROJECT_FOR_RUNS = ("pyproject.toml", "kedro.yml", ".telemetry", "conf", "src", "notebooks/runs", "data")
+
+
 def copy_project(root: Path, destination: Path) -> Path:
-    "The files `kedro run` needs, copied so runs write only into `destination`."
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in ("pyproject.toml", "kedro.yml", ".telemetry"):
-        shutil.copy(root / name, destination)
-    shutil.copytree(root / "conf", destination / "conf", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(root / "src", destination / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    # the papermill notebooks a run may start (the retraining trigger runs notebooks/runs/train.ipynb)
-    shutil.copytree(root / "notebooks" / "runs", destination / "notebooks" / "runs", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    (destination / "data" / "01_raw").mkdir(parents=True)
-    shutil.copy(root / "data" / "01_raw" / "Bikeshare.csv", destination / "data" / "01_raw")
-    return destination
+    "The project's own files that `kedro run` needs, copied so runs write only into `destination`."
+    return copy_project_files(root, destination, only=PROJECT_FOR_RUNS)
 
 
 def kedro_run(tool, env, project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from dockerfile_parse import DockerfileParser
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 DOCKER = ROOT / "deploy" / "docker"
 IMAGES = {"serving": 8000, "jobs": None, "apps": 8866}  # image → the port it serves (None: a job)
 PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")

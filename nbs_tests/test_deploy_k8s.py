@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import free_port, stop_process
+from conftest import ROOT, free_port, stop_process
 
-ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSION = "1.32.0"  # the cluster version the manifests target: kubernetes-validate's schemas of 1.32
@@ -498,7 +497,7 @@ def test_make_deploy_waits_in_the_overlays_namespace(rendered):
     overlay, objects = rendered
     [namespace] = [item["metadata"]["name"] for item in objects if item["kind"] == "Namespace"]
     assert {item["metadata"].get("namespace") for item in objects if item["kind"] != "Namespace"} == {namespace}
-    dry = subprocess.run(["make", "-n", "--no-print-directory", "deploy", f"OVERLAY={overlay}", "TAG=v0.0.0"], cwd=ROOT,
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "deploy", f"OVERLAY={overlay}", "TAG=v0.0.0", f"VENV={sys.prefix}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert f"kubectl -n {namespace} rollout status deployment/looplab-serving" in dry.stdout

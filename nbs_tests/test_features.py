@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from looplab.core import load_config
+from looplab.core import copy_project_files, load_config
 from looplab.features import (
     build_features,
     feature_store_paths,
@@ -28,10 +28,8 @@ HOURS = 24 * 12
 
 @pytest.fixture
 def project(root, tmp_path) -> Path:
-    "A copy of the project's conf/ (with the Feast repository) and raw data: the store is built in it."
-    shutil.copy(root / "pyproject.toml", tmp_path)
-    shutil.copytree(root / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "conf" / "local").mkdir(exist_ok=True)
+    "A copy of the project's conf/ (with the Feast repository) and an empty data/: the store is built in it."
+    copy_project_files(root, tmp_path, only=("pyproject.toml", "conf"))
     (tmp_path / "data" / "01_raw").mkdir(parents=True)
     return tmp_path
 

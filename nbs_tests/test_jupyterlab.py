@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 
@@ -107,7 +108,7 @@ def test_a_cell_imports_looplab_through_the_kernel(jupyterlab, root):
         assert result["status"] == "ok" and result["error"] is None, result
         version, prefix, project = result["stdout"].strip().split("|")
         assert version == looplab_version()
-        assert prefix == str(root / ".venv"), "the looplab kernel must run the project's environment"
+        assert prefix == sys.prefix, "the looplab kernel must run the project's environment"
         assert project == str(root)
         failing = execute(jupyterlab, kernel_id, "import looplab.no_such_module")
         assert failing["status"] == "error" and "ModuleNotFoundError" in failing["error"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,17 +16,13 @@ from looplab.core import load_config
 from looplab.sources import bikeshare_to_rides
 from looplab.versioning import load_version
 
+from conftest import copy_project
+
 
 @pytest.fixture(scope="module")
 def project_copy(root, tmp_path_factory) -> Path:
     "A copy of the project to run Kedro in, so runs write into a temporary data folder."
-    copy = tmp_path_factory.mktemp("project")
-    for name in ("pyproject.toml", "kedro.yml", ".telemetry"):
-        shutil.copy(root / name, copy)
-    shutil.copytree(root / "conf", copy / "conf")
-    shutil.copytree(root / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(root / "data", copy / "data", ignore=shutil.ignore_patterns("*.parquet", "*.db"))
-    return copy
+    return copy_project(root, tmp_path_factory.mktemp("project"))
 
 
 def kedro(tool, env, project: Path, *args: str) -> subprocess.CompletedProcess:

@@ -37,7 +37,7 @@ print(json.dumps({"import_errors": {k.rsplit("/", 1)[-1]: v for k, v in bag.impo
 def generated(root, tmp_path_factory, quiet_env):
     "The DAGs `make airflow-dags` writes, loaded by Airflow's DagBag."
     folder = tmp_path_factory.mktemp("dags")
-    made = subprocess.run(["make", "-s", "airflow-dags", f"AIRFLOW_DAGS={folder}"], cwd=root, env=quiet_env,
+    made = subprocess.run(["make", "-s", "airflow-dags", f"AIRFLOW_DAGS={folder}", f"VENV={sys.prefix}"], cwd=root, env=quiet_env,
                           capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     home = tmp_path_factory.mktemp("airflow-home")

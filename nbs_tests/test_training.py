@@ -119,10 +119,10 @@ def test_run_records_params_code_environment_and_data(demo):
     assert info["model_name"] == "bike-demand"
 
 
-def test_git_commit_is_recorded_inside_a_repository(demo, root):
+def test_git_commit_is_recorded_inside_a_repository(demo, repository):
     from looplab.training import git_commit
 
-    inside = git_commit(root)
+    inside = git_commit(repository)
     assert len(inside["commit"]) == 40 and isinstance(inside["dirty"], bool)
     assert git_commit(demo["root"]) == {"commit": "unknown", "dirty": None}
 

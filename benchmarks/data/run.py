@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # benchmarks/, for the shared helpers
-from common import machine, say, write_result  # noqa: E402
+from common import copy_project, machine, say, write_result  # noqa: E402
 
 DEFAULT_SIZES = (1_000_000, 10_000_000)
 DEFAULT_DASK_SIZES = (1_000_000,)   # the Dask row: the whole batch passes through the client (the Kedro path)
@@ -85,12 +85,12 @@ def generate(rows: int, landing: Path, regions_per_file: int, bad_share: float, 
 # --- child: pipeline ---------------------------------------------------------------------------
 
 def bench_params(landing: Path, work: Path) -> dict:
-    "The project's real `data` parameters, every path moved under `work`, the landing folder the only source."
+    "The project's real `data` parameters (as a fresh clone has them), every path moved under `work`, the landing folder the only source."
     import copy
 
     from looplab.core import load_config
 
-    params = copy.deepcopy(load_config()["data"])
+    params = copy.deepcopy(load_config(root=copy_project(work / "project"))["data"])
     for key in ("state_path", "ingested_path", "validated_path", "features_path", "feast_source_path",
                 "feature_store_path", "versions_log"):
         params[key] = str(work / "store" / Path(params[key]).name)
@@ -313,7 +313,9 @@ def pipeline_dask(landing: Path, work: Path, workers: int, partitions: int, labe
 def run_child(role: str, arguments: list[str], result: Path) -> dict:
     "Run this script as a fresh child process in `role`; its result is the JSON it writes to `result`."
     command = [sys.executable, str(Path(__file__).resolve()), role, *arguments, "--result", str(result)]
-    completed = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    outside = ("LOOPLAB_PROJECT_ROOT", "KEDRO_ENV")  # the child reads a clean copy of the project, nothing else
+    env = {**{key: value for key, value in os.environ.items() if key not in outside}, "PYTHONUNBUFFERED": "1"}
+    completed = subprocess.run(command, cwd=ROOT, env=env)
     if completed.returncode != 0:
         raise SystemExit(f"bench-data: the {role} step failed (exit {completed.returncode}): {' '.join(command)}")
     return json.loads(result.read_text(encoding="utf-8"))

@@ -59,8 +59,10 @@ def bike_features() -> tuple[pd.DataFrame, dict]:
     from looplab.features import build_features
     from looplab.sources import demo_rides
 
-    parameters = load_config("parameters", root=ROOT)
-    rides = demo_rides(parameters["data"], root=ROOT).assign(region="dc", _source="demo", _batch_id="demo")
+    with tempfile.TemporaryDirectory() as work:  # a fresh clone's files: nothing a run of the checkout left behind
+        project = copy_project(Path(work) / "project")
+        parameters = load_config("parameters", root=project)
+        rides = demo_rides(parameters["data"], root=project).assign(region="dc", _source="demo", _batch_id="demo")
     return build_features(rides, parameters["data"]), parameters
 
 

@@ -9,6 +9,8 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
+import subprocess
 import sys
 import threading
 import warnings
@@ -18,8 +20,9 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'ENV_VARIABLE', 'LOG_FORMAT',
-           'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths', 'load_config', 'resolve_store_uri',
-           'mlflow_settings', 'configure_mlflow', 'setup_logging', 'file_sha256']
+           'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths', 'project_files',
+           'copy_project_files', 'load_config', 'resolve_store_uri', 'mlflow_settings', 'configure_mlflow',
+           'setup_logging', 'file_sha256']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -37,11 +40,11 @@ def is_project_root(folder: Path) -> bool:
 
 
 def find_project_root(
-    start: Path | str | None = None,  # where to start looking; the working directory when None
+    start: Path | str | None = None,  # where to start looking; `$LOOPLAB_PROJECT_ROOT`, else the working directory, when None
 ) -> Path:                           # the project root, absolute
-    "The looplab project root: `$LOOPLAB_PROJECT_ROOT`, else the nearest Kedro project above `start`, else above the package."
+    "The looplab project root: the nearest Kedro project above `start` (or `$LOOPLAB_PROJECT_ROOT`), else above the package."
     from_environment = os.environ.get(PROJECT_ROOT_VARIABLE)
-    if from_environment:
+    if start is None and from_environment:  # an explicit root always wins over the environment
         root = Path(from_environment).expanduser().resolve()
         if not is_project_root(root):
             raise FileNotFoundError(
@@ -90,6 +93,52 @@ class ProjectPaths:
 def project_paths(start: Path | str | None = None) -> ProjectPaths:
     "The `ProjectPaths` of the project found from `start` (see `find_project_root`)."
     return ProjectPaths(find_project_root(start))
+
+# %% ../../notebooks/00_core.ipynb #baec024c
+def project_files(
+    root: Path | str,  # a looplab project: a git checkout or a plain folder with a `.gitignore`
+) -> list[Path]:       # paths relative to `root`, sorted
+    "The project's own files: tracked or new, never what `.gitignore` excludes (run outputs, stores, `conf/local`, caches)."
+    root = Path(root)
+    if (root / ".git").exists():
+        listed = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True, check=True, timeout=120,
+        ).stdout.decode()
+        names = [name for name in listed.split("\0") if name]
+    else:
+        names = _files_gitignore_lets_through(root)
+    return sorted(Path(name) for name in names if (root / name).is_file())
+
+
+def _files_gitignore_lets_through(root: Path) -> list[str]:
+    "Without git: walk `root`, applying its `.gitignore` (the ignored folders are not even entered)."
+    import pathspec  # needed only outside a git checkout
+
+    ignore = root / ".gitignore"
+    rules = pathspec.GitIgnoreSpec.from_lines(ignore.read_text().splitlines() if ignore.is_file() else [])
+    names = []
+    for folder, subfolders, files in os.walk(root):
+        here = Path(folder).relative_to(root)
+        subfolders[:] = [name for name in subfolders
+                         if name != ".git" and not rules.match_file(f"{(here / name).as_posix()}/")]
+        names += [(here / name).as_posix() for name in files if not rules.match_file((here / name).as_posix())]
+    return names
+
+
+def copy_project_files(
+    root: Path | str,                   # the project to copy
+    destination: Path | str,            # created when missing
+    only: tuple[str, ...] | None = None,  # top-level paths to copy (`"conf"`, `"data/01_raw/Bikeshare.csv"`); all when None
+) -> Path:                              # `destination`
+    "Copy the project's own files (see `project_files`), as a fresh clone has them, into `destination`."
+    root, destination = Path(root), Path(destination)
+    for name in project_files(root):
+        if only is None or any(name == Path(part) or Path(part) in name.parents for part in only):
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, destination / name)
+    destination.mkdir(parents=True, exist_ok=True)
+    return destination
 
 # %% ../../notebooks/00_core.ipynb #19f2a482
 CONFIG_PATTERNS: dict[str, list[str]] = {
