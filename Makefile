@@ -78,6 +78,10 @@ lint: setup  ## ruff over the package, tests and benchmarks
 sync-check: setup  ## fail when the notebooks and the generated modules disagree
 	$(BIN)/python nbs_tests/sync_check.py .
 
+.PHONY: architecture
+architecture: setup  ## write the module table and import graph (from the code) into the README's Architecture section
+	$(BIN)/python nbs_tests/architecture.py .
+
 # The notebooks' examples read the project as a fresh clone has it (LOOPLAB_PROJECT_ROOT: a copy of the
 # project's own files), never the data, stores or conf/local that a user's runs left in the checkout.
 nbtest: setup  ## run every notebook (library and test notebooks)

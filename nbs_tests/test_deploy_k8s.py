@@ -315,7 +315,7 @@ def test_secrets_are_referenced_never_committed(rendered):
 
 # --- the ingress: the local gateway's routing -------------------------------------------------------------
 def test_committed_ingress_is_rendered_from_gateway_conf(conf):
-    from looplab.ops import render_ingress
+    from looplab.ops_config import render_ingress
 
     assert (K8S / "base" / "ingress.yaml").read_text() == render_ingress(conf["gateway"], conf["serving"]), \
         "deploy/k8s/base/ingress.yaml differs from conf/base/gateway.yml: run `looplab ops render`"
@@ -344,7 +344,7 @@ def test_ingress_routes_like_the_gateway(rendered, conf):
 
 
 def test_canary_weight_follows_conf():
-    from looplab.ops import OpsError, render_ingress
+    from looplab.ops_config import OpsError, render_ingress
 
     gateway = {"canary": {"enabled": True, "challenger_weight": 35}, "rate_limit": {"requests_per_second": 100}}
     canary = list(yaml.safe_load_all(render_ingress(gateway, {})))[1]

@@ -322,7 +322,7 @@ def log_entries(rows: pd.DataFrame, predictions, features, version: str, request
 
 
 def test_prediction_window_from_the_log(tmp_path, bike, training_params):
-    from looplab.serving import PredictionLog
+    from looplab.prediction_log import PredictionLog
 
     features = training_params["features"]
     week = bike[(bike["event_timestamp"] >= "2011-03-01") & (bike["event_timestamp"] < "2011-03-09")].reset_index(drop=True)
@@ -360,8 +360,8 @@ def run_drift_notebook(root, tool, env, project, output, *parameters: str) -> su
 
 def test_papermill_drift_notebook(root, project, tool, quiet_env, bike, training_params):
     from looplab.core import mlflow_settings
+    from looplab.prediction_log import PredictionLog
     from looplab.registry import load_model, registry_client
-    from looplab.serving import PredictionLog
 
     settings = mlflow_settings("test", project)
     client = registry_client(settings)

@@ -29,7 +29,8 @@ from looplab.evaluation import (
     plot_residuals_over_time,
     slice_metrics,
 )
-from looplab.training import TrackingError, demo_training_project, fit_model, train_model
+from looplab.tracking import TrackingError
+from looplab.training import demo_training_project, fit_model, train_model
 
 from conftest import free_port
 

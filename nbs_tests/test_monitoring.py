@@ -96,8 +96,8 @@ def write_log(project: Path, start: str, end: str, version: str = "1", repeat: i
               later_days: int = 0, values: dict | None = None) -> int:
     "Log the champion's predictions for the hours in [start, end) the way serving does (contract of 31_serving)."
     from looplab.core import configure_mlflow
+    from looplab.prediction_log import PredictionLog
     from looplab.registry import load_model
-    from looplab.serving import PredictionLog
 
     params = parameters(project)
     columns = params["training"]["features"]

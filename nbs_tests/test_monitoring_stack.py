@@ -62,7 +62,7 @@ def wait_for(check, what: str, timeout: float = 60, process: subprocess.Popen | 
 
 # --- rendered from conf --------------------------------------------------------------------------------
 def test_rendered_files_match_conf():
-    from looplab.ops import ops_settings, render_all
+    from looplab.ops_config import ops_settings, render_all
 
     assert render_all(ops_settings(root=ROOT), write=False) == [], "deploy/ is out of date with conf: run `looplab ops render`"
 
@@ -76,7 +76,7 @@ def test_render_check_command_fails_on_a_stale_file(tmp_path, quiet_env):
     looplab = [sys.executable, "-m", "looplab.cli"]
     written = subprocess.run([*looplab, "ops", "render"], env=env, capture_output=True, text=True, timeout=60)
     assert written.returncode == 0, written.stderr
-    from looplab.ops import ops_settings, render_all
+    from looplab.ops_config import ops_settings, render_all
 
     assert render_all(ops_settings(root=project), write=False) == []
     parameters = project / "conf" / "base" / "parameters_monitoring.yml"
@@ -318,7 +318,7 @@ def test_gateway_numbers_come_from_the_real_nginx_access_log(ops_server):
 
 
 def test_prometheus_scrapes_looplab_and_alertmanager_calls_the_webhook(ops_server, tmp_path):
-    from looplab.ops import ops_settings, render_alertmanager_config
+    from looplab.ops_config import ops_settings, render_alertmanager_config
 
     prometheus_port, alertmanager_port = free_port(), free_port()
     settings = ops_settings(root=ops_server["project"])

@@ -10,10 +10,8 @@ import pandas as pd
 import pytest
 
 from looplab.core import load_config
-from looplab.features import build_features
-from looplab.ingestion import ingest_sources
+from looplab.scale import features_on_engine, ingest_on_engine, validate_on_engine
 from looplab.sources import demo_rides, with_text_times
-from looplab.validation import validate_batch
 
 from conftest import copy_project, kedro_run
 
@@ -74,9 +72,9 @@ def run_params(root, tmp_path, landing_folder, engine: str) -> dict:
 
 
 def data_layer(params: dict) -> tuple:
-    batch, pending = ingest_sources(None, params)
-    validated, quarantine, report = validate_batch(batch, params)
-    return batch, pending, validated, quarantine, report, build_features(validated, params)
+    batch, pending = ingest_on_engine(None, params)
+    validated, quarantine, report = validate_on_engine(batch, params)
+    return batch, pending, validated, quarantine, report, features_on_engine(validated, params)
 
 
 def test_dask_path_gives_the_pandas_data(root, tmp_path, landing, cluster, monkeypatch):
@@ -112,8 +110,8 @@ def test_a_rejected_batch_is_rejected_the_same_way(root, tmp_path, landing, clus
     for engine in ("pandas", "dask"):
         params = run_params(root, tmp_path, folder, engine)
         params["validation"] = {**params["validation"], "max_invalid_share": 0.0001}
-        batch, _ = ingest_sources(None, params)
-        outputs[engine] = validate_batch(batch, params)
+        batch, _ = ingest_on_engine(None, params)
+        outputs[engine] = validate_on_engine(batch, params)
     assert outputs["dask"][2]["rejected"] and outputs["dask"][2]["rows_valid"] == 0
     assert outputs["dask"][2]["rejection_reasons"] == outputs["pandas"][2]["rejection_reasons"]
     pd.testing.assert_frame_equal(outputs["dask"][0], outputs["pandas"][0])
@@ -132,8 +130,8 @@ def test_files_with_other_columns_are_joined_first_as_on_pandas(root, tmp_path, 
     outputs = {}
     for engine in ("pandas", "dask"):
         params = run_params(root, tmp_path, mixed, engine)
-        batch, pending = ingest_sources(None, params)
-        outputs[engine] = (batch, pending, *validate_batch(batch, params))
+        batch, pending = ingest_on_engine(None, params)
+        outputs[engine] = (batch, pending, *validate_on_engine(batch, params))
     pd.testing.assert_frame_equal(outputs["dask"][0], outputs["pandas"][0])
     assert outputs["dask"][1] == outputs["pandas"][1]
     pd.testing.assert_frame_equal(outputs["dask"][2], outputs["pandas"][2])
@@ -145,14 +143,14 @@ def test_bad_engine_settings_are_named(root, tmp_path, landing):
     folder, _ = landing
     params = run_params(root, tmp_path, folder, "spark")
     with pytest.raises(ValueError, match="data.engine must be one of pandas, dask, got 'spark'"):
-        ingest_sources(None, params)
+        ingest_on_engine(None, params)
     params = run_params(root, tmp_path, folder, "dask")
     params["dask"] = {"scheduler": "tcp://127.0.0.1:9", "connect_timeout_seconds": 1}
     with pytest.raises(ValueError, match=r"data.dask.scheduler tcp://127.0.0.1:9 is unreachable"):
-        ingest_sources(None, params)
+        ingest_on_engine(None, params)
     params["dask"] = {"workers": 3}
     with pytest.raises(ValueError, match=r"data.dask: unknown setting\(s\) workers"):
-        validate_batch(pd.DataFrame(), params)
+        validate_on_engine(pd.DataFrame(), params)
 
 
 def test_kedro_data_pipeline_on_dask(root, tmp_path, tool, quiet_env):

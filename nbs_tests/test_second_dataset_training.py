@@ -89,6 +89,7 @@ def trained(root, tmp_path_factory, tool, quiet_env):
     (project / "data" / "01_raw" / "Bikeshare.csv").unlink()
     use_second_dataset(project)
     (project / "conf" / "base" / "parameters_training.yml").write_text(TRAINING.lstrip())
+    (project / "conf" / "base" / "parameters_evaluation.yml").unlink()  # TRAINING holds the `evaluation` block too
     write_sources(project, readings())
     kedro_run(tool, quiet_env, project, "-p", "data")
     kedro_run(tool, quiet_env, project, "-p", "training")

@@ -170,7 +170,7 @@ def test_the_compiled_predictor_answers_exactly_what_the_model_says(project, tmp
 
 def test_identifying_fields_are_validated_logged_and_kept_from_the_model(project, tmp_path, data_params, inputs, registry_client):
     from looplab import registry
-    from looplab.serving import LOG_COLUMNS, read_prediction_log
+    from looplab.prediction_log import LOG_COLUMNS, read_prediction_log
 
     model = registry.load_model(MODEL, "1", registry_client)
     app, settings = make_app(project, tmp_path, data_params)
@@ -197,7 +197,7 @@ def test_identifying_fields_are_validated_logged_and_kept_from_the_model(project
 
 
 def test_every_200_is_logged_after_shutdown(project, tmp_path, data_params, inputs):
-    from looplab.serving import read_prediction_log
+    from looplab.prediction_log import read_prediction_log
 
     # flushes far apart: what reaches the disk is what the shutdown flush writes
     log_settings = {**settings_for(project, tmp_path)["prediction_log"], "flush_rows": 100000, "flush_seconds": 3600}

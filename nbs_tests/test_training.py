@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 
 from looplab.core import load_config, mlflow_settings
 from looplab.features import resolve_path
+from looplab.tracking import TrackingError
 from looplab.training import (
-    TrackingError,
     TrainingDataError,
     demo_training_project,
     fit_model,
@@ -120,7 +120,7 @@ def test_run_records_params_code_environment_and_data(demo):
 
 
 def test_git_commit_is_recorded_inside_a_repository(demo, repository):
-    from looplab.training import git_commit
+    from looplab.tracking import git_commit
 
     inside = git_commit(repository)
     assert len(inside["commit"]) == 40 and isinstance(inside["dirty"], bool)

@@ -247,9 +247,9 @@ def pipeline_dask(landing: Path, work: Path, workers: int, partitions: int, labe
 
     from distributed import Client, LocalCluster
 
-    from looplab.features import build_features
-    from looplab.ingestion import commit_watermarks, ingest_sources
-    from looplab.validation import build_schema, validate_batch
+    from looplab.ingestion import commit_watermarks
+    from looplab.scale import features_on_engine, ingest_on_engine, validate_on_engine
+    from looplab.validation import build_schema
 
     logging.getLogger("looplab").setLevel(logging.WARNING)
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -273,8 +273,8 @@ def pipeline_dask(landing: Path, work: Path, workers: int, partitions: int, labe
             say(f"[{label}] dask {name}: {seconds[name]:.1f} s · client peak RSS {short_mb(peak_rss_mb())}")
             return result
 
-        batch, pending = step("ingest", ingest_sources, None, params)
-        validated, quarantine, report = step("validate", validate_batch, batch, params)
+        batch, pending = step("ingest", ingest_on_engine, None, params)
+        validated, quarantine, report = step("validate", validate_on_engine, batch, params)
         del batch
         tick, peak = time.perf_counter(), peak_rss_mb()
         (work / "validated").mkdir(parents=True, exist_ok=True)
@@ -284,7 +284,7 @@ def pipeline_dask(landing: Path, work: Path, workers: int, partitions: int, labe
             quarantine.to_parquet(work / "quarantine" / "part-00000.parquet", index=False)
         commit_watermarks(pending, None, params)
         seconds["store"], raised["store"] = time.perf_counter() - tick, max(0.0, peak_rss_mb() - peak)
-        features = step("features", build_features, validated, params)
+        features = step("features", features_on_engine, validated, params)
         tick = time.perf_counter()
         features.to_parquet(work / "features.parquet", index=False)
         seconds["features"] += time.perf_counter() - tick

@@ -125,12 +125,13 @@ def data_diff(before: str, after: str, dataset: str, env: str | None, as_json: b
 def _registry(env: str | None) -> dict:
     "Point MLflow at the project's store (from conf) and check it can be reached; the settings used."
     from looplab.core import configure_mlflow
-    from looplab.registry import RegistryError, check_tracking
+    from looplab.registry import RegistryError
+    from looplab.tracking import TrackingError, check_tracking
 
     try:
         settings = configure_mlflow(env=env)
         check_tracking(settings["tracking_uri"])
-    except (FileNotFoundError, ValueError, KeyError, RegistryError) as error:
+    except (FileNotFoundError, ValueError, KeyError, RegistryError, TrackingError) as error:
         raise click.ClickException(f"cannot use the MLflow store: {error}") from error
     return settings
 
@@ -200,12 +201,12 @@ def reproduce(spec: str, env: str | None, tolerance: float, as_json: bool) -> No
 
     Exits with status 1 when a metric differs.
     """
-    from looplab import registry
+    from looplab import reproduction
 
     _registry(env)
-    result = _registry_call(registry.reproduce, spec, tolerance=tolerance, env=env,
+    result = _registry_call(reproduction.reproduce, spec, tolerance=tolerance, env=env,
                             progress=lambda line: click.echo(f"… {line}", err=True))
-    click.echo(json.dumps(result, indent=2) if as_json else registry.format_reproduction(result))
+    click.echo(json.dumps(result, indent=2) if as_json else reproduction.format_reproduction(result))
     if not result["matches"]:
         raise click.exceptions.Exit(1)
 
@@ -406,16 +407,16 @@ def apps(app: str, host: str, port: int, env: str | None) -> None:
     child_env = {**os.environ, "LOOPLAB_PROJECT_ROOT": str(root)}
     if env:
         child_env["KEDRO_ENV"] = env
-    command = [str(voila), f"notebooks/apps/{app}.ipynb", "--no-browser", f"--Voila.ip={host}", f"--port={port}"]
+    command = [str(voila), str(folder / f"{app}.ipynb"), "--no-browser", f"--Voila.ip={host}", f"--port={port}",
+               f"--Voila.root_dir={root}"]
     click.echo(f"looplab apps: {app} on http://{host}:{port}/ (config environment: {env or child_env.get('KEDRO_ENV') or 'local'}; Ctrl-C stops)", err=True)
     # Voila takes this process's place, so Ctrl-C and a terminating signal reach it directly
-    os.chdir(root)
     os.execve(command[0], command, child_env)
 
 
 # --- ops: monitoring exporter, Alertmanager webhook, deploy files rendered from conf ----------------
 def _ops_settings(env: str | None) -> dict:
-    from looplab.ops import OpsError, ops_settings
+    from looplab.ops_config import OpsError, ops_settings
 
     try:
         return ops_settings(env=env)
@@ -449,7 +450,7 @@ def ops_serve(host: str | None, port: int | None, env: str | None) -> None:
 @click.option("--check", is_flag=True, help="Only compare; exit 1 naming the files that differ from conf.")
 def ops_render(env: str | None, check: bool) -> None:
     """Write the Prometheus rules and config, the Alertmanager config and the Kubernetes ingress from conf."""
-    from looplab.ops import RENDERED, OpsError, render_all
+    from looplab.ops_config import RENDERED, OpsError, render_all
 
     settings = _ops_settings(env)
     try:
@@ -469,7 +470,7 @@ def ops_render(env: str | None, check: bool) -> None:
 @_ENV_OPTION
 def ops_render_rules(env: str | None) -> None:
     """Print the Prometheus recording and alert rules rendered from monitoring.slo and the retraining policy."""
-    from looplab.ops import OpsError, render_rules
+    from looplab.ops_config import OpsError, render_rules
 
     settings = _ops_settings(env)
     try:

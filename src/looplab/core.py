@@ -21,8 +21,8 @@ from typing import Any
 # %% auto #0
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'ENV_VARIABLE', 'LOG_FORMAT',
            'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths', 'project_files',
-           'copy_project_files', 'load_config', 'resolve_store_uri', 'mlflow_settings', 'configure_mlflow',
-           'setup_logging', 'file_sha256']
+           'copy_project_files', 'load_config', 'catalog_config', 'resolve_store_uri', 'mlflow_settings',
+           'configure_mlflow', 'setup_logging', 'file_sha256', 'model_threads']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -190,6 +190,22 @@ def load_config(
     except MissingConfigException as error:
         raise FileNotFoundError(f"no {key!r} configuration under {conf} (looked for {patterns[key]})") from error
 
+# %% ../../notebooks/00_core.ipynb #d935f4db
+def catalog_config(
+    env: str | None = None,          # config environment merged over `base`
+    root: Path | str | None = None,  # project root; found with `find_project_root` when None
+) -> dict[str, Any]:                 # catalog entries, for `kedro.io.DataCatalog.from_config`
+    "The project's data catalog with every relative `filepath` made absolute against the project root."
+    root = find_project_root(root)
+    entries = load_config("catalog", env=env, root=root)
+    absolute = {}
+    for name, entry in entries.items():
+        path = entry.get("filepath") if isinstance(entry, dict) else None
+        if isinstance(path, str) and "://" not in path and not Path(path).is_absolute():
+            entry = {**entry, "filepath": str(root / path)}
+        absolute[name] = entry
+    return absolute
+
 # %% ../../notebooks/00_core.ipynb #28438403
 def resolve_store_uri(
     uri: str,   # an MLflow store URI: sqlite:///relative.db, a plain path, http://…, postgresql://…
@@ -267,3 +283,10 @@ def file_sha256(
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+# %% ../../notebooks/00_core.ipynb #a83bd391
+def model_threads(training_params: dict):
+    "A context in which models fit and predict with `training.threads` OpenMP threads (all cores when null)."
+    from threadpoolctl import threadpool_limits  # only where a model runs
+
+    return threadpool_limits(limits=training_params.get("threads"), user_api="openmp")

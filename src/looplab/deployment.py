@@ -14,6 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import registry
+from .core import find_project_root, load_config, mlflow_settings
+from .tracking import TrackingError, check_tracking
+
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
@@ -46,10 +50,8 @@ def read_signature(
     import mlflow
     from mlflow.models import Model
 
-    from looplab.registry import quiet_downloads, registry_errors
-
     with tempfile.TemporaryDirectory(prefix="looplab-signature-") as folder:
-        with registry_errors(f"reading the signature of {name} version {version}"), quiet_downloads():
+        with registry.registry_errors(f"reading the signature of {name} version {version}"), registry.quiet_downloads():
             location = client.get_model_version_download_uri(name, version)
             local = mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=folder,
                                                         tracking_uri=client.tracking_uri)
@@ -88,15 +90,13 @@ def load_cache(
     "The cached model and its metadata; `FileNotFoundError` when nothing is cached, `UntrustedModelError` for foreign types."
     import skops.io
 
-    from looplab.registry import SKOPS_TRUSTED_TYPES, refuse_untrusted
-
     folder = cache_folder(cache_dir, name)
     model_file, meta_file = folder / "model.skops", folder / "meta.json"
     if not (model_file.is_file() and meta_file.is_file()):
         raise FileNotFoundError(f"no cached copy of model {name!r} in {folder}")
-    refuse_untrusted(sorted(set(skops.io.get_untrusted_types(file=model_file)) - set(SKOPS_TRUSTED_TYPES)),
+    registry.refuse_untrusted(sorted(set(skops.io.get_untrusted_types(file=model_file)) - set(registry.SKOPS_TRUSTED_TYPES)),
                      f"refusing the cached {name}: it")
-    model = skops.io.load(model_file, trusted=SKOPS_TRUSTED_TYPES)
+    model = skops.io.load(model_file, trusted=registry.SKOPS_TRUSTED_TYPES)
     return model, json.loads(meta_file.read_text(encoding="utf-8"))
 
 # %% ../../notebooks/30_deployment.ipynb #6d23a479
@@ -158,17 +158,15 @@ class ModelHolder:
 
     def _from_registry(self) -> ServedModel | None:
         "The alias's version when it differs from the one held (None when it has not moved)."
-        from looplab.registry import check_tracking, load_model, model_version, registry_client
-
         uri = self._tracking_uri()
         if uri:
             check_tracking(uri, timeout=self.check_timeout)  # fail fast instead of MLflow's long retries
-        client = registry_client(self.tracking)
-        version = str(model_version(self.name, self.alias, client).version)
+        client = registry.registry_client(self.tracking)
+        version = str(registry.model_version(self.name, self.alias, client).version)
         held = self.current
         if held is not None and held.source == "registry" and held.version == version:
             return None
-        model = load_model(self.name, version, client)
+        model = registry.load_model(self.name, version, client)
         columns = read_signature(client, self.name, version)
         return ServedModel(model, self.name, version, self.alias, columns, "registry", compiled=self._prepared(model))
 
@@ -191,24 +189,22 @@ class ModelHolder:
 
     def refresh(self) -> bool:
         "Check the alias once; load and swap in a new version when it moved. True when the served model changed."
-        from looplab.registry import ModelNotFoundError, RegistryError
-
         with self._lock:
             try:
                 loaded = self._from_registry()
                 self.tracking_reachable, self.last_error = True, None
-            except ModelNotFoundError as error:  # the store answers, but has no such model or alias
+            except registry.ModelNotFoundError as error:  # the store answers, but has no such model or alias
                 self.tracking_reachable, self.last_error = True, str(error)
                 _logger.warning("%s", error)
                 return False
-            except (RegistryError, OSError, ValueError) as error:
+            except (registry.RegistryError, TrackingError, OSError, ValueError) as error:
                 self.tracking_reachable, self.last_error = False, str(error).splitlines()[0]
                 if self.current is not None:
                     _logger.warning("tracking store unreachable, still serving %s version %s: %s", self.name, self.current.version, self.last_error)
                     return False
                 try:
                     self.current = self._from_cache()
-                except (FileNotFoundError, RegistryError, OSError, ValueError, KeyError) as cache_error:
+                except (FileNotFoundError, registry.RegistryError, TrackingError, OSError, ValueError, KeyError) as cache_error:
                     _logger.error("no model to serve: %s; cache: %s", self.last_error, cache_error)
                     return False
                 _logger.warning("tracking store unreachable; serving the cached %s version %s", self.name, self.current.version)
@@ -269,8 +265,6 @@ def deploy_model(
     root: Path | str | None = None,     # project root; found when None
 ) -> dict[str, Any]:                    # what is deployed: `ModelHolder.status()` plus the cache folder
     "The Kedro node: load the served alias through the registry and leave it in the serving cache."
-    from looplab.core import find_project_root, load_config, mlflow_settings
-
     root = find_project_root(root)
     settings = load_config("serving", env=env, root=root)["serving"]
     cache = Path(settings["cache_dir"])

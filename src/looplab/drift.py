@@ -18,6 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .core import model_threads
+from .prediction_log import read_prediction_log
+from .registry import model_version, quiet_downloads, registry_client
+
 logger = logging.getLogger(__name__)
 
 # %% auto #0
@@ -503,8 +507,6 @@ def log_model_reference(
     settings: dict,             # `monitoring.drift`
 ) -> dict[str, Any]:            # what `log_reference` logged
     "Sample `monitoring.drift.reference_rows` training rows, predict them with `model`, and log them as the drift reference."
-    from looplab.training import model_threads
-
     settings = check_settings(settings)
     features = list(training_params["features"])
     sample = sample_reference(train_set, settings["reference_rows"], seed=int(training_params.get("seed", 0)))
@@ -523,8 +525,6 @@ def load_reference(
     correction: str | None = None,   # another correction; None keeps it
 ) -> tuple[pd.DataFrame, DriftDetector]:  # (the reference rows with their predictions, the detector)
     "The drift reference a model version was trained with, and its detector (the last few versions' are kept in memory)."
-    from looplab.registry import model_version, registry_client
-
     client = client or registry_client()
     found = model_version(name, version, client)
     what = f"{name} version {found.version}"
@@ -547,8 +547,6 @@ _REFERENCES_KEPT = 8
 
 def _download_reference(what: str, run_id: str, client) -> tuple[pd.DataFrame, DriftDetector]:
     import mlflow
-
-    from looplab.registry import quiet_downloads
 
     with tempfile.TemporaryDirectory(prefix="looplab-drift-") as folder:
         try:
@@ -573,8 +571,6 @@ def prediction_window(
     model_name: str | None = None,   # only this model's predictions; all when None
 ) -> pd.DataFrame:                   # the inputs, `prediction`, event_time, model_version, one row per record
     "The logged records of one window, their inputs as columns."
-    from looplab.serving import read_prediction_log
-
     frame = log if isinstance(log, pd.DataFrame) else read_prediction_log(log)
     start, end = pd.Timestamp(start), pd.Timestamp(end)
     if not start < end:

@@ -16,6 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .core import find_project_root, model_threads
+from .features import EVENT_TIMESTAMP
+from .registry import load_model
+from .tracking import TrackingError, connect_tracking, error_line, flatten_params
+from .versioning import content_hash
+
 logger = logging.getLogger(__name__)
 
 # %% auto #0
@@ -167,8 +173,6 @@ def behavioural_checks(
     evaluation_params: dict,       # the `evaluation` parameters (`behavioural`)
 ) -> list[dict[str, Any]]:         # one record per check: name, kind, passed, detail
     "Invariance, directional and minimum-functionality checks of a model on the evaluation set."
-    from looplab.training import model_threads
-
     with model_threads(training_params):
         return _behavioural_checks(model, evaluation_set, training_params, evaluation_params)
 
@@ -243,16 +247,11 @@ def evaluate(
     evaluation_params: dict,       # the `evaluation` parameters
 ) -> dict[str, Any]:               # task, n_rows, window, metrics, baseline_metrics, baseline, beats_baseline, slices, behavioural
     "Everything about a model on the evaluation set, as one JSON-ready record."
-    from looplab.training import model_threads
-
     with model_threads(training_params):
         return _evaluate(model, evaluation_set, data_params, training_params, evaluation_params)
 
 
 def _evaluate(model, evaluation_set: pd.DataFrame, data_params: dict, training_params: dict, evaluation_params: dict) -> dict[str, Any]:
-    from looplab.features import EVENT_TIMESTAMP
-    from looplab.versioning import content_hash
-
     task, target = training_params.get("task", "regression"), data_params["target"]
     names = list(evaluation_params.get("metrics") or METRICS[task])
     gate_metric = evaluation_params.get("gate_metric", names[0])
@@ -331,8 +330,6 @@ def plot_residuals_over_time(
     data_params: dict,             # the `data` parameters (`target`)
 ):                                 # a matplotlib Figure
     "Actual minus predicted over the evaluation window, with the daily mean."
-    from looplab.features import EVENT_TIMESTAMP
-
     predicted = np.asarray(predictions, dtype="float64")
     predicted = predicted if predicted.ndim == 1 else predicted.max(axis=1)
     residuals = pd.Series(evaluation_set[data_params["target"]].to_numpy(dtype="float64") - predicted,
@@ -353,8 +350,6 @@ def feature_importance(
 ) -> pd.DataFrame:  # feature, importance (mean worsening of the gate metric), spread; most important first
     "Permutation importance of each model feature on the evaluation set, scored with the gate metric."
     from sklearn.inspection import permutation_importance
-
-    from looplab.training import model_threads
 
     task, metric = training_params.get("task", "regression"), evaluation_params["gate_metric"]
     features = list(training_params["features"])
@@ -533,9 +528,6 @@ def evaluate_champion(
     if version is None:
         return None, {}
     # the registry loads models (skops, the reviewed trusted types): never a bare pickle
-    from looplab.registry import load_model
-    from looplab.training import error_line
-
     try:
         champion = load_model(name, version)
     except Exception as error:  # untrusted types, a missing artifact: no comparison, so no promotion
@@ -563,9 +555,6 @@ def evaluate_model(
 ) -> dict[str, Any]:                 # `evaluate`'s record plus gate, champion, feature_importance
     "The Kedro node: evaluate the challenger and the champion on the same set, decide the gate, log it all to the training run."
     import mlflow
-
-    from looplab.core import find_project_root
-    from looplab.training import TrackingError, connect_tracking, error_line, flatten_params, model_threads
 
     root = find_project_root(root)
     evaluation = evaluate(model, evaluation_set, data_params, training_params, evaluation_params)

@@ -99,10 +99,6 @@ def build_features(
     params: dict,                   # the `data` parameters
 ) -> pd.DataFrame:                  # one row per (entity, event_timestamp), sorted
     "Feature rows: calendar and weather of the row's hour, target lags and same-hour means from strictly earlier hours, and the label."
-    if (params.get("engine") or "pandas") != "pandas":  # data.engine: dask — on partitions of whole entities
-        from looplab.scale import features_on_dask
-
-        return features_on_dask(validated_rides, params)
     entity, time, target = params["entity"]["column"], params["timestamp"], params["target"]
     settings = params["features"]
     inputs = [*settings.get("calendar", []), *settings.get("weather", [])]

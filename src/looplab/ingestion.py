@@ -233,10 +233,6 @@ def ingest_sources(
     root: Path | str | None = None,  # project root for relative paths; found when needed
 ) -> tuple[pd.DataFrame, dict]:  # (the ingested batch, the pending state for `commit_watermarks`)
     "Read every enabled source from its watermark, normalised into one batch; commits nothing."
-    if (params.get("engine") or "pandas") != "pandas":  # data.engine: dask — landing files read and normalised on the cluster
-        from looplab.scale import ingest_on_dask
-
-        return ingest_on_dask(demo_sources, params, root)
     store = state_store(params, root)
     batch_id = new_batch_id()
     frames, pending = [], {"batch_id": batch_id, "sources": {}}

@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core import find_project_root, load_config
+from .core import configure_mlflow, find_project_root, load_config
+from .drift import load_reference, make_detector
+from .evaluation import metrics
+from .prediction_log import read_prediction_log
 
 _logger = logging.getLogger(__name__)
 
@@ -114,8 +117,6 @@ def logged_predictions(
     model_name: str | None = None, # only this model's predictions
 ) -> tuple[pd.DataFrame, dict]:    # (one row per (entity, event_time): inputs flattened, prediction, version, latency_ms, time, log_lines), counts
     "The prediction log as a table of model inputs and outputs, one row per entity and hour."
-    from looplab.serving import read_prediction_log
-
     log = read_prediction_log(log_path) if Path(log_path).exists() else pd.DataFrame()
     counts = {"lines": len(log), "without_event_time": 0, "duplicates": 0}
     columns = ["event_time", "entity", "model_name", "model_version", "prediction", "latency_ms", "time", "request_id"]
@@ -180,8 +181,6 @@ def window_performance(
     evaluation_params: dict,     # the `evaluation` parameters: `baseline_feature`
 ) -> dict[str, Any]:             # volume, labelled, missing_labels, mae, rmse, bias, baseline_mae, prediction stats, latency
     "Error, bias, baseline, volume and latency of one window."
-    from looplab.evaluation import metrics
-
     joined = predictions.merge(labels, on=["entity", "event_time"], how="left")
     scored = joined[joined["label"].notna() & joined["prediction"].notna()]
     result: dict[str, Any] = {
@@ -240,8 +239,6 @@ def window_drift(
     settings: dict | None = None,  # `monitoring.drift`: backend, p_value, correction, ignore (conf wins over what was stored)
 ) -> tuple[dict[str, Any], pd.DataFrame]:  # ({drift, drift_features, drift_backend}, per-feature rows)
     "The window's drift against the version's stored reference, tested as conf says now."
-    from looplab.drift import load_reference, make_detector
-
     settings = settings or {}
     reference, detector = load_reference(name, str(version), backend=settings.get("backend"), p_value=settings.get("p_value"),
                                          correction=settings.get("correction"))
@@ -445,8 +442,6 @@ def monitor_windows(
     log_to_mlflow: bool = True,     # log each window as an MLflow run
 ) -> dict[str, Any]:                # {"now", "windows": [rows monitored now], "predictions": counts, "store", "late_entries": {window: lines}}
     "Monitor every window whose labels are due and that is not in the store yet, and score again those that got late log entries."
-    from looplab.core import configure_mlflow
-
     root = Path(root) if root is not None else find_project_root()
     env = env or os.environ.get("KEDRO_ENV") or None
     settings = monitoring_settings({"monitoring": monitoring_params, "training": training_params}, root)

@@ -16,7 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from .core import find_project_root, load_config
+from .core import catalog_config, configure_mlflow, find_project_root, load_config
+from .evaluation import figure_png, json_ready
+from .monitoring import due_labels, load_store, monitor_windows, monitoring_settings, window_of
+from .pipelines.data import create_pipeline
+from .registry import alias_version, load_model
+from .retraining import retraining_trigger
+from .serving import create_app, serving_settings
+from .sources import replay_day
 
 _logger = logging.getLogger(__name__)
 
@@ -65,8 +72,6 @@ class InProcessServing:
     "The serving app in this process."
 
     def __init__(self, root: Path, env: str | None):
-        from looplab.serving import create_app, serving_settings
-
         parameters = load_config("parameters", env=env, root=root)
         self.settings = serving_settings(env, root)
         self.app = create_app(self.settings, data_params=parameters.get("data"), root=root, env=env)
@@ -103,8 +108,6 @@ class HttpServing:
     def __init__(self, url: str, root: Path, env: str | None):
         import httpx
 
-        from looplab.serving import serving_settings
-
         self.settings = serving_settings(env, root)
         keys = (load_config("gateway", env=env, root=root).get("gateway") or {}).get("api_keys") or []
         self.client = httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": str(keys[0])} if keys else {})
@@ -133,9 +136,7 @@ def run_data_pipeline(root: Path, env: str | None, parameters: dict) -> Any:
     from kedro.io import DataCatalog
     from kedro.runner import SequentialRunner
 
-    from looplab.pipelines.data import create_pipeline
-
-    catalog = DataCatalog.from_config(load_config("catalog", env=env, root=root))
+    catalog = DataCatalog.from_config(catalog_config(env, root))
     for name, value in parameters.items():
         catalog[f"params:{name}"] = value
     SequentialRunner().run(create_pipeline(), catalog)
@@ -179,8 +180,6 @@ def compare_policy(
     anchor: str,                # window anchor
 ) -> pd.DataFrame:              # per window: rows, policy_mae, static_mae
     "MAE per window of the served (policy) predictions and the static model's."
-    from looplab.monitoring import window_of
-
     joined = served.merge(labels, on=["entity", "event_time"], how="inner")
     if joined.empty:
         return pd.DataFrame(columns=["window_start", "rows", "policy_mae", "static_mae"])
@@ -269,12 +268,6 @@ def replay(
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
-    from looplab.core import configure_mlflow
-    from looplab.monitoring import due_labels, load_store, monitor_windows, monitoring_settings
-    from looplab.registry import alias_version, load_model
-    from looplab.retraining import retraining_trigger
-    from looplab.sources import replay_day
-
     root = Path(root) if root is not None else find_project_root()
     env = env or os.environ.get("KEDRO_ENV") or None
     os.environ["LOOPLAB_PROJECT_ROOT"] = str(root)
@@ -296,49 +289,44 @@ def replay(
         raise RuntimeError(f"replay: {name} has no champion yet; run `kedro run -c kedro.yml` (or `make run`) first")
     static = load_model(name, champion_start)
     columns = list(training_params["features"])
-    here = Path.cwd()
-    os.chdir(root)
     served_rows, started = [], time.perf_counter()
     serving = InProcessServing(root, env) if mode == "in_process" else HttpServing(url or settings.get("url"), root, env)
-    try:
-        with quiet_kedro(), serving, tqdm(days, desc="replay", unit="day", disable=not progress) as bar:
-            for first in bar:
-                bar.set_postfix_str(f"{first:%Y-%m-%d}")
-                for offset in range(step_days):
-                    day = first + pd.Timedelta(days=offset)
-                    if day <= pd.Timestamp(end):
-                        replay_day(data_params, f"{day:%Y-%m-%d}", root)
-                try:
-                    catalog = run_data_pipeline(root, env, parameters)
-                except Exception as error:
-                    raise RuntimeError(f"replay: the data pipeline failed on {first:%Y-%m-%d}: {error}") from error
-                features, validated = catalog.load("features"), catalog.load("validated_rides")
-                records = day_requests(features, first, step_days, data_params, columns)
-                if records:
-                    answer = serving.predict(records)
-                    frame = pd.DataFrame({"event_time": pd.to_datetime([record[data_params["timestamp"]] for record in records]),
-                                          "entity": [record[data_params["entity"]["column"]] for record in records],
-                                          "prediction": answer["predictions"], "version": answer["model_version"]})
-                    with threadpool_limits(1, user_api="openmp"):  # 24 rows: threads cost more than they give
-                        frame["static"] = static.predict(pd.DataFrame.from_records(records)[columns])
-                    served_rows.append(frame)
-                serving.flush()
-                now = first + pd.Timedelta(days=step_days)
-                report = monitor_windows(validated, parameters["monitoring"], data_params, training_params, parameters["evaluation"],
-                                         now=now, root=root, env=env)
-                for window in report["windows"]:
-                    bar.write(window_line(window))
-                if report["windows"]:
-                    decision = retraining_trigger(report, validated, parameters["monitoring"], parameters["retraining"], data_params,
-                                                  training_params, now=now, source="replay", root=root, env=env)
-                    if decision.get("outcome") == "promoted":
-                        version = serving.refresh()
-                        bar.write(f"{first:%Y-%m-%d}: retrained, version {decision['champion_after']} promoted"
-                                  f"{f'; serving version {version}' if version else ''} ({'; '.join(decision['reasons'])})")
-                    elif decision["fired"]:
-                        bar.write(f"{first:%Y-%m-%d}: retrained, {decision['outcome']} ({'; '.join(decision['reasons'])})")
-    finally:
-        os.chdir(here)
+    with quiet_kedro(), serving, tqdm(days, desc="replay", unit="day", disable=not progress) as bar:
+        for first in bar:
+            bar.set_postfix_str(f"{first:%Y-%m-%d}")
+            for offset in range(step_days):
+                day = first + pd.Timedelta(days=offset)
+                if day <= pd.Timestamp(end):
+                    replay_day(data_params, f"{day:%Y-%m-%d}", root)
+            try:
+                catalog = run_data_pipeline(root, env, parameters)
+            except Exception as error:
+                raise RuntimeError(f"replay: the data pipeline failed on {first:%Y-%m-%d}: {error}") from error
+            features, validated = catalog.load("features"), catalog.load("validated_rides")
+            records = day_requests(features, first, step_days, data_params, columns)
+            if records:
+                answer = serving.predict(records)
+                frame = pd.DataFrame({"event_time": pd.to_datetime([record[data_params["timestamp"]] for record in records]),
+                                      "entity": [record[data_params["entity"]["column"]] for record in records],
+                                      "prediction": answer["predictions"], "version": answer["model_version"]})
+                with threadpool_limits(1, user_api="openmp"):  # 24 rows: threads cost more than they give
+                    frame["static"] = static.predict(pd.DataFrame.from_records(records)[columns])
+                served_rows.append(frame)
+            serving.flush()
+            now = first + pd.Timedelta(days=step_days)
+            report = monitor_windows(validated, parameters["monitoring"], data_params, training_params, parameters["evaluation"],
+                                     now=now, root=root, env=env)
+            for window in report["windows"]:
+                bar.write(window_line(window))
+            if report["windows"]:
+                decision = retraining_trigger(report, validated, parameters["monitoring"], parameters["retraining"], data_params,
+                                              training_params, now=now, source="replay", root=root, env=env)
+                if decision.get("outcome") == "promoted":
+                    version = serving.refresh()
+                    bar.write(f"{first:%Y-%m-%d}: retrained, version {decision['champion_after']} promoted"
+                              f"{f'; serving version {version}' if version else ''} ({'; '.join(decision['reasons'])})")
+                elif decision["fired"]:
+                    bar.write(f"{first:%Y-%m-%d}: retrained, {decision['outcome']} ({'; '.join(decision['reasons'])})")
     elapsed = time.perf_counter() - started
     served = pd.concat(served_rows, ignore_index=True) if served_rows else pd.DataFrame(columns=["event_time", "entity", "prediction", "static"])
     final_now = days[-1] + pd.Timedelta(days=step_days)
@@ -368,9 +356,6 @@ def write_report(summary: dict, comparison: pd.DataFrame, decisions: pd.DataFram
     import json
 
     import mlflow
-
-    from looplab.core import configure_mlflow
-    from looplab.evaluation import figure_png, json_ready
 
     folder = root / "data" / "08_reporting" / "replay"
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from .core import find_project_root, load_config
-from .monitoring import load_store, monitoring_now, monitoring_settings, store_files
+from .core import catalog_config, configure_mlflow, find_project_root, load_config
+from .evaluation import evaluate_model
+from .monitoring import due_labels, load_store, monitoring_now, monitoring_settings, read_decisions, store_files
+from .registry import ModelNotFoundError, alias_version, register_model
+from .training import train_model
 
 _logger = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ def retraining_settings(
     "The retraining settings, each number checked with the setting named."
     settings = dict(params.get("retraining") or {})
     if not settings.get("policy"):
-        raise ValueError("no `retraining.policy` parameters: conf/base/parameters_monitoring.yml is missing it")
+        raise ValueError("no `retraining.policy` parameters: conf/base/parameters_retraining.yml is missing it")
     policy = dict(settings["policy"])
     checks = {"drift_min_features": (int, 1), "degradation": (float, 0), "degradation_windows": (int, 1),
               "min_new_labelled_rows": (int, 0), "cooldown_days": (float, 0)}
@@ -232,8 +235,6 @@ def champion_data_end(name: str, alias: str = "champion") -> tuple[str | None, p
     "The champion's version and the end of the data it was trained and evaluated on (None, None without a champion)."
     from mlflow import MlflowClient
 
-    from looplab.registry import ModelNotFoundError, alias_version
-
     try:
         version = alias_version(name, alias)
     except ModelNotFoundError:
@@ -265,21 +266,12 @@ def run_training(
         return {"notebook": str(notebook), "run_id": _latest_training_run(notebook)}
     from kedro.io import DataCatalog
 
-    from looplab.evaluation import evaluate_model
-    from looplab.registry import register_model
-    from looplab.training import train_model
-
     parameters = load_config("parameters", env=env, root=root)
     data_params, training_params = parameters["data"], parameters["training"]
     training_params = {**training_params, "window": {**training_params["window"], "start": window["window_start"],
                                                      "end": window["window_end"], "evaluation_days": window["evaluation_days"]}}
-    here = Path.cwd()
-    os.chdir(root)
-    try:
-        catalog = DataCatalog.from_config(load_config("catalog", env=env, root=root))
-        features, versions = catalog["features"].load(), catalog["data_versions"].load()
-    finally:
-        os.chdir(here)
+    catalog = DataCatalog.from_config(catalog_config(env, root))
+    features, versions = catalog["features"].load(), catalog["data_versions"].load()
     model, run_info, _, evaluation_set = train_model(features, versions, data_params, training_params, root=root, env=env)
     evaluation = evaluate_model(model, evaluation_set, run_info, data_params, training_params, parameters["evaluation"], root=root, env=env)
     register_model(model, evaluation, evaluation_set, run_info, data_params, training_params)
@@ -307,9 +299,6 @@ def _context(root, env):
 
 def _execute(decision: dict, monitoring: dict, settings: dict, now: pd.Timestamp, root: Path, env: str | None) -> dict:
     "Run a fired decision's retraining under the lock and record its outcome."
-    from looplab.core import configure_mlflow
-    from looplab.registry import alias_version
-
     name, store = monitoring["model_name"], monitoring["store_path"]
     window = retraining_window(now, monitoring["label_delay_hours"], settings)
     decision["window"] = window
@@ -347,8 +336,6 @@ def failure_text(error: BaseException) -> str:
 
 def new_labelled_rows(validated: pd.DataFrame, data_params: dict, now: Any, delay_hours: float, since: pd.Timestamp | None) -> int:
     "Labelled rows known at `now` after `since` (all known labels when `since` is None)."
-    from looplab.monitoring import due_labels
-
     labels = due_labels(validated, data_params, now, delay_hours)
     return int(len(labels) if since is None else (labels["event_time"] >= since).sum())
 
@@ -368,8 +355,6 @@ def retraining_trigger(
     detail: dict | None = None,       # extra facts kept with the decision (e.g. the alert)
 ) -> dict[str, Any]:                  # the decision, with its outcome when it fired
     "Decide whether to retrain now, record it, and retrain when the policy says so."
-    from looplab.core import configure_mlflow
-
     root = Path(root) if root is not None else find_project_root()
     env = env or os.environ.get("KEDRO_ENV") or None
     monitoring = monitoring_settings({"monitoring": monitoring_params, "training": training_params}, root)
@@ -402,8 +387,6 @@ def retraining_trigger(
 # %% ../../notebooks/42_retraining.ipynb #f9580284
 def _log_to_mlflow(decision: dict[str, Any], root: Path, env: str | None) -> str | None:
     "The decision as a run of the monitoring experiment; None (and a warning) when MLflow is unreachable: the audit log keeps it."
-    from looplab.core import configure_mlflow
-
     try:
         configure_mlflow(env, root, experiment="monitoring")
     except Exception as error:  # as in `log_decision`: the audit log on disk is the record, MLflow a view of it
@@ -420,8 +403,6 @@ def handle_alert(
 ) -> dict[str, Any]:                 # the decision (or the earlier one this alert group already got)
     "Turn an Alertmanager notification into a retraining decision, deduplicated."
     from kedro.io import DataCatalog
-
-    from looplab.monitoring import read_decisions
 
     if not isinstance(alert, dict) or not isinstance(alert.get("alerts"), list):
         raise ValueError("an Alertmanager webhook payload has an `alerts` list; got " + type(alert).__name__)
@@ -445,10 +426,8 @@ def handle_alert(
         line = record_decision(monitoring["store_path"], decision)
         _log_to_mlflow(decision, root, env)
         return line
-    here = Path.cwd()
-    os.chdir(root)
     try:
-        validated = DataCatalog.from_config(load_config("catalog", env=env, root=root))["validated_rides"].load()
+        validated = DataCatalog.from_config(catalog_config(env, root))["validated_rides"].load()
     except Exception as error:  # no data yet (or unreadable): nothing to retrain on, and the alert is kept
         decision = {"id": uuid.uuid4().hex, "time": datetime.now(UTC).isoformat(), "fired": False,
                     "reasons": [f"alert: {name}" for name in names], "blocked_by": ["no_data"], "source": "alert",
@@ -456,8 +435,6 @@ def handle_alert(
         line = record_decision(monitoring["store_path"], decision)
         _log_to_mlflow(decision, root, env)
         return line
-    finally:
-        os.chdir(here)
     arguments = ({}, validated, parameters["monitoring"], parameters["retraining"], parameters["data"], parameters["training"])
     options = {"source": "alert", "root": root, "env": env, "signal": [f"alert: {name}" for name in names], "detail": detail}
     if wait:

@@ -14,12 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .features import EVENT_TIMESTAMP, build_features
+from .ingestion import empty_batch, ingest_sources, new_batch_id, normalise_batch, order_columns, read_source, state_store, uniform_column_types
+from .sources import SourceBatch, SourceError, describe, file_entry, make_source, newest_time
+from .validation import DEFAULT_SAMPLE_ROWS, batch_problems, build_schema, canonical_rows, coerce_batch, quarantine_rows, rejection_reasons, validate_batch
+
 logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'ENGINES', 'DASK_DEFAULTS', 'SCHEDULER_SCHEMES', 'POSITION', 'PARTITION_KEY', 'data_engine', 'dask_settings',
            'pandas_params', 'dask_client', 'read_files_on_dask', 'normalise_on_dask', 'ingest_on_dask',
-           'validate_on_dask', 'features_on_dask']
+           'validate_on_dask', 'features_on_dask', 'ingest_on_engine', 'validate_on_engine', 'features_on_engine']
 
 # %% ../../notebooks/15_scale.ipynb #ca118eac
 ENGINES = ("pandas", "dask")
@@ -128,9 +133,6 @@ def read_files_on_dask(
     normalise: dict | None = None,  # `normalise_batch`'s arguments after the frame: normalise on the workers too
 ) -> tuple[Any, bool]:           # (a `SourceBatch` like `FileSource.read`'s, whether its rows are normalised)
     "A landing folder's new files read on the cluster, one task per file; normalised there too when every file has the same columns."
-    from looplab.ingestion import normalise_batch
-    from looplab.sources import SourceBatch, SourceError, describe, file_entry, newest_time
-
     paths, entries = [], []
     for path in source.matching_files():
         try:
@@ -163,8 +165,6 @@ def normalise_on_dask(frame: pd.DataFrame, source: str, batch_id: str, params: d
     "`normalise_batch` over contiguous row ranges of `frame`, on the current Dask client."
     import dask.dataframe as dd
 
-    from looplab.ingestion import normalise_batch
-
     frame = frame.reset_index(drop=True)
     meta = normalise_batch(frame.iloc[:0], source, batch_id, params, timestamp_column)
     parts = dd.from_pandas(frame, npartitions=max(1, min(partitions, len(frame))), sort=False)
@@ -178,16 +178,6 @@ def ingest_on_dask(
     root: Path | str | None = None,  # project root for relative paths
 ) -> tuple[pd.DataFrame, dict]:      # (the ingested batch, the pending state), as `ingest_sources` returns them
     "`ingest_sources` with landing files read and rows normalised on the Dask cluster."
-    from looplab.ingestion import (
-        empty_batch,
-        new_batch_id,
-        order_columns,
-        read_source,
-        state_store,
-        uniform_column_types,
-    )
-    from looplab.sources import SourceError, describe, make_source
-
     data_engine(params)  # a misspelt engine is named, not run on Dask
     partitions = dask_settings(params)["partitions"]
     store = state_store(params, root)
@@ -240,8 +230,6 @@ def _keyed(batch: pd.DataFrame, entity: str) -> pd.DataFrame:
 
 def _check_partition(part: pd.DataFrame, params: dict) -> dict:
     "One partition's problems, valid rows and quarantine (as if the batch were accepted)."
-    from looplab.validation import _canonical, _quarantine, batch_problems, build_schema
-
     part = part.sort_values(POSITION, kind="stable")
     positions = part[POSITION].to_numpy()
     batch = part.drop(columns=[POSITION, PARTITION_KEY]).reset_index(drop=True)
@@ -250,10 +238,10 @@ def _check_partition(part: pd.DataFrame, params: dict) -> dict:
     coerced, own, counts = batch_problems(batch, schema)  # the pandas path's own checks, on this partition
     quarantined = sorted(own)
     valid = sorted(set(range(len(batch))) - set(quarantined))
-    validated = _canonical(coerced.iloc[valid], batch.iloc[valid], schema)
+    validated = canonical_rows(coerced.iloc[valid], batch.iloc[valid], schema)
     validated.index = positions[valid]
     schema.validate(validated, lazy=True)  # the same self-check as validate_batch
-    quarantine = _quarantine(batch, quarantined, {row: "; ".join(own[row]) for row in quarantined}, names)
+    quarantine = quarantine_rows(batch, quarantined, {row: "; ".join(own[row]) for row in quarantined}, names)
     quarantine["_row"] = positions[quarantined].astype("int64")
     present = [name for name in names if name in batch.columns]
     sources = batch["_source"].fillna("(none)").astype(str).value_counts().to_dict() if "_source" in batch.columns else {}
@@ -269,14 +257,12 @@ def _check_partition(part: pd.DataFrame, params: dict) -> dict:
 
 def _reject_partition(part: pd.DataFrame, params: dict, prefix: str, own: dict[int, list[str]]) -> pd.DataFrame:
     "Every row of one partition quarantined with the batch's rejection and the row's own reasons."
-    from looplab.validation import _quarantine, build_schema
-
     part = part.sort_values(POSITION, kind="stable")
     positions = part[POSITION].to_numpy()
     batch = part.drop(columns=[POSITION, PARTITION_KEY]).reset_index(drop=True)
     rows = list(range(len(batch)))
     reasons = {row: "; ".join([prefix, *own.get(int(positions[row]), [])]) for row in rows}
-    quarantine = _quarantine(batch, rows, reasons, list(build_schema(params).columns))
+    quarantine = quarantine_rows(batch, rows, reasons, list(build_schema(params).columns))
     quarantine["_row"] = positions.astype("int64")
     return quarantine
 
@@ -297,14 +283,6 @@ def validate_on_dask(
     import dask
     import dask.dataframe as dd
     import pandera.pandas as pa
-
-    from looplab.validation import (
-        DEFAULT_SAMPLE_ROWS,
-        _canonical,
-        build_schema,
-        coerce_batch,
-        rejection_reasons,
-    )
 
     data_engine(params)  # a misspelt engine is named, not run on Dask
     params = pandas_params(params)
@@ -360,7 +338,7 @@ def validate_on_dask(
             prefix = "batch rejected: " + "; ".join(rejection)
             quarantine = _stack(client.compute([dask.delayed(_reject_partition)(piece, params, prefix, own) for piece in pieces], sync=True), "_row")
             empty = frame._meta.drop(columns=[POSITION, PARTITION_KEY])
-            validated = _canonical(coerce_batch(empty, schema)[0], empty, schema)
+            validated = canonical_rows(coerce_batch(empty, schema)[0], empty, schema)
         else:
             validated = _stack([result["validated"] for result in results])
             quarantine = _stack([result["quarantine"] for result in results], "_row")
@@ -409,8 +387,6 @@ def features_on_dask(
     "`build_features` on partitions of whole entities on the Dask cluster."
     import dask.dataframe as dd
 
-    from looplab.features import EVENT_TIMESTAMP, build_features
-
     data_engine(params)  # a misspelt engine is named, not run on Dask
     params = pandas_params(params)
     entity, time, target = params["entity"]["column"], params["timestamp"], params["target"]
@@ -429,3 +405,31 @@ def features_on_dask(
         features = frame.map_partitions(build_features, params, meta=meta).compute()
     features = features.sort_values([entity, EVENT_TIMESTAMP], ignore_index=True)
     return features.astype(meta.dtypes.to_dict()) if len(features) else meta
+
+# %% ../../notebooks/15_scale.ipynb #9b120c45
+def ingest_on_engine(
+    demo_sources: dict,              # the seeding summary; orders the node after the seeding
+    params: dict,                    # the `data` block; `engine` picks pandas or Dask
+    root: Path | str | None = None,  # project root for relative paths; found when needed
+) -> tuple[pd.DataFrame, dict]:      # (the ingested batch, the pending state), as `ingest_sources` returns them
+    "The pipeline's ingestion: `ingest_sources`, or `ingest_on_dask` when `data.engine` is dask."
+    step = ingest_on_dask if data_engine(params) == "dask" else ingest_sources
+    return step(demo_sources, params, root)
+
+
+def validate_on_engine(
+    batch: pd.DataFrame,  # an ingested batch
+    params: dict,         # the `data` block; `engine` picks pandas or Dask
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:  # (validated batch, quarantine, report), as `validate_batch` gives them
+    "The pipeline's validation: `validate_batch`, or `validate_on_dask` when `data.engine` is dask."
+    step = validate_on_dask if data_engine(params) == "dask" else validate_batch
+    return step(batch, params)
+
+
+def features_on_engine(
+    validated_rides: pd.DataFrame,  # the validated table
+    params: dict,                   # the `data` block; `engine` picks pandas or Dask
+) -> pd.DataFrame:                  # what `build_features` gives
+    "The pipeline's features: `build_features`, or `features_on_dask` when `data.engine` is dask."
+    step = features_on_dask if data_engine(params) == "dask" else build_features
+    return step(validated_rides, params)

@@ -8,14 +8,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from .core import file_sha256, find_project_root
+from .core import find_project_root, load_config, model_threads
+from .drift import log_model_reference
+from .evaluation import is_better, metrics, model_scores
+from .features import EVENT_TIMESTAMP, build_features, canonical_times, feature_groups, materialize_features, resolve_path, training_set
+from .sources import demo_rides
+from .tracking import TrackingError, connect_tracking, error_line, flatten_params, git_commit, lock_hash
+from .versioning import content_hash, describe_version, load_version, log_data_inputs
 
 if TYPE_CHECKING:  # scikit-learn is imported where a model is made, not when looplab is
     from sklearn.pipeline import Pipeline
@@ -25,9 +30,8 @@ logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['logger', 'MODEL_FAMILIES', 'TASKS', 'PAPERMILL_VALUE_OPTIONS', 'TrainingDataError', 'training_windows',
            'demo_training_project', 'model_columns', 'load_training_data', 'model_parameters', 'make_estimator',
-           'model_threads', 'training_xy', 'fit_model', 'with_model_parameters', 'time_folds', 'search_model',
-           'git_commit', 'lock_hash', 'flatten_params', 'TrackingError', 'error_line', 'connect_tracking',
-           'train_model', 'papermill_paths', 'papermill_output_path', 'log_executed_notebook']
+           'training_xy', 'fit_model', 'with_model_parameters', 'time_folds', 'search_model', 'train_model',
+           'papermill_paths', 'papermill_output_path', 'log_executed_notebook']
 
 # %% ../../notebooks/20_training.ipynb #9c46fb63
 class TrainingDataError(ValueError):
@@ -57,11 +61,6 @@ def demo_training_project(
     from kedro.io import Version
     from kedro.io.core import generate_timestamp
     from kedro_datasets.pandas import ParquetDataset
-
-    from looplab.core import load_config
-    from looplab.features import build_features, materialize_features, resolve_path
-    from looplab.sources import demo_rides
-    from looplab.versioning import describe_version
 
     source, root = find_project_root(source), Path(destination).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -122,9 +121,6 @@ def load_training_data(
     validated_version: str | None = None,  # which stored version of the validated table gives the events; latest when None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:  # (train_set, evaluation_set): keys, lineage, features, label
     "The training and evaluation sets of the window, point-in-time from the feature store."
-    from looplab.features import EVENT_TIMESTAMP, canonical_times, feature_groups, resolve_path, training_set
-    from looplab.versioning import load_version
-
     windows = training_windows(training_params)
     entity, time, label = data_params["entity"]["column"], data_params["timestamp"], data_params["target"]
     features = model_columns(training_params)
@@ -240,13 +236,6 @@ def make_estimator(
     return Pipeline([("preprocess", preprocess), ("model", estimator(random_state=seed, **parameters))])
 
 # %% ../../notebooks/20_training.ipynb #9bd37cd9
-def model_threads(training_params: dict):
-    "A context in which models fit and predict with `training.threads` OpenMP threads (all cores when null)."
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=training_params.get("threads"), user_api="openmp")
-
-
 def training_xy(frame: pd.DataFrame, data_params: dict, training_params: dict) -> tuple[pd.DataFrame, pd.Series]:
     "The model's inputs (the feature columns) and the label of a training or evaluation set."
     label, features = data_params["target"], model_columns(training_params)
@@ -299,9 +288,6 @@ def search_model(
     import mlflow
     from sklearn.model_selection import ParameterGrid
 
-    from looplab.evaluation import is_better, metrics, model_scores
-    from looplab.features import EVENT_TIMESTAMP
-
     search = training_params.get("search") or {}
     task = training_params.get("task", "regression")
     metric = search.get("metric") or ("mae" if task == "regression" else "log_loss")
@@ -338,70 +324,6 @@ def search_model(
     logger.info("search: best of %d candidates %s (cv %s %.4g)", len(candidates), best["params"], metric, best["score"])
     return fit_model(train_set, data_params, with_model_parameters(training_params, best["params"])), candidates
 
-# %% ../../notebooks/20_training.ipynb #69f4ee13
-def git_commit(root: Path | str) -> dict[str, Any]:  # {"commit": sha or "unknown", "dirty": bool | None}
-    "The git commit the project at `root` is on, and whether tracked files have uncommitted changes."
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):  # no git, not a repository, no commit yet
-        return {"commit": "unknown", "dirty": None}
-    return {"commit": commit, "dirty": dirty}
-
-
-def lock_hash(root: Path | str) -> str:
-    "SHA-256 of the project's `requirements.lock` (the exact environment), or 'unknown' without one."
-    path = Path(root) / "requirements.lock"
-    return file_sha256(path) if path.is_file() else "unknown"
-
-
-def flatten_params(
-    params: dict,      # nested parameters
-    prefix: str = "",  # prepended to every key, e.g. "training."
-) -> dict[str, str]:   # dotted keys -> text values, as MLflow stores parameters
-    "Nested parameters as flat MLflow parameters: dotted keys; lists and None as JSON."
-    flat = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_params(value, f"{name}."))
-        else:
-            flat[name] = value if isinstance(value, str) else json.dumps(value)
-    return flat
-
-# %% ../../notebooks/20_training.ipynb #d4fc2593
-class TrackingError(RuntimeError):
-    "The MLflow tracking store cannot be reached or used; the message names the store."
-
-
-def error_line(error: BaseException, limit: int = 300) -> str:
-    "An exception as `TypeName: message` on one line, cut at `limit` characters."
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def connect_tracking(
-    env: str | None = None,           # config environment; `$KEDRO_ENV` or local when None
-    root: Path | str | None = None,   # project root
-    experiment: str = "training",     # key of `mlflow.experiments`
-) -> dict[str, Any]:                  # the MLflow settings used
-    "Point MLflow at the project's store and activate the experiment; `TrackingError` when the store cannot be reached."
-    import mlflow
-
-    from looplab.core import configure_mlflow, mlflow_settings
-
-    settings = mlflow_settings(env, root)
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    try:
-        return configure_mlflow(env, root, experiment=experiment)
-    except Exception as error:  # MLflow raises MlflowException, requests' or SQLAlchemy's errors: all mean "unreachable"
-        mlflow.set_tracking_uri(previous[0])  # leave the process pointed where it was, not at a dead store
-        mlflow.set_registry_uri(previous[1])
-        raise TrackingError(f"MLflow tracking store {settings['tracking_uri']} cannot be reached: {error_line(error)}") from None
-
 # %% ../../notebooks/20_training.ipynb #57d67f87
 def _data_version_tags(data_versions: dict) -> dict[str, str]:
     tags = {}
@@ -413,9 +335,6 @@ def _data_version_tags(data_versions: dict) -> dict[str, str]:
 
 def _log_drift_reference(model: Any, train_set: pd.DataFrame, training_params: dict, root: Path, env: str | None) -> None:
     "Log the model's drift reference in the active run, with the `monitoring.drift` settings of the project."
-    from looplab.core import load_config
-    from looplab.drift import log_model_reference
-
     settings = (load_config("parameters", env=env, root=root).get("monitoring") or {}).get("drift")
     if not settings:
         logger.warning("train_model: no monitoring.drift parameters, so this model version gets no drift reference")
@@ -433,8 +352,6 @@ def train_model(
 ) -> tuple[Any, dict, pd.DataFrame, pd.DataFrame]:  # (model, run_info, train_set, evaluation_set)
     "The Kedro node: one tracked MLflow training run — data versions, parameters, seed, window, commit, lock hash — and the fitted model."
     import mlflow
-
-    from looplab.versioning import content_hash, log_data_inputs
 
     root = find_project_root(root)
     records = (data_versions or {}).get("datasets", {})

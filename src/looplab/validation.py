@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .core import configure_mlflow
+
 if TYPE_CHECKING:  # pandera takes most of a second to import: only where a schema is built
     import pandera.pandas as pa
 
@@ -24,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'NOT_A', 'LINEAGE_KEPT', 'DEFAULT_SAMPLE_ROWS', 'REPORT_METRICS',
-           'build_schema', 'coerce_batch', 'row_problems', 'batch_problems', 'rejection_reasons', 'validate_batch',
-           'validation_report_html', 'log_validation_report', 'report_validation']
+           'build_schema', 'coerce_batch', 'row_problems', 'canonical_rows', 'quarantine_rows', 'batch_problems',
+           'rejection_reasons', 'validate_batch', 'validation_report_html', 'log_validation_report',
+           'report_validation']
 
 # %% ../../notebooks/12_validation.ipynb #0537277a
 DTYPES = ("int64", "float64", "str", "datetime64[ns]")  # the canonical dtypes a schema column can take
@@ -310,7 +313,7 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def _canonical(
+def canonical_rows(
     coerced: pd.DataFrame,       # coerced schema columns of the valid rows (missing columns only when empty)
     batch: pd.DataFrame,         # the same rows as given, for the lineage columns
     schema: pa.DataFrameSchema,  # from `build_schema`
@@ -325,7 +328,7 @@ def _canonical(
     return pd.DataFrame(frame, index=coerced.index).reset_index(drop=True)
 
 
-def _quarantine(
+def quarantine_rows(
     batch: pd.DataFrame,     # the batch, index 0..n-1
     rows: list[int],         # positions to quarantine
     reasons: dict[int, str], # reason per position
@@ -390,10 +393,6 @@ def validate_batch(
     params: dict,         # the `data` parameters (`timestamp`, `entity`, `timezone`, `validation`, `dataset`)
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:  # (validated batch, quarantine, report)
     "Split `batch` into valid rows (canonical dtypes) and quarantined rows with reasons; reject it whole when too much is wrong."
-    if (params.get("engine") or "pandas") != "pandas":  # data.engine: dask — the same checks, partition by partition
-        from looplab.scale import validate_on_dask
-
-        return validate_on_dask(batch, params)
     import pandera.pandas as pa
 
     validation = params.get("validation") or {}
@@ -430,8 +429,8 @@ def validate_batch(
         reasons = {row: "; ".join(own_reasons[row]) for row in quarantined}
         valid = sorted(set(range(rows_in)) - set(quarantined))
 
-    validated = _canonical(coerced.iloc[valid], batch.iloc[valid], schema)
-    quarantine = _quarantine(batch, quarantined, reasons, names)
+    validated = canonical_rows(coerced.iloc[valid], batch.iloc[valid], schema)
+    quarantine = quarantine_rows(batch, quarantined, reasons, names)
 
     # Nothing is lost and nothing is counted twice: checked here, not only in the tests.
     if rows_in != len(validated) + len(quarantine) or set(valid) & set(quarantined):
@@ -562,8 +561,6 @@ def log_validation_report(
 ) -> str:                              # the MLflow run id
     "Log a validation report to the project's MLflow `data` experiment: metrics, the `rejected` tag, JSON and HTML artifacts."
     from mlflow.tracking import MlflowClient
-
-    from looplab.core import configure_mlflow
 
     settings = configure_mlflow(env=env, root=root, experiment="data")
     client = MlflowClient(tracking_uri=settings["tracking_uri"], registry_uri=settings.get("registry_uri") or settings["tracking_uri"])

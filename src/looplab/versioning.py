@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .core import configure_mlflow, find_project_root, load_config
+
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
@@ -247,8 +249,6 @@ def configured_paths(
     env: str | None = None,         # config environment for the catalog lookup
 ) -> dict[str, str | None]:         # catalog name -> path as configured (None: not stored as a file)
     "Where configuration says each versioned dataset of the data layer is stored."
-    from looplab.core import load_config
-
     missing = [key for key in ("validated_path", "features_path") if not params.get(key)]
     if missing:
         raise ValueError(f"data parameters lack {', '.join(missing)} (see conf/base/parameters_data.yml)")
@@ -264,8 +264,6 @@ def dataset_paths(
     env: str | None = None,         # config environment for the catalog lookup
 ) -> dict[str, Path | None]:        # catalog name -> absolute path (None: the dataset is not stored as a file)
     "Where each versioned dataset of the data layer is stored, relative paths taken from the project root."
-    from looplab.core import find_project_root
-
     root = find_project_root(root)
     return {name: _absolute(path, root) for name, path in configured_paths(params, root, env).items()}
 
@@ -336,8 +334,6 @@ def record_data_versions(
 ) -> dict[str, Any]:                # recorded_at, batch_id, mlflow_run_id, datasets: {name: record}
     "Record the stored version, content hash, rows and schema of the raw, validated and feature data (log + MLflow)."
     import mlflow
-
-    from looplab.core import configure_mlflow, find_project_root
 
     if not params.get("versions_log"):
         raise ValueError("data parameters lack versions_log, the JSON-lines file of recorded versions")
