@@ -10,8 +10,10 @@ KERNEL := $(VENV)/share/jupyter/kernels/looplab/kernel.json
 HOST ?= 127.0.0.1
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-# looplab makes no network calls at run time: Kedro's telemetry stays off.
-export DO_NOT_TRACK := 1
+# looplab makes no network calls at run time: Kedro's and MLflow's telemetry stay off (MLflow honours
+# only the words: DO_NOT_TRACK=true or MLFLOW_DISABLE_TELEMETRY=true, not 1).
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
 export KEDRO_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 

@@ -25,7 +25,7 @@ def module_graph(root: Path):
     import networkx as nx
 
     sys.path.insert(0, str(root / "src"))
-    graph = grimp.build_graph("looplab")
+    graph = grimp.build_graph("looplab", cache_dir=None)  # nothing written into the project
     name = lambda module: "pipelines" if module.startswith("looplab.pipelines") else module.removeprefix("looplab.")  # noqa: E731
     modules = nx.DiGraph()
     for module in graph.modules:

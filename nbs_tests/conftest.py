@@ -69,7 +69,8 @@ def tool():
 @pytest.fixture(scope="session")
 def quiet_env() -> dict[str, str]:
     "The environment for child processes: no telemetry, unbuffered output."
-    return {**os.environ, "DO_NOT_TRACK": "1", "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    inherited = {name: value for name, value in os.environ.items() if name not in OUTSIDE_SETTINGS}
+    return {**inherited, "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
 
 def free_port() -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from importlib.metadata import PackageNotFoundError, distribution
 
@@ -113,3 +116,20 @@ def test_read_lock_refuses_loose_pins():
     with pytest.raises(AssertionError, match="not an exact pin"):
         read_lock("numpy>=1.26\n")
     assert read_lock("# header\nuvicorn[standard]==0.30.0\n    # via looplab\n") == {"uvicorn": Version("0.30.0")}
+
+
+PROBE = 'from mlflow.telemetry.utils import is_telemetry_disabled; print("telemetry disabled:", is_telemetry_disabled())'
+
+
+def test_make_turns_mlflow_telemetry_off(root):
+    "Every target runs with MLflow's telemetry off: MLflow honours only the words, not DO_NOT_TRACK=1."
+    # MLflow also stays quiet under pytest and on CI services; the probes run as a user's shell would
+    ci_markers = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "BUILDKITE", "CIRCLECI", "TRAVIS", "TF_BUILD")
+    environment = {key: value for key, value in os.environ.items() if key not in ("DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", *ci_markers)}
+    probe = f"telemetry-probe: ; @$(BIN)/python -c '{PROBE}'"
+    result = subprocess.run(["make", "-s", "--no-print-directory", "--eval", probe, "telemetry-probe", f"VENV={sys.prefix}"],
+                            cwd=root, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "telemetry disabled: True", result.stdout
+    shipped = subprocess.run([sys.executable, "-c", PROBE], env={**environment, "DO_NOT_TRACK": "1"}, capture_output=True, text=True, timeout=120)
+    assert shipped.stdout.strip() == "telemetry disabled: False", "the probe tells the settings apart"

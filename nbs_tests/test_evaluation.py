@@ -246,6 +246,7 @@ def test_a_champion_that_cannot_score_this_set_fails_the_gate(demo):
 
 
 def test_a_champion_that_cannot_be_loaded_fails_the_gate(demo, monkeypatch):
+    import looplab.evaluation
     import looplab.registry
 
     client = client_of(demo)
@@ -254,7 +255,7 @@ def test_a_champion_that_cannot_be_loaded_fails_the_gate(demo, monkeypatch):
     def refuse(name, alias_or_version, client=None):
         raise looplab.registry.RegistryError(f"refusing to load {name} version {alias_or_version}: untrusted type x.Y")
 
-    monkeypatch.setattr(looplab.registry, "load_model", refuse)
+    monkeypatch.setattr(looplab.evaluation, "load_model", refuse)  # the registry's loader, as evaluation calls it
     result = evaluate_model(demo["model"], demo["evaluation_set"], fresh_run(demo, client), demo["data_params"], demo["training"],
                             demo["evaluation"], root=demo["root"])
     assert not result["gate"]["passed"]

@@ -80,7 +80,8 @@ def data_layer(params: dict) -> tuple:
 def test_dask_path_gives_the_pandas_data(root, tmp_path, landing, cluster, monkeypatch):
     "Ingested, validated, quarantined and feature data identical on both engines; the report too."
     folder, rows = landing
-    monkeypatch.setattr("looplab.ingestion.new_batch_id", lambda: "20260101T000000Z-test00")
+    for module in ("looplab.ingestion", "looplab.scale"):  # one batch id on both engines
+        monkeypatch.setattr(f"{module}.new_batch_id", lambda: "20260101T000000Z-test00")
     expected = data_layer(run_params(root, tmp_path, folder, "pandas"))
     got = data_layer(run_params(root, tmp_path, folder, "dask"))
 
@@ -105,7 +106,8 @@ def test_dask_path_gives_the_pandas_data(root, tmp_path, landing, cluster, monke
 
 def test_a_rejected_batch_is_rejected_the_same_way(root, tmp_path, landing, cluster, monkeypatch):
     folder, _ = landing
-    monkeypatch.setattr("looplab.ingestion.new_batch_id", lambda: "20260101T000000Z-test00")
+    for module in ("looplab.ingestion", "looplab.scale"):  # one batch id on both engines
+        monkeypatch.setattr(f"{module}.new_batch_id", lambda: "20260101T000000Z-test00")
     outputs = {}
     for engine in ("pandas", "dask"):
         params = run_params(root, tmp_path, folder, engine)
@@ -126,7 +128,8 @@ def test_files_with_other_columns_are_joined_first_as_on_pandas(root, tmp_path, 
     first = pd.read_parquet(folder / "rides-0.parquet").head(300)
     first.to_parquet(mixed / "a.parquet", index=False)
     first.iloc[100:200].drop(columns=["region"]).assign(timestamp=lambda f: f["timestamp"].str.replace("2011", "2012")).to_csv(mixed / "b.csv", index=False)
-    monkeypatch.setattr("looplab.ingestion.new_batch_id", lambda: "20260101T000000Z-test00")
+    for module in ("looplab.ingestion", "looplab.scale"):  # one batch id on both engines
+        monkeypatch.setattr(f"{module}.new_batch_id", lambda: "20260101T000000Z-test00")
     outputs = {}
     for engine in ("pandas", "dask"):
         params = run_params(root, tmp_path, mixed, engine)

@@ -144,7 +144,7 @@ def drift_benchmark(rows: int, repetitions: int, seed: int) -> dict:
 def child_env() -> dict[str, str]:
     "The environment of every timed process: no telemetry, no project root or Kedro env inherited."
     env = {key: value for key, value in os.environ.items() if key not in ("LOOPLAB_PROJECT_ROOT", "KEDRO_ENV")}
-    return {**env, "DO_NOT_TRACK": "1", "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    return {**env, "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 
 
 class StepFailed(RuntimeError):

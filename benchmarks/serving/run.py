@@ -57,7 +57,7 @@ def child_env(project: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in ("LOOPLAB_PROJECT_ROOT", "KEDRO_ENV")}
     # `mlflow models serve` runs `uvicorn` by name: the environment's bin must come first on PATH.
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return {**env, "DO_NOT_TRACK": "1", "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1",
+    return {**env, "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1",
             "LOOPLAB_PROJECT_ROOT": str(project), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
 
 
