@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -38,8 +39,15 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    os.chdir(REPOSITORY)
-    shutil.rmtree(ROOT.parent, ignore_errors=True)
+    # What still runs as the process ends (MLflow ends a run left open, at exit) writes into a folder of the
+    # session's own, never into the checkout; the whole session folder goes last (registered first, runs last).
+    after = ROOT.parent / "after-session"
+    after.mkdir(exist_ok=True)
+    os.chdir(after)
+    shutil.rmtree(ROOT, ignore_errors=True)
+
+
+atexit.register(shutil.rmtree, ROOT.parent, True)
 
 
 @pytest.fixture(scope="session")

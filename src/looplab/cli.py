@@ -11,6 +11,9 @@ import click
 
 from looplab.core import DATA_LAYERS, load_config, project_paths
 
+# Each command imports the layer it runs inside the command: `looplab --help` and `looplab info` answer in
+# 0.2 s instead of the second or more that importing serving, the registry and the replay takes.
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version("looplab"), prog_name="looplab")

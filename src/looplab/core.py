@@ -54,7 +54,7 @@ def find_project_root(
         return root
     package = importlib.util.find_spec("looplab")
     candidates = [Path(start or Path.cwd()).resolve()]
-    if package is not None and package.origin:
+    if start is None and package is not None and package.origin:  # an explicit start is searched alone: never another project
         candidates.append(Path(package.origin).resolve().parent)
     for candidate in candidates:
         for folder in (candidate, *candidate.parents):

@@ -138,6 +138,9 @@ class RegistryFacts:
 
     def read(self) -> None:
         "Read the facts now (in the caller's thread)."
+        if self.tracking is None:  # no MLflow settings in conf: nothing to read, and never MLflow's default store
+            self.up = 0.0
+            return
         try:
             client = registry_client(self.tracking)
             facts = {}
