@@ -14,15 +14,17 @@ import subprocess
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 # %% auto #0
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'ENV_VARIABLE', 'LOG_FORMAT',
            'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths', 'project_files',
            'copy_project_files', 'load_config', 'catalog_config', 'resolve_store_uri', 'mlflow_settings',
-           'configure_mlflow', 'setup_logging', 'file_sha256', 'model_threads']
+           'configure_mlflow', 'Settings', 'setup_logging', 'file_sha256', 'model_threads']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -171,6 +173,8 @@ def load_config(
 
     conf = ProjectPaths(find_project_root(root)).conf
     env = env or os.environ.get(ENV_VARIABLE) or None
+    if env == "local":  # Kedro's default run environment, named
+        env = None
     if env and not (conf / env).is_dir():
         known = sorted(p.name for p in conf.iterdir() if p.is_dir())
         raise ValueError(f"unknown config environment {env!r}: {conf / env} does not exist (known: {', '.join(known)})")
@@ -249,6 +253,73 @@ def configure_mlflow(
             mlflow.create_experiment(name, artifact_location=f"{artifacts}/{name}" if artifacts else None)
         mlflow.set_experiment(name)
     return settings
+
+# %% ../../notebooks/00_core.ipynb #02048956
+def _read_only(value: Any) -> Any:
+    "`value` with every mapping made a read-only view and every list a tuple, at any depth."
+    if isinstance(value, dict):
+        return MappingProxyType({key: _read_only(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return tuple(_read_only(item) for item in value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    "A mutable deep copy of a `_read_only` value: dicts and lists again."
+    if isinstance(value, (dict, MappingProxyType)):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Settings:
+    "One project's root, config environment and resolved parameters, built once and passed explicitly."
+    root: Path
+    env: str = "local"
+    parameters: Any = field(default_factory=dict)  # stored as a read-only view; `section` gives a mutable copy
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root).resolve())
+        object.__setattr__(self, "env", self.env or "local")
+        object.__setattr__(self, "parameters", _read_only(_plain(self.parameters)))
+
+    @classmethod
+    def load(
+        cls,
+        root: Path | str | None = None,     # project root; found with `find_project_root` when None
+        env: str | None = None,             # config environment; the user's `$KEDRO_ENV`, else `local`, when None
+        runtime_params: dict | None = None, # overrides, as `kedro run --params` gives them
+    ) -> Settings:
+        "Read a project's settings once: its root, its environment and its parameters."
+        root = find_project_root(root)
+        env = env or os.environ.get(ENV_VARIABLE) or "local"
+        return cls(root, env, load_config("parameters", env=env, root=root, runtime_params=runtime_params))
+
+    def section(self, name: str) -> dict[str, Any]:
+        "A mutable copy of one block of the parameters (`data`, `training`, ...); `{}` when absent."
+        return _plain(self.parameters.get(name) or {})
+
+    def config(self, key: str) -> dict[str, Any]:
+        "Another kind of configuration (`serving`, `gateway`, `catalog`, ...) of the same project and environment."
+        return load_config(key, env=self.env, root=self.root)
+
+    @cached_property
+    def mlflow(self) -> dict[str, Any]:
+        "The `mlflow` settings, store URIs absolute."
+        return mlflow_settings(self.env, self.root)
+
+    def mlflow_client(self):
+        "An `MlflowClient` bound to this project's tracking and registry stores (no process-wide state)."
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.mlflow["tracking_uri"],
+                            registry_uri=self.mlflow.get("registry_uri") or self.mlflow["tracking_uri"])
+
+    def arguments(self) -> dict[str, Any]:
+        "`root` and `env` as keyword arguments, for the library functions that take them."
+        return {"root": self.root, "env": self.env}
 
 # %% ../../notebooks/00_core.ipynb #b9c85a66
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
