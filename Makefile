@@ -93,8 +93,12 @@ nbtest: setup  ## run every notebook (library and test notebooks)
 	LOOPLAB_PROJECT_ROOT="$$clean" $(BIN)/nbdev-test notebooks && \
 	LOOPLAB_PROJECT_ROOT="$$clean" $(BIN)/nbdev-test nbs_tests
 
-pytest: setup  ## pytest over nbs_tests/ (exit 5, "no tests collected", is not a failure)
-	$(BIN)/pytest nbs_tests; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
+# One test module per worker (pytest-xdist, --dist loadfile): a module's servers and project copies start once,
+# and each worker works in a project copy of its own. PYTEST_WORKERS=0 runs the suite in this one process.
+PYTEST_WORKERS ?= auto
+
+pytest: setup  ## pytest over nbs_tests/ on every core (exit 5, "no tests collected", is not a failure)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile nbs_tests; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
 
 test: setup system-packages setup-airflow lint sync-check nbtest pytest  ## set-up, ruff, sync guard, every notebook, pytest
 
