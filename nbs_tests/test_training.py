@@ -244,15 +244,16 @@ def test_the_kedro_nodes_run_as_wired(demo, monkeypatch, tmp_path):
     from kedro.pipeline import Node, Pipeline
     from kedro.runner import SequentialRunner
 
-    from looplab.core import PROJECT_ROOT_VARIABLE
+    from looplab.core import Settings
     from looplab.evaluation import evaluate_model
+    from looplab.pipelines import with_settings
 
-    monkeypatch.setenv(PROJECT_ROOT_VARIABLE, str(demo["root"]))  # what the project's Kedro hook sets
     monkeypatch.delenv("KEDRO_ENV", raising=False)
     pipeline = Pipeline([
-        Node(train_model, ["features", "data_versions", "params:data", "params:training"],
+        Node(with_settings(train_model, "root", "env"), ["features", "data_versions", "params:data", "params:training", "settings"],
              ["model", "training_run", "train_set", "evaluation_set"], name="train_model_node"),
-        Node(evaluate_model, ["model", "evaluation_set", "training_run", "params:data", "params:training", "params:evaluation"],
+        Node(with_settings(evaluate_model, "root", "env"),
+             ["model", "evaluation_set", "training_run", "params:data", "params:training", "params:evaluation", "settings"],
              "evaluation", name="evaluate_model_node"),
     ])
     stored = tmp_path / "outputs"
@@ -260,6 +261,7 @@ def test_the_kedro_nodes_run_as_wired(demo, monkeypatch, tmp_path):
         "features": MemoryDataset(demo["features"]), "data_versions": MemoryDataset(demo["data_versions"]),
         "params:data": MemoryDataset(demo["data_params"]), "params:training": MemoryDataset(demo["training"]),
         "params:evaluation": MemoryDataset(demo["evaluation"]), "model": MemoryDataset(copy_mode="assign"),
+        "settings": MemoryDataset(Settings(demo["root"], "local")),  # what the project's Kedro context puts in the catalog
         # as the catalog stores them: the run info and the evaluation as JSON, the sets as parquet
         "training_run": JSONDataset(filepath=str(stored / "training_run.json")),
         "evaluation": JSONDataset(filepath=str(stored / "evaluation.json")),

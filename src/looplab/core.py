@@ -285,6 +285,17 @@ class Settings:
         object.__setattr__(self, "env", self.env or "local")
         object.__setattr__(self, "parameters", _read_only(_plain(self.parameters)))
 
+    # Read-only, so a copy is the object itself (Kedro's memory datasets deep-copy what they hand out);
+    # pickled (a parallel runner, a worker process) as its three fields.
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return (type(self), (str(self.root), self.env, _plain(self.parameters)))
+
     @classmethod
     def load(
         cls,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from .core import catalog_config, configure_mlflow, find_project_root, load_config
+from .core import Settings, catalog_config, configure_mlflow, find_project_root, load_config
 from .evaluation import figure_png, json_ready
 from .monitoring import due_labels, load_store, monitor_windows, monitoring_settings, window_of
 from .pipelines.data import create_pipeline
@@ -139,6 +139,7 @@ def run_data_pipeline(root: Path, env: str | None, parameters: dict) -> Any:
     catalog = DataCatalog.from_config(catalog_config(env, root))
     for name, value in parameters.items():
         catalog[f"params:{name}"] = value
+    catalog["settings"] = Settings(root, env, parameters)  # what the nodes that reach files and services take
     SequentialRunner().run(create_pipeline(), catalog)
     return catalog
 
@@ -270,9 +271,6 @@ def replay(
 
     root = Path(root) if root is not None else find_project_root()
     env = env or os.environ.get("KEDRO_ENV") or None
-    os.environ["LOOPLAB_PROJECT_ROOT"] = str(root)
-    if env:
-        os.environ["KEDRO_ENV"] = env
     parameters = load_config("parameters", env=env, root=root)
     settings = {**(parameters.get("replay") or {})}
     step_days = int(step_days or settings.get("step_days", 1))

@@ -260,7 +260,7 @@ def run_training(
 
         output_folder.mkdir(parents=True, exist_ok=True)
         notebook = output_folder / f"train-{window['window_end']}-{datetime.now(UTC):%Y%m%dT%H%M%S}.ipynb"
-        parameters = {**window, "env": env or "", "output_notebook": str(notebook)}
+        parameters = {**window, "env": env or "", "root": str(root), "output_notebook": str(notebook)}
         papermill.execute_notebook(str(root / "notebooks" / "runs" / "train.ipynb"), str(notebook), parameters=parameters,
                                    cwd=str(root), progress_bar=False, log_output=False)
         return {"notebook": str(notebook), "run_id": _latest_training_run(notebook)}
@@ -274,7 +274,7 @@ def run_training(
     features, versions = catalog["features"].load(), catalog["data_versions"].load()
     model, run_info, _, evaluation_set = train_model(features, versions, data_params, training_params, root=root, env=env)
     evaluation = evaluate_model(model, evaluation_set, run_info, data_params, training_params, parameters["evaluation"], root=root, env=env)
-    register_model(model, evaluation, evaluation_set, run_info, data_params, training_params)
+    register_model(model, evaluation, evaluation_set, run_info, data_params, training_params, root=root, env=env)
     return {"run_id": run_info["run_id"], "notebook": None}
 
 

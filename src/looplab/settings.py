@@ -4,24 +4,28 @@ import functools
 import os
 import sys
 import warnings
+from typing import Any
 
 from kedro.config import OmegaConfigLoader
+from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
 
-from looplab.core import CONFIG_PATTERNS, ENV_VARIABLE, MERGE_STRATEGY, PROJECT_ROOT_VARIABLE
+from looplab.core import CONFIG_PATTERNS, MERGE_STRATEGY, Settings
 
 
-class RunContextHook:
-    """Hand the run's project root and config environment to the library.
+class LooplabContext(KedroContext):
+    """Kedro's context, with the run's `settings` in the catalog.
 
-    Nodes that reach services (MLflow, Feast) read their settings with `looplab.core.load_config`;
-    with these variables set, they read the same environment `kedro run --env` chose.
+    `settings` is a `looplab.core.Settings`: the project root and the conf environment of this run
+    (`kedro run --env`) with its resolved parameters, built once here. Nodes that reach the project's
+    files or services take it as an input (`looplab.pipelines.with_settings`): nothing is handed on
+    through `os.environ`, so two conf environments can run in one process.
     """
 
-    @hook_impl
-    def after_context_created(self, context) -> None:
-        os.environ[PROJECT_ROOT_VARIABLE] = str(context.project_path)
-        os.environ[ENV_VARIABLE] = context.env or "local"
+    def _get_parameters(self) -> dict[str, Any]:
+        datasets = super()._get_parameters()
+        datasets["settings"] = Settings(self.project_path, self.env or "local", datasets["parameters"])
+        return datasets
 
 
 def _looplab_error(error: BaseException | None) -> BaseException | None:
@@ -62,7 +66,8 @@ class ShortErrorsHook:
             sys.excepthook = functools.partial(_short_errors, previous=sys.excepthook)
 
 
-HOOKS = (RunContextHook(), ShortErrorsHook())
+HOOKS = (ShortErrorsHook(),)
+CONTEXT_CLASS = LooplabContext
 
 # OmegaConf deprecates the resolver registration Kedro itself performs; the notice is not for users.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")

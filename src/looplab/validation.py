@@ -584,9 +584,11 @@ def log_validation_report(
 
 
 def report_validation(
-    report: dict,  # the `validation_report` dataset
-    params: dict,  # the `data` parameters
-) -> str:          # the HTML page, for the `validation_report_html` dataset
+    report: dict,                    # the `validation_report` dataset
+    params: dict,                    # the `data` parameters
+    root: Path | str | None = None,  # project root (Kedro: the run's settings)
+    env: str | None = None,          # config environment of the MLflow settings (Kedro: the run's settings)
+) -> str:                            # the HTML page, for the `validation_report_html` dataset
     "The Kedro node: render the report as HTML and log it to MLflow."
-    log_validation_report(report, params)
+    log_validation_report(report, params, env=env, root=root)
     return validation_report_html(report)

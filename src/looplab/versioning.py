@@ -331,13 +331,15 @@ def record_data_versions(
     validated_rides: pd.DataFrame,  # the validated table after this run's append
     features: pd.DataFrame,         # the features built from it
     params: dict,                   # the `data` parameters: validated_path, features_path, versions_log
+    root: Path | str | None = None, # project root; found when None (Kedro: the run's settings)
+    env: str | None = None,         # config environment of the MLflow settings; `$KEDRO_ENV` or local when None
 ) -> dict[str, Any]:                # recorded_at, batch_id, mlflow_run_id, datasets: {name: record}
     "Record the stored version, content hash, rows and schema of the raw, validated and feature data (log + MLflow)."
     import mlflow
 
     if not params.get("versions_log"):
         raise ValueError("data parameters lack versions_log, the JSON-lines file of recorded versions")
-    root = find_project_root()
+    root = find_project_root(root)
     configured = configured_paths(params, root)
     paths = {name: _absolute(path, root) for name, path in configured.items()}
     frames = {"ingested_batch": ingested_batch, "validated_rides": validated_rides, "features": features}
@@ -349,7 +351,7 @@ def record_data_versions(
         "datasets": records,
     }
 
-    configure_mlflow(root=root, experiment="data")
+    configure_mlflow(env, root, experiment="data")
     with mlflow.start_run(run_name=f"data versions {versions['batch_id'] or versions['recorded_at']}") as run:
         for name, record in records.items():
             mlflow.log_input(_mlflow_dataset(record, frames[name]), context=record["stage"], tags=_input_tags(record))

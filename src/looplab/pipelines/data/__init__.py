@@ -9,6 +9,7 @@ from kedro.pipeline import Node, Pipeline
 
 from looplab.features import materialize_features
 from looplab.ingestion import append_validated, commit_watermarks
+from looplab.pipelines import with_settings
 from looplab.scale import features_on_engine, ingest_on_engine, validate_on_engine
 from looplab.sources import seed_demo_sources
 from looplab.validation import report_validation
@@ -18,10 +19,10 @@ from looplab.versioning import record_data_versions
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(seed_demo_sources, "params:data", "demo_sources", name="seed_demo_sources_node"),
+            Node(with_settings(seed_demo_sources, "root"), ["params:data", "settings"], "demo_sources", name="seed_demo_sources_node"),
             Node(
-                ingest_on_engine,
-                ["demo_sources", "params:data"],
+                with_settings(ingest_on_engine, "root"),
+                ["demo_sources", "params:data", "settings"],
                 ["ingested_batch", "pending_watermarks"],
                 name="ingest_sources_node",
             ),
@@ -32,33 +33,33 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="validate_batch_node",
             ),
             Node(
-                report_validation,
-                ["validation_report", "params:data"],
+                with_settings(report_validation, "root", "env"),
+                ["validation_report", "params:data", "settings"],
                 "validation_report_html",
                 name="report_validation_node",
             ),
             Node(
-                append_validated,
-                ["validated_batch", "params:data"],
+                with_settings(append_validated, "root"),
+                ["validated_batch", "params:data", "settings"],
                 ["validated_rides", "append_report"],
                 name="append_validated_node",
             ),
             Node(features_on_engine, ["validated_rides", "params:data"], "features", name="build_features_node"),
             Node(
-                materialize_features,
-                ["features", "params:data"],
+                with_settings(materialize_features, "root"),
+                ["features", "params:data", "settings"],
                 "feature_store_report",
                 name="materialize_features_node",
             ),
             Node(
-                record_data_versions,
-                ["ingested_batch", "validated_rides", "features", "params:data"],
+                with_settings(record_data_versions, "root", "env"),
+                ["ingested_batch", "validated_rides", "features", "params:data", "settings"],
                 "data_versions",
                 name="record_data_versions_node",
             ),
             Node(
-                commit_watermarks,
-                ["pending_watermarks", "validated_rides", "params:data"],
+                with_settings(commit_watermarks, "root"),
+                ["pending_watermarks", "validated_rides", "params:data", "settings"],
                 "committed_watermarks",
                 name="commit_watermarks_node",
             ),

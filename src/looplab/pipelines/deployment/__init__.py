@@ -3,7 +3,8 @@
 from kedro.pipeline import Node, Pipeline
 
 from looplab.deployment import deploy_model
+from looplab.pipelines import with_settings
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([Node(deploy_model, "registration", "deployment", name="deploy_model_node")])
+    return Pipeline([Node(with_settings(deploy_model, "root", "env"), ["registration", "settings"], "deployment", name="deploy_model_node")])
