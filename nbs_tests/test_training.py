@@ -238,41 +238,38 @@ def test_classification_uses_the_classifiers(demo, sets):
         make_estimator({**demo["training"], "task": "ranking"})
 
 
-def test_the_kedro_nodes_run_as_wired(demo, monkeypatch, tmp_path):
-    "train_model and evaluate_model wired as the training pipeline wires them, on an in-memory catalog."
+def test_the_training_pipeline_runs_as_wired(demo, monkeypatch, tmp_path):
+    "The project's training pipeline (train → evaluate → register, one node) on a catalog stored as the project stores it."
     from kedro.io import DataCatalog, MemoryDataset
-    from kedro.pipeline import Node, Pipeline
     from kedro.runner import SequentialRunner
 
     from looplab.core import Settings
-    from looplab.evaluation import evaluate_model
-    from looplab.pipelines import with_settings
+    from looplab.pipelines.training import create_pipeline
 
     monkeypatch.delenv("KEDRO_ENV", raising=False)
-    pipeline = Pipeline([
-        Node(with_settings(train_model, "root", "env"), ["features", "data_versions", "params:data", "params:training", "settings"],
-             ["model", "training_run", "train_set", "evaluation_set"], name="train_model_node"),
-        Node(with_settings(evaluate_model, "root", "env"),
-             ["model", "evaluation_set", "training_run", "params:data", "params:training", "params:evaluation", "settings"],
-             "evaluation", name="evaluate_model_node"),
-    ])
     stored = tmp_path / "outputs"
     catalog = DataCatalog({
         "features": MemoryDataset(demo["features"]), "data_versions": MemoryDataset(demo["data_versions"]),
         "params:data": MemoryDataset(demo["data_params"]), "params:training": MemoryDataset(demo["training"]),
         "params:evaluation": MemoryDataset(demo["evaluation"]), "model": MemoryDataset(copy_mode="assign"),
         "settings": MemoryDataset(Settings(demo["root"], "local")),  # what the project's Kedro context puts in the catalog
-        # as the catalog stores them: the run info and the evaluation as JSON, the sets as parquet
+        # as the catalog stores them: the run info, evaluation and registration as JSON, the sets as parquet
         "training_run": JSONDataset(filepath=str(stored / "training_run.json")),
         "evaluation": JSONDataset(filepath=str(stored / "evaluation.json")),
+        "registration": JSONDataset(filepath=str(stored / "registration.json")),
         "train_set": ParquetDataset(filepath=str(stored / "train_set.parquet")),
         "evaluation_set": ParquetDataset(filepath=str(stored / "evaluation_set.parquet")),
     })
-    SequentialRunner().run(pipeline, catalog)
+    SequentialRunner().run(create_pipeline(), catalog)
     evaluation = json.loads((stored / "evaluation.json").read_text())
     run_info = json.loads((stored / "training_run.json").read_text())
+    registration = json.loads((stored / "registration.json").read_text())
     assert evaluation["gate"]["passed"] and evaluation["beats_baseline"]
-    run = client_of(demo).get_run(run_info["run_id"])
+    client = client_of(demo)
+    run = client.get_run(run_info["run_id"])
     assert run.data.metrics["mae"] == evaluation["metrics"]["mae"]
     assert run.data.tags["gate_passed"] == "true"
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(demo["root"])
+    version = client.get_model_version(demo["training"]["model_name"], registration["version"])
+    assert version.run_id == run_info["run_id"] and registration["champion_moved"]
+    assert len(pd.read_parquet(stored / "evaluation_set.parquet")) == evaluation["window"]["rows"]

@@ -589,6 +589,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'looplab.training.papermill_paths': ('training.html#papermill_paths', 'looplab/training.py'),
                                   'looplab.training.search_model': ('training.html#search_model', 'looplab/training.py'),
                                   'looplab.training.time_folds': ('training.html#time_folds', 'looplab/training.py'),
+                                  'looplab.training.train_evaluate_register': ( 'training.html#train_evaluate_register',
+                                                                                'looplab/training.py'),
                                   'looplab.training.train_model': ('training.html#train_model', 'looplab/training.py'),
                                   'looplab.training.training_windows': ('training.html#training_windows', 'looplab/training.py'),
                                   'looplab.training.training_xy': ('training.html#training_xy', 'looplab/training.py'),

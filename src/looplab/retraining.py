@@ -20,10 +20,9 @@ from typing import Any
 import pandas as pd
 
 from .core import catalog_config, configure_mlflow, find_project_root, load_config
-from .evaluation import evaluate_model
 from .monitoring import due_labels, load_store, monitoring_now, monitoring_settings, read_decisions, store_files
-from .registry import ModelNotFoundError, alias_version, register_model
-from .training import train_model
+from .registry import ModelNotFoundError, alias_version
+from .training import train_evaluate_register
 
 _logger = logging.getLogger(__name__)
 
@@ -272,10 +271,8 @@ def run_training(
                                                      "end": window["window_end"], "evaluation_days": window["evaluation_days"]}}
     catalog = DataCatalog.from_config(catalog_config(env, root))
     features, versions = catalog["features"].load(), catalog["data_versions"].load()
-    model, run_info, _, evaluation_set = train_model(features, versions, data_params, training_params, root=root, env=env)
-    evaluation = evaluate_model(model, evaluation_set, run_info, data_params, training_params, parameters["evaluation"], root=root, env=env)
-    register_model(model, evaluation, evaluation_set, run_info, data_params, training_params, root=root, env=env)
-    return {"run_id": run_info["run_id"], "notebook": None}
+    trained = train_evaluate_register(features, versions, data_params, training_params, parameters["evaluation"], root=root, env=env)
+    return {"run_id": trained["run_info"]["run_id"], "notebook": None}
 
 
 def _latest_training_run(notebook: Path) -> str | None:

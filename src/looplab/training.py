@@ -16,8 +16,9 @@ import pandas as pd
 
 from .core import find_project_root, load_config, model_threads
 from .drift import log_model_reference
-from .evaluation import is_better, metrics, model_scores
+from .evaluation import evaluate_model, is_better, metrics, model_scores
 from .features import EVENT_TIMESTAMP, build_features, canonical_times, feature_groups, materialize_features, resolve_path, training_set
+from .registry import register_model
 from .sources import demo_rides
 from .tracking import TrackingError, connect_tracking, error_line, flatten_params, git_commit, lock_hash
 from .versioning import content_hash, describe_version, load_version, log_data_inputs
@@ -28,10 +29,11 @@ if TYPE_CHECKING:  # scikit-learn is imported where a model is made, not when lo
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'MODEL_FAMILIES', 'TASKS', 'PAPERMILL_VALUE_OPTIONS', 'TrainingDataError', 'training_windows',
-           'demo_training_project', 'model_columns', 'load_training_data', 'model_parameters', 'make_estimator',
-           'training_xy', 'fit_model', 'with_model_parameters', 'time_folds', 'search_model', 'train_model',
-           'papermill_paths', 'papermill_output_path', 'log_executed_notebook']
+__all__ = ['logger', 'MODEL_FAMILIES', 'TASKS', 'TRAINING_OUTPUTS', 'PAPERMILL_VALUE_OPTIONS', 'TrainingDataError',
+           'training_windows', 'demo_training_project', 'model_columns', 'load_training_data', 'model_parameters',
+           'make_estimator', 'training_xy', 'fit_model', 'with_model_parameters', 'time_folds', 'search_model',
+           'train_model', 'train_evaluate_register', 'papermill_paths', 'papermill_output_path',
+           'log_executed_notebook']
 
 # %% ../../notebooks/20_training.ipynb #9c46fb63
 class TrainingDataError(ValueError):
@@ -407,6 +409,26 @@ def train_model(
         }
     logger.info("training run %s: %s fitted on %d rows %s", run_info["run_id"], name, len(train_set), window_text)
     return model, run_info, train_set, evaluation_set
+
+# %% ../../notebooks/20_training.ipynb #521ad6cf
+TRAINING_OUTPUTS = ("model", "run_info", "train_set", "evaluation_set", "evaluation", "registration")
+
+
+def train_evaluate_register(
+    features: pd.DataFrame,          # the data layer's feature table
+    data_versions: dict,             # the data layer's version record
+    data_params: dict,               # the `data` parameters
+    training_params: dict,           # the `training` parameters
+    evaluation_params: dict,         # the `evaluation` parameters
+    root: Path | str | None = None,  # project root; found when None (Kedro: the run's settings)
+    env: str | None = None,          # config environment of the MLflow settings; `$KEDRO_ENV` or local when None
+) -> dict[str, Any]:                 # the `TRAINING_OUTPUTS`: model, run_info, train_set, evaluation_set, evaluation, registration
+    "One training of looplab: a tracked run, its evaluation, a registered version (champion when the gate passed)."
+    model, run_info, train_set, evaluation_set = train_model(features, data_versions, data_params, training_params, root=root, env=env)
+    evaluation = evaluate_model(model, evaluation_set, run_info, data_params, training_params, evaluation_params, root=root, env=env)
+    registration = register_model(model, evaluation, evaluation_set, run_info, data_params, training_params, root=root, env=env)
+    return {"model": model, "run_info": run_info, "train_set": train_set, "evaluation_set": evaluation_set,
+            "evaluation": evaluation, "registration": registration}
 
 # %% ../../notebooks/20_training.ipynb #25e2603d
 PAPERMILL_VALUE_OPTIONS = {
