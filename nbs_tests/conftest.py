@@ -28,14 +28,22 @@ BIN = Path(sys.executable).parent
 ROOT = copy_project_files(REPOSITORY, Path(tempfile.mkdtemp(prefix="looplab-tests-")) / "project")
 
 # A user's shell may point looplab, Kedro or MLflow elsewhere; the tests set what they need themselves.
+# (MLflow's fluent API also writes its active store and experiment into os.environ: child processes of a
+# test never inherit what an earlier test in the same worker left there.)
 OUTSIDE_SETTINGS = ("LOOPLAB_PROJECT_ROOT", "LOOPLAB_SERVING_URL", "LOOPLAB_LOG_LEVEL", "LOOPLAB_TRACEBACK",
-                    "KEDRO_ENV", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+                    "KEDRO_ENV", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+def runs_no_tests(config) -> bool:
+    "True in pytest-xdist's controller: it only starts the workers, which inherit its working directory and collect from it."
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
 
 
 def pytest_configure(config):
     for name in OUTSIDE_SETTINGS:
         os.environ.pop(name, None)
-    os.chdir(ROOT)
+    if not runs_no_tests(config):  # the controller stays in the checkout, so every worker collects the checkout's tests
+        os.chdir(ROOT)
 
 
 def pytest_unconfigure(config):

@@ -117,7 +117,8 @@ def register_versions(project: Path) -> dict[str, float]:
     "Versions 1-3 of the model in the copy's MLflow store (runs with their evaluation metrics); champion 2, challenger 3."
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    store = f"sqlite:///{project}/mlflow.db"
+    client = MlflowClient(store, registry_uri=store)  # not the registry an earlier test in this process set
     experiment = client.create_experiment("looplab-training", artifact_location=str(project / "mlartifacts"))
     client.create_registered_model(MODEL)
     maes = {}
