@@ -17,7 +17,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export KEDRO_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup system-packages run replay test lint sync-check nbtest pytest lab viz viz-build lock clean-venv
+.PHONY: help setup system-packages run reset replay test lint sync-check nbtest pytest lab viz viz-build lock clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,12 +38,16 @@ setup: $(STAMP) $(KERNEL)  ## create .venv from the lock and register the loopla
 
 # `make run`: the loop once (data → training → deployment → monitoring), then a short replay of the
 # following weeks in which drift is detected, the trigger retrains and serving moves to the new champion.
+# Run again, it repeats nothing: the Kedro run is skipped once a champion exists and the replay continues
+# after the data's last day (or says the loop is up to date); `make reset` starts over.
 RUN_REPLAY_START ?= 2011-03-15
 RUN_REPLAY_END ?= 2011-04-30
 
-run: setup  ## run the whole loop on embedded defaults, then close it with a short replay (about 2 min)
-	$(BIN)/kedro run -c kedro.yml
-	$(BIN)/looplab replay --start $(RUN_REPLAY_START) --end $(RUN_REPLAY_END)
+run: setup  ## run the whole loop on embedded defaults, then close it with a short replay (about 2 min; again: continues)
+	$(BIN)/looplab loop --start $(RUN_REPLAY_START) --end $(RUN_REPLAY_END)
+
+reset: setup  ## remove what runs left (derived data, the demo's sources, the MLflow store); asks first (YES=1: does not)
+	$(BIN)/looplab reset $(if $(YES),--yes)
 
 # `make replay` continues where `make run` stopped: the rest of the year, to replay.end (conf).
 REPLAY_START ?= 2011-05-01

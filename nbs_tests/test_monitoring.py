@@ -395,11 +395,13 @@ def test_make_run_closes_the_loop(root, tool, quiet_env, tmp_path):
     makefile = (root / "Makefile").read_text()
     start = re.search(r"^RUN_REPLAY_START \?= (\S+)", makefile, re.M).group(1)
     end = re.search(r"^RUN_REPLAY_END \?= (\S+)", makefile, re.M).group(1)
-    kedro_run(tool, env, project, "-c", "kedro.yml")
-    result = subprocess.run([tool("looplab"), "replay", "--start", start, "--end", end, "--no-progress"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=900)
+    assert "\t$(BIN)/looplab loop --start $(RUN_REPLAY_START) --end $(RUN_REPLAY_END)\n" in makefile, "make run is `looplab loop`"
+    make_run = [tool("looplab"), "loop", "--start", start, "--end", end, "--no-progress"]
+    result = subprocess.run(make_run, cwd=project, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "the loop, once: kedro run -c kedro.yml" in result.stdout, result.stdout[-3000:]
     assert "promoted" in result.stdout and "policy" in result.stdout, result.stdout
+    assert "next:" in result.stdout and "looplab apps monitoring" in result.stdout
     summary = json.loads((project / "data" / "08_reporting" / "replay" / "summary.json").read_text())
     assert summary["retrainings"] >= 1 and summary["promotions"] >= 1 and summary["drift_windows"] >= 1, summary
     assert summary["champion_end"] != summary["champion_start"]
@@ -414,11 +416,10 @@ def test_make_run_closes_the_loop(root, tool, quiet_env, tmp_path):
     assert len(after) and set(after["model_version"]) - {summary["champion_start"]}, "serving never moved to a retrained version"
     assert store["windows"]["drift"].astype(bool).any()
     # Everything is in MLflow: the windows, the decisions, the retraining's executed notebook, the report.
-    import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    client = MlflowClient()
+    tracking = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking, registry_uri=tracking)
     experiment = client.get_experiment_by_name("looplab-monitoring")
     runs = client.search_runs([experiment.experiment_id], max_results=500)
     names = [run.info.run_name for run in runs]
@@ -429,3 +430,24 @@ def test_make_run_closes_the_loop(root, tool, quiet_env, tmp_path):
     (report,) = (project / "data" / "08_reporting" / "replay").glob("replay-*.html")
     page = report.read_text()
     assert "policy" in page and "static" in page and "data:image/png;base64," in page and "promoted" in page
+
+    # `make run` again repeats nothing: no Kedro run, no replayed day, the same versions and the same report.
+    versions = sorted(int(version.version) for version in client.search_model_versions("name = 'bike-demand'"))
+    summary_text = (project / "data" / "08_reporting" / "replay" / "summary.json").read_text()
+    again = subprocess.run(make_run, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "kedro run skipped" in again.stdout and "the replay is up to date" in again.stdout, again.stdout
+    assert sorted(int(version.version) for version in client.search_model_versions("name = 'bike-demand'")) == versions
+    assert (project / "data" / "08_reporting" / "replay" / "summary.json").read_text() == summary_text
+    assert report.read_text() == page and len(list(report.parent.glob("replay-*.html"))) == 1
+
+    # `looplab reset` (make reset) leaves the project as a fresh clone has it: raw data, conf and code stay.
+    refused = subprocess.run([tool("looplab"), "reset"], cwd=project, env=env, input="n\n", capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and (project / "mlflow.db").exists(), refused.stdout  # asked, and told no: nothing removed
+    reset = subprocess.run([tool("looplab"), "reset", "--yes"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert reset.returncode == 0, reset.stdout[-3000:] + reset.stderr[-3000:]
+    assert "mlflow.db" in reset.stdout and not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
+    derived = [path for layer in ("02_intermediate", "03_primary", "04_feature", "06_models", "07_model_output", "08_reporting")
+               for path in (project / "data" / layer).iterdir() if path.name != ".gitkeep"]
+    assert derived == [] and not list((project / "data" / "01_raw").glob("landing/rides_*.csv"))
+    assert (project / "data" / "01_raw" / "Bikeshare.csv").is_file() and (project / "conf" / "base" / "catalog.yml").is_file()

@@ -21,7 +21,8 @@ def cli() -> None:
     """looplab: the whole machine-learning loop, notebook-first.
 
     \b
-    Run the loop:        kedro run -c kedro.yml   (or: make run)
+    Run the loop:        looplab loop --start 2011-03-15 --end 2011-04-30   (or: make run)
+    Start over:          looplab reset             (or: make reset)
     Explore:             make lab                  (JupyterLab, kernel "looplab")
     See the pipelines:   make viz                  (kedro-viz)
     """
@@ -359,6 +360,23 @@ def _days(value: str) -> int:
     return int(text)
 
 
+def _replay(start, end, step_days: int | None, mode: str | None, url: str | None, progress: bool, env: str | None) -> dict:
+    "Run the replay and print its summary (shared by `looplab replay` and `looplab loop`)."
+    from looplab.replay import replay as run_replay
+
+    try:
+        summary = run_replay(start, end, step_days, env=env, mode=mode, url=url, progress=progress)
+    except (RuntimeError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"replay {summary['start']} – {summary['end']}: {summary['days']} days in {summary['seconds']} s "
+               f"({summary['days_per_second']} days/s), {summary['requests']} predictions")
+    click.echo(f"  MAE: policy {summary['policy_mae']:.2f} vs static {summary['static_mae']:.2f}; "
+               f"{summary['retrainings']} retraining(s), {summary['promotions']} promoted; "
+               f"champion {summary['champion_start']} → {summary['champion_end']}; drift in {summary['drift_windows']} window(s)")
+    click.echo(f"  report: {summary['report']}")
+    return summary
+
+
 @cli.command()
 @click.option("--start", default=None, help="First day, e.g. 2011-03-15 (default: replay.start).")
 @click.option("--end", default=None, help="Last day, inclusive (default: replay.end).")
@@ -372,21 +390,106 @@ def replay(start: str | None, end: str | None, step: str | None, mode: str | Non
            no_progress: bool, env: str | None) -> None:
     """Backtest the closed loop day by day: land, ingest, serve, monitor, retrain; then report policy vs static."""
     from looplab.core import setup_logging
-    from looplab.replay import replay as run_replay
 
     setup_logging("WARNING")
     settings = load_config("parameters", env=env).get("replay") or {}
+    _replay(start or settings.get("start"), end or settings.get("end"), _days(step) if step else None, mode, url,
+            not no_progress, env)
+
+
+@cli.command("loop")
+@click.option("--start", required=True, help="First day of the replay after the loop's first run, e.g. 2011-03-15.")
+@click.option("--end", required=True, help="Last day of the replay, inclusive, e.g. 2011-04-30.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_ENV_OPTION
+def run_loop(start: str, end: str, no_progress: bool, env: str | None) -> None:
+    """The whole loop once (kedro run -c kedro.yml), then the replay START..END: what `make run` does.
+
+    (`loop`, not `run`: Kedro adds this command group to its own, and `kedro run` must stay Kedro's.)
+
+    Run again, it never repeats work: with a champion registered the Kedro run is skipped, and the
+    replay continues from the day after the data's last day, or says the loop is up to date.
+    `looplab reset` starts over.
+    """
+    import subprocess
+    import sys
+
+    from looplab.core import configure_mlflow, find_project_root, mlflow_settings, setup_logging
+    from looplab.registry import ModelNotFoundError, alias_version
+    from looplab.replay import data_clock, days_left
+
+    setup_logging("WARNING")
+    root = find_project_root()
+    parameters = load_config("parameters", env=env, root=root)
+    name = parameters["training"]["model_name"]
+    configure_mlflow(env, root)
     try:
-        summary = run_replay(start or settings.get("start"), end or settings.get("end"), _days(step) if step else None,
-                             env=env, mode=mode, url=url, progress=not no_progress)
-    except (RuntimeError, ValueError) as error:
-        raise click.ClickException(str(error)) from error
-    click.echo(f"replay {summary['start']} – {summary['end']}: {summary['days']} days in {summary['seconds']} s "
-               f"({summary['days_per_second']} days/s), {summary['requests']} predictions")
-    click.echo(f"  MAE: policy {summary['policy_mae']:.2f} vs static {summary['static_mae']:.2f}; "
-               f"{summary['retrainings']} retraining(s), {summary['promotions']} promoted; "
-               f"champion {summary['champion_start']} → {summary['champion_end']}; drift in {summary['drift_windows']} window(s)")
-    click.echo(f"  report: {summary['report']}")
+        champion = alias_version(name, "champion")
+    except ModelNotFoundError:  # a fresh project: nothing registered yet
+        champion = None
+    if champion is None:
+        command = [str(Path(sys.executable).parent / "kedro"), "run", "-c", "kedro.yml", *(["--env", env] if env else [])]
+        click.echo(f"the loop, once: {' '.join(['kedro', *command[1:]])}")
+        if subprocess.run(command, cwd=root).returncode != 0:
+            raise click.ClickException("kedro run failed (its error is above); nothing was replayed")
+    else:
+        click.echo(f"the loop has run: {name} has a champion (version {champion}); kedro run skipped "
+                   "(`looplab reset` starts over)")
+    clock = data_clock(parameters["data"], root)
+    left = days_left(start, end, clock)
+    if left is None:
+        click.echo(f"the replay is up to date: the data already reaches {clock:%Y-%m-%d} (asked up to {end}); "
+                   "`make replay` goes on, `make reset` starts over")
+    else:
+        first, last = left
+        if first > pd_day(start):
+            click.echo(f"continuing the replay from {first:%Y-%m-%d}: the data already reaches {clock:%Y-%m-%d}")
+        _replay(f"{first:%Y-%m-%d}", f"{last:%Y-%m-%d}", None, None, None, not no_progress, env)
+    configure_mlflow(env, root)
+    click.echo("\nnext:")
+    click.echo(f"  champion      {name} version {alias_version(name, 'champion')}   (looplab status)")
+    click.echo(f"  report        {root / 'data' / '08_reporting' / 'replay'}")
+    click.echo("  dashboard     .venv/bin/looplab apps monitoring → http://127.0.0.1:8866")
+    click.echo("  API           make serve → http://127.0.0.1:8080")
+    click.echo(f"  runs          .venv/bin/mlflow ui --backend-store-uri {mlflow_settings(env, root)['tracking_uri']} --host 127.0.0.1"
+               " → http://127.0.0.1:5000")
+    click.echo("  pipelines     make viz · notebooks: make lab")
+
+
+def pd_day(value: str):
+    "`value` as a day (a pandas Timestamp at midnight)."
+    import pandas as pd
+
+    return pd.Timestamp(value).normalize()
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Remove without asking.")
+@_ENV_OPTION
+def reset(yes: bool, env: str | None) -> None:
+    """Remove what runs of the loop left (derived data, the demo's sources, the MLflow store), to start over.
+
+    Never touches the raw data you brought, conf/, code or notebooks; a tracking server is left alone.
+    """
+    import shutil
+
+    from looplab.core import find_project_root
+    from looplab.replay import generated_state, reset_project
+
+    root = find_project_root()
+    paths = generated_state(root, env)
+    if not paths:
+        click.echo("nothing to reset: no run has left anything in this project")
+        return
+    click.echo(f"{len(paths)} path(s) in {root} were left by runs of the loop:")
+    for path in paths:
+        size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file()) if path.is_dir() else path.stat().st_size
+        click.echo(f"  {path.relative_to(root).as_posix()}{'/' if path.is_dir() else ''}  ({size / 1e6:.1f} MB)")
+    if not yes:
+        click.confirm("remove them?", abort=True)
+    removed = reset_project(root, env)
+    free = shutil.disk_usage(root).free / 1e9
+    click.echo(f"removed {len(removed)} path(s) ({free:.1f} GB free); `make run` starts over")
 
 
 @cli.command()

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -16,20 +17,22 @@ from typing import Any
 
 import pandas as pd
 
-from .core import Settings, catalog_config, configure_mlflow, find_project_root, load_config
+from .core import DATA_LAYERS, Settings, catalog_config, configure_mlflow, find_project_root, load_config, mlflow_settings
 from .evaluation import figure_png, json_ready
 from .monitoring import due_labels, load_store, monitor_windows, monitoring_settings, window_of
 from .pipelines.data import create_pipeline
 from .registry import alias_version, load_model
 from .retraining import retraining_trigger
 from .serving import create_app, serving_settings
-from .sources import replay_day
+from .sources import LANDING_FILE_NAME, demo_sources, replay_day
+from .versioning import load_version
 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['MODES', 'replay_days', 'day_requests', 'InProcessServing', 'HttpServing', 'run_data_pipeline', 'quiet_kedro',
-           'window_line', 'compare_policy', 'episodes', 'plot_replay', 'report_html', 'replay', 'write_report']
+           'window_line', 'compare_policy', 'episodes', 'plot_replay', 'report_html', 'replay', 'write_report',
+           'data_clock', 'days_left', 'generated_state', 'reset_project']
 
 # %% ../../notebooks/44_replay.ipynb #9a5273d5
 MODES = ("in_process", "http")
@@ -380,3 +383,80 @@ def _finite(value: Any) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+# %% ../../notebooks/44_replay.ipynb #49586900
+def data_clock(
+    data_params: dict,    # the `data` parameters (`validated_path`, `timestamp`)
+    root: Path,           # project root
+) -> pd.Timestamp | None: # the last event time the stored validated table holds; None before the first run
+    "Where the loop's data stands: the latest event in the validated table."
+    path = root / data_params["validated_path"]
+    if not path.exists() or not any(path.iterdir()):
+        return None
+    times = load_version(path)[data_params["timestamp"]]
+    return pd.Timestamp(times.max()) if len(times) else None
+
+
+def days_left(
+    start: Any, end: Any,  # the days asked for (inclusive)
+    clock: Any,            # `data_clock`: the data holds every day up to this one
+) -> tuple[pd.Timestamp, pd.Timestamp] | None:  # (first, last) still to replay; None when nothing is left
+    "The part of [start, end] the data does not hold yet."
+    first, last = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
+    if clock is not None and not pd.isna(clock):
+        first = max(first, pd.Timestamp(clock).normalize() + pd.Timedelta(days=1))
+    return (first, last) if first <= last else None
+
+# %% ../../notebooks/44_replay.ipynb #84214817
+def _inside(path: Path, root: Path) -> bool:
+    return path != root and path.is_relative_to(root) and not path.is_relative_to(root / "conf")
+
+
+def _store_path(uri: str | None) -> Path | None:
+    "The local file or folder an MLflow store URI names (sqlite:////abs.db, file:///abs), else None."
+    if not uri:
+        return None
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None
+
+
+def generated_state(
+    root: Path | str | None = None,  # project root; found when None
+    env: str | None = None,          # config environment (whose stores)
+) -> list[Path]:                     # absolute paths (files and folders) that exist, sorted
+    "What runs of the loop left in the project: derived data, the demo's sources, the MLflow store and artifacts."
+    root = find_project_root(root)
+    data = load_config("parameters", env=env, root=root)["data"]
+    found = set()
+    for layer in DATA_LAYERS[1:]:  # 02_intermediate … 08_reporting: all derived
+        folder = root / "data" / layer
+        if folder.is_dir():
+            found |= {path for path in folder.iterdir() if path.name != ".gitkeep"}
+    if (data.get("demo") or {}).get("enabled"):
+        history, landing = demo_sources(data, root)
+        found.add(Path(_store_path(history.url) or root / "missing"))
+        found |= set(Path(landing.path).glob(LANDING_FILE_NAME.format(day="*")))
+    stores = mlflow_settings(env, root)
+    for uri in (stores.get("tracking_uri"), stores.get("registry_uri"), stores.get("artifact_root")):
+        path = _store_path(uri)
+        if path is not None:
+            found |= {path, path.with_name(path.name + "-journal")}
+    found.add(root / "mlruns")
+    return sorted(path.resolve() for path in found if path.exists() and _inside(path.resolve(), root))
+
+
+def reset_project(
+    root: Path | str | None = None,  # project root; found when None
+    env: str | None = None,          # config environment
+) -> list[Path]:                     # what was removed
+    "Remove `generated_state`: the next `make run` starts as on a fresh clone."
+    removed = generated_state(root, env)
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
