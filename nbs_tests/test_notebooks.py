@@ -64,3 +64,28 @@ def test_every_library_notebook_is_literate(root):
         assert sum(s.startswith("#| default_exp ") for s in sources) == 1, path.name
         unexported = [s for s in sources if not s.startswith(("#| export", "#| default_exp"))]
         assert any(("test_" in s or "assert " in s) for s in unexported), f"{path.name} has no examples that test"
+
+
+def test_library_figures_render_as_images_in_an_executed_notebook(tool, quiet_env, tmp_path):
+    "A looplab figure left as a cell's value is drawn (image/png) in the looplab kernel, not printed as `<Figure size …>`."
+    frame_code = ("import pandas as pd\n"
+                  "frame = pd.DataFrame({'event_timestamp': pd.date_range('2011-03-01', periods=72, freq='h'), 'bikers': range(72)})\n"
+                  "drift = pd.DataFrame({'window_start': ['2011-03-01'] * 2 + ['2011-03-08'] * 2, 'feature': ['hr', 'temp'] * 2,\n"
+                  "                      'p_value': [0.5, 1e-4, 0.2, 1e-9]})")
+    figures = {
+        "predicted vs actual": "from looplab.evaluation import plot_predicted_vs_actual\n"
+                               "plot_predicted_vs_actual(frame, frame['bikers'] * 1.1, {'target': 'bikers'})",
+        "residuals": "from looplab.evaluation import plot_residuals_over_time\n"
+                     "plot_residuals_over_time(frame, frame['bikers'] * 0.9, {'target': 'bikers'})",
+        "drift heat map": "from looplab.drift import plot_p_value_heatmap\nplot_p_value_heatmap(drift)",
+    }
+    cells = [{"cell_type": "code", "execution_count": None, "id": f"c{index}", "metadata": {}, "outputs": [], "source": [source]}
+             for index, source in enumerate([frame_code, *figures.values()])]
+    source, executed = tmp_path / "figures.ipynb", tmp_path / "figures-executed.ipynb"
+    source.write_text(json.dumps(notebook(cells, {"kernelspec": {"name": "looplab", "display_name": "looplab", "language": "python"}})))
+    result = subprocess.run([tool("papermill"), str(source), str(executed), "-k", "looplab", "--cwd", str(tmp_path)],
+                            env=quiet_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, cell in zip(figures, json.loads(executed.read_text())["cells"][1:], strict=True):
+        shown = [output.get("data", {}) for output in cell["outputs"] if output["output_type"] in ("execute_result", "display_data")]
+        assert any(data.get("image/png") for data in shown), f"{name}: shown as {shown}"

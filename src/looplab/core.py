@@ -22,9 +22,9 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'ENV_VARIABLE', 'LOG_FORMAT',
-           'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths', 'project_files',
+           'FIGURE_DPI', 'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths', 'project_files',
            'copy_project_files', 'load_config', 'catalog_config', 'resolve_store_uri', 'mlflow_settings',
-           'configure_mlflow', 'Settings', 'setup_logging', 'file_sha256', 'model_threads']
+           'configure_mlflow', 'Settings', 'setup_logging', 'file_sha256', 'model_threads', 'figure_png', 'new_figure']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -372,3 +372,30 @@ def model_threads(training_params: dict):
     from threadpoolctl import threadpool_limits  # only where a model runs
 
     return threadpool_limits(limits=training_params.get("threads"), user_api="openmp")
+
+# %% ../../notebooks/00_core.ipynb #abbdff7d
+FIGURE_DPI = 100
+
+
+def figure_png(figure) -> bytes:
+    "A matplotlib figure as PNG bytes."
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    return buffer.getvalue()
+
+
+def new_figure(**options):  # matplotlib `Figure` options: figsize, layout, ...
+    "A matplotlib `Figure` made without pyplot, shown as a PNG when it is a notebook cell's value."
+    from matplotlib.figure import Figure
+
+    try:
+        from IPython import get_ipython
+    except ImportError:  # not installed: no notebook to show it in
+        shell = None
+    else:
+        shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["image/png"].for_type(Figure, figure_png)
+    return Figure(**options)

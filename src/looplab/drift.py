@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core import model_threads
+from .core import model_threads, new_figure
 from .prediction_log import read_prediction_log
 from .registry import model_version, quiet_downloads, registry_client
 
@@ -608,11 +608,9 @@ def plot_p_values(
     title: str = "",      # the figure's title
 ):                        # a matplotlib Figure
     "A bar per feature: -log10 of its p-value, the corrected threshold as a line, drifted features in red."
-    from matplotlib.figure import Figure
-
     table = result.features
     scores = -np.log10(np.clip(table["p_value"].astype(float).fillna(1.0).to_numpy(), 1e-300, 1.0))
-    figure = Figure(figsize=(8, 0.35 * len(table) + 1.5))
+    figure = new_figure(figsize=(8, 0.35 * len(table) + 1.5))
     axes = figure.subplots()
     axes.barh(table["feature"], scores, color=np.where(table["drift"], "#c0392b", "#7f8c8d"))
     if not math.isnan(result.threshold):
@@ -631,11 +629,9 @@ def plot_p_value_heatmap(
     title: str = "drift p-values per feature and window",
 ):                         # a matplotlib Figure
     "A heat map of -log10 p-values, features by windows."
-    from matplotlib.figure import Figure
-
     table = drift.assign(score=-np.log10(np.clip(drift["p_value"].astype(float).fillna(1.0), 1e-300, 1.0)))
     grid = table.pivot_table(index="feature", columns="window_start", values="score", aggfunc="max", sort=False)
-    figure = Figure(figsize=(max(6, 0.5 * grid.shape[1] + 3), 0.35 * grid.shape[0] + 1.5))
+    figure = new_figure(figsize=(max(6, 0.5 * grid.shape[1] + 3), 0.35 * grid.shape[0] + 1.5))
     axes = figure.subplots()
     image = axes.imshow(grid.to_numpy(), aspect="auto", cmap="Reds", vmin=0, vmax=max(5.0, float(np.nanmax(grid.to_numpy()))))
     axes.set_yticks(range(grid.shape[0]), grid.index)

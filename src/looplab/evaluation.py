@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 import math
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core import find_project_root, model_threads
+from .core import figure_png, find_project_root, model_threads, new_figure
 from .features import EVENT_TIMESTAMP
 from .registry import load_model
 from .tracking import TrackingError, connect_tracking, error_line, flatten_params
@@ -28,7 +27,7 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'METRICS', 'LOWER_IS_BETTER', 'is_better', 'model_scores', 'metrics', 'baseline_predictions', 'slice_values',
            'slice_metrics', 'behavioural_checks', 'json_ready', 'evaluate', 'plot_predicted_vs_actual',
            'plot_residuals_over_time', 'feature_importance', 'plot_feature_importance', 'relative_improvement', 'gate',
-           'figure_png', 'evaluation_report_html', 'champion_version', 'evaluate_champion', 'evaluate_model']
+           'evaluation_report_html', 'champion_version', 'evaluate_champion', 'evaluate_model']
 
 # %% ../../notebooks/21_evaluation.ipynb #12238be5
 METRICS = {"regression": ("mae", "rmse", "r2"), "classification": ("accuracy", "f1", "roc_auc", "log_loss")}
@@ -293,9 +292,7 @@ def _evaluate(model, evaluation_set: pd.DataFrame, data_params: dict, training_p
 
 # %% ../../notebooks/21_evaluation.ipynb #b5acea74
 def _figure(width: float = 6.4, height: float = 4.4):
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
+    figure = new_figure(figsize=(width, height), layout="constrained")
     return figure, figure.add_subplot()
 
 
@@ -448,13 +445,6 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
     body = "".join("<tr>" + "".join(f"<td>{cell(row.get(column))}</td>" for column in columns) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def figure_png(figure) -> bytes:
-    "A matplotlib figure as PNG bytes."
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
 
 
 def evaluation_report_html(
