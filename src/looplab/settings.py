@@ -71,6 +71,8 @@ CONTEXT_CLASS = LooplabContext
 
 # OmegaConf deprecates the resolver registration Kedro itself performs; the notice is not for users.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
+# Feast's pydantic notice about its own config classes (`vector_enabled`, `vector_len`): not for users either.
+warnings.filterwarnings("ignore", message='Field name "vector_', category=UserWarning)
 
 CONF_SOURCE = "conf"
 CONFIG_LOADER_CLASS = OmegaConfigLoader
