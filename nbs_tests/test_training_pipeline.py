@@ -52,7 +52,8 @@ def test_papermill_run_registers_and_keeps_its_lab_record(root, project, tool, q
     output = project / "data" / "08_reporting" / "train-linear.ipynb"
     result = subprocess.run(
         [tool("papermill"), str(root / "notebooks" / "runs" / "train.ipynb"), str(output), "-k", "looplab",
-         "-p", "env", "test", "-p", "model_family", "linear", "-p", "seed", "7", "-p", "experiment", "papermill-runs"],
+         "-p", "env", "test", "-p", "model_family", "linear", "-p", "seed", "7", "-p", "experiment", "papermill-runs",
+         "-p", "register", "True"],
         cwd=project, env=quiet_env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -82,7 +83,7 @@ def test_papermill_in_another_environment_keeps_everything_in_that_environments_
     output = project / "data" / "08_reporting" / "train-elsewhere.ipynb"
     result = subprocess.run(
         [tool("papermill"), str(root / "notebooks" / "runs" / "train.ipynb"), str(output), "-k", "looplab",
-         "-p", "env", "elsewhere", "-p", "seed", "3"],
+         "-p", "env", "elsewhere", "-p", "seed", "3", "-p", "register", "True"],
         cwd=project, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -153,3 +154,24 @@ def test_the_registered_model_is_visible_in_the_mlflow_ui(project, tool, quiet_e
     finally:
         stop_process(server, timeout=20)
         log.close()
+
+
+def test_an_exploratory_papermill_run_leaves_the_registry_alone(root, project, tool, quiet_env):
+    "Without `-p register True`: a tracked, evaluated run with its lab record, and no new version, no moved alias."
+    before = next(m for m in status(tool, quiet_env, project)["models"] if m["name"] == "bike-demand")
+    output = project / "data" / "08_reporting" / "train-explore.ipynb"
+    result = subprocess.run(
+        [tool("papermill"), str(root / "notebooks" / "runs" / "train.ipynb"), str(output), "-k", "looplab",
+         "-p", "env", "test", "-p", "seed", "11", "-p", "experiment", "exploration"],
+        cwd=project, env=quiet_env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    after = next(m for m in status(tool, quiet_env, project)["models"] if m["name"] == "bike-demand")
+    assert [v["version"] for v in after["versions"]] == [v["version"] for v in before["versions"]]
+    assert after["aliases"] == before["aliases"]
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    [run] = client.search_runs([client.get_experiment_by_name("exploration").experiment_id])
+    assert run.data.params["seed"] == "11" and "mae" in run.data.metrics and "baseline_mae" in run.data.metrics
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == ["notebook/train-explore.ipynb"]
+    assert "not registered: an exploratory run" in output.read_text()

@@ -259,7 +259,7 @@ def run_training(
 
         output_folder.mkdir(parents=True, exist_ok=True)
         notebook = output_folder / f"train-{window['window_end']}-{datetime.now(UTC):%Y%m%dT%H%M%S}.ipynb"
-        parameters = {**window, "env": env or "", "root": str(root), "output_notebook": str(notebook)}
+        parameters = {**window, "env": env or "", "root": str(root), "register": True, "output_notebook": str(notebook)}
         papermill.execute_notebook(str(root / "notebooks" / "runs" / "train.ipynb"), str(notebook), parameters=parameters,
                                    cwd=str(root), progress_bar=False, log_output=False)
         return {"notebook": str(notebook), "run_id": _latest_training_run(notebook)}

@@ -422,11 +422,13 @@ def train_evaluate_register(
     evaluation_params: dict,         # the `evaluation` parameters
     root: Path | str | None = None,  # project root; found when None (Kedro: the run's settings)
     env: str | None = None,          # config environment of the MLflow settings; `$KEDRO_ENV` or local when None
+    register: bool = True,           # False: a tracked, evaluated run and nothing in the registry (exploration)
 ) -> dict[str, Any]:                 # the `TRAINING_OUTPUTS`: model, run_info, train_set, evaluation_set, evaluation, registration
     "One training of looplab: a tracked run, its evaluation, a registered version (champion when the gate passed)."
     model, run_info, train_set, evaluation_set = train_model(features, data_versions, data_params, training_params, root=root, env=env)
     evaluation = evaluate_model(model, evaluation_set, run_info, data_params, training_params, evaluation_params, root=root, env=env)
-    registration = register_model(model, evaluation, evaluation_set, run_info, data_params, training_params, root=root, env=env)
+    registration = (register_model(model, evaluation, evaluation_set, run_info, data_params, training_params, root=root, env=env)
+                    if register else None)
     return {"model": model, "run_info": run_info, "train_set": train_set, "evaluation_set": evaluation_set,
             "evaluation": evaluation, "registration": registration}
 
