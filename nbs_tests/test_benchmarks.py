@@ -64,7 +64,7 @@ def test_bench_training_smoke(root, tmp_path, quiet_env):
     direct = result["variants"]["direct"]["repetitions"][0]["in_process"]
     assert direct["train_rows"] > 0 and direct["calls_s"] > 0
     breakdown = result["variants"]["papermill"]["repetitions"][0]["breakdown"]
-    assert breakdown["code_cells"] > 5 and all(breakdown["cells_s"][g] > 0 for g in ("train", "evaluate", "register"))
+    assert breakdown["code_cells"] > 5 and breakdown["cells_s"]["train_evaluate_register"] > 0
     assert set(result["overheads"]) == {"kedro", "papermill"}
     assert result["target"]["papermill_overhead_s_max"] == 3.0 and isinstance(result["met"]["papermill_overhead"], bool)
     assert result["met"]["papermill_overhead"] == (result["overheads"]["papermill"]["seconds"] <= 3.0)

@@ -5,8 +5,8 @@ demo data) and `kedro run -p data` in it. Then, for the same parameters, R repet
 variant, interleaved (the order rotates every repetition) so machine noise spreads over all three:
 
 - direct: a fresh `python -c` process that loads the parameters and the two inputs (`features`,
-  `data_versions`) through the catalog and calls `train_model` → `evaluate_model` →
-  `register_model`; it also reports the in-process time of those three calls alone;
+  `data_versions`) through the catalog and calls `train_evaluate_register` (train → evaluate →
+  register, the one training path); it also reports the in-process time of that call alone;
 - kedro: `kedro run -p training`;
 - papermill: `papermill notebooks/runs/train.ipynb OUT -k looplab`, whose output notebook gives
   the kernel start-up and every cell's time.
@@ -57,9 +57,7 @@ started = time.perf_counter()
 from pathlib import Path
 from kedro.io import DataCatalog
 from looplab.core import load_config
-from looplab.evaluation import evaluate_model
-from looplab.registry import register_model
-from looplab.training import train_model
+from looplab.training import train_evaluate_register
 imported = time.perf_counter()
 root, env = Path.cwd(), sys.argv[2] or None
 parameters = load_config("parameters", env=env, root=root)
@@ -67,15 +65,11 @@ data, training, evaluation = parameters["data"], parameters["training"], paramet
 catalog = DataCatalog.from_config(load_config("catalog", env=env, root=root))
 features, data_versions = catalog.load("features"), catalog.load("data_versions")
 loaded = time.perf_counter()
-model, run_info, train_set, evaluation_set = train_model(features, data_versions, data, training, root=root, env=env)
-trained = time.perf_counter()
-report = evaluate_model(model, evaluation_set, run_info, data, training, evaluation, root=root, env=env)
-evaluated = time.perf_counter()
-registration = register_model(model, report, evaluation_set, run_info, data, training, root=root, env=env)
+trained = train_evaluate_register(features, data_versions, data, training, evaluation, root=root, env=env)
 registered = time.perf_counter()
+train_set, evaluation_set, report, registration = (trained[key] for key in ("train_set", "evaluation_set", "evaluation", "registration"))
 Path(sys.argv[1]).write_text(json.dumps({
-    "imports_s": imported - started, "inputs_s": loaded - imported, "train_s": trained - loaded,
-    "evaluate_s": evaluated - trained, "register_s": registered - evaluated, "calls_s": registered - loaded,
+    "imports_s": imported - started, "inputs_s": loaded - imported, "calls_s": registered - loaded,
     "in_process_s": registered - started, "train_rows": len(train_set), "evaluation_rows": len(evaluation_set),
     "version": registration["version"], "gate_passed": bool(report["gate"]["passed"]),
 }))
@@ -85,9 +79,7 @@ Path(sys.argv[1]).write_text(json.dumps({
 CELL_GROUPS = (
     ("parameters", ("# Parameters", "window_start: str")),
     ("lab_record", ("log_executed_notebook",)),
-    ("register", ("register_model(",)),
-    ("evaluate", ("evaluate_model(",)),
-    ("train", ("train_model(",)),
+    ("train_evaluate_register", ("train_evaluate_register(",)),
     ("kedro_session", ("KedroSession.create(",)),
     ("setup", ("load_config(",)),
 )
@@ -140,7 +132,7 @@ def run_kedro(project: Path, work: Path, env: str | None, tag: str) -> dict:
 def run_papermill(project: Path, work: Path, env: str | None, tag: str) -> dict:
     output = work / f"train-{tag}.ipynb"
     command = [str(BIN / "papermill"), str(NOTEBOOK), str(output), "-k", "looplab", "--no-progress-bar",
-               *(["-p", "env", env] if env else [])]
+               "-p", "register", "True", *(["-p", "env", env] if env else [])]  # registers, as the other two do
     run = timed(command, project, work / f"papermill-{tag}.log")
     run["breakdown"] = papermill_breakdown(json.loads(output.read_text(encoding="utf-8")), run["wall_s"])
     return run
@@ -179,7 +171,7 @@ def papermill_breakdown(notebook: dict, wall: float) -> dict:
         "between_cells_s": between,                                # papermill saves the output after every cell
         "kernel_shutdown_s": after_last,
         "cells_s": {group: groups.get(group, 0.0) for group in
-                    ("parameters", "setup", "kedro_session", "train", "evaluate", DISPLAY_GROUP, "register", "lab_record")},
+                    ("parameters", "setup", "kedro_session", "train_evaluate_register", DISPLAY_GROUP, "lab_record")},
         "code_cells": len(cells),
     }
 
@@ -212,7 +204,7 @@ def attribution(direct: list[dict], papermill: list[dict]) -> dict:
         "between_cells_s": pm(key="between_cells_s"),
         "kernel_shutdown_minus_direct_exit_s": pm(key="kernel_shutdown_s") - median([run["interpreter_and_exit_s"] for run in direct]),
         "imports_parameters_inputs_cells_minus_direct_s": pm("parameters", "setup", "kedro_session") - dp("imports_s", "inputs_s"),
-        "train_evaluate_register_cells_minus_direct_calls_s": pm("train", "evaluate", "register") - dp("calls_s"),
+        "train_evaluate_register_cells_minus_direct_calls_s": pm("train_evaluate_register") - dp("calls_s"),
         "tables_plots_report_cells_s": pm(DISPLAY_GROUP),
         "lab_record_cell_s": pm("lab_record"),
     }
@@ -232,7 +224,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         }
     variants["direct"]["median_calls_s"] = median_of(runs["direct"], "in_process", "calls_s")
     variants["direct"]["median_in_process"] = {key: median_of(runs["direct"], "in_process", key) for key in
-                                               ("imports_s", "inputs_s", "train_s", "evaluate_s", "register_s", "calls_s", "in_process_s")}
+                                               ("imports_s", "inputs_s", "calls_s", "in_process_s")}
     variants["papermill"]["median_breakdown"] = {
         **{key: median_of(runs["papermill"], "breakdown", key) for key in
            ("papermill_process_outside_notebook_s", "notebook_s", "kernel_start_s", "between_cells_s", "kernel_shutdown_s")},
@@ -244,9 +236,9 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         "ratio": medians[variant] / medians["direct"],
         "paired_median_s": median([run["wall_s"] - anchor["wall_s"] for run, anchor in zip(runs[variant], runs["direct"], strict=True)]),
     } for variant in ("kedro", "papermill")}
-    # The same comparison without the three library calls, whose run-to-run spread both variants share.
+    # The same comparison without the library call, whose run-to-run spread both variants share.
     overheads["papermill"]["excluding_library_calls_s"] = (
-        median([run["wall_s"] - sum(run["breakdown"]["cells_s"][g] for g in ("train", "evaluate", "register")) for run in runs["papermill"]])
+        median([run["wall_s"] - run["breakdown"]["cells_s"]["train_evaluate_register"] for run in runs["papermill"]])
         - median([run["wall_s"] - run["in_process"]["calls_s"] for run in runs["direct"]]))
     met = overheads["papermill"]["seconds"] <= PAPERMILL_OVERHEAD_MAX_S
     return {
