@@ -397,6 +397,7 @@ def replay(start: str | None, end: str | None, step: str | None, mode: str | Non
             not no_progress, env)
 
 
+# `loop`, not `run`: Kedro adds this command group to its own project commands, and `kedro run` must stay Kedro's.
 @cli.command("loop")
 @click.option("--start", required=True, help="First day of the replay after the loop's first run, e.g. 2011-03-15.")
 @click.option("--end", required=True, help="Last day of the replay, inclusive, e.g. 2011-04-30.")
@@ -404,8 +405,6 @@ def replay(start: str | None, end: str | None, step: str | None, mode: str | Non
 @_ENV_OPTION
 def run_loop(start: str, end: str, no_progress: bool, env: str | None) -> None:
     """The whole loop once (kedro run -c kedro.yml), then the replay START..END: what `make run` does.
-
-    (`loop`, not `run`: Kedro adds this command group to its own, and `kedro run` must stay Kedro's.)
 
     Run again, it never repeats work: with a champion registered the Kedro run is skipped, and the
     replay continues from the day after the data's last day, or says the loop is up to date.
@@ -419,6 +418,10 @@ def run_loop(start: str, end: str, no_progress: bool, env: str | None) -> None:
     from looplab.replay import data_clock, days_left
 
     setup_logging("WARNING")
+    try:
+        asked = _day(start), _day(end)
+    except ValueError as error:
+        raise click.BadParameter(f"give days as YYYY-MM-DD ({error})") from None
     root = find_project_root()
     parameters = load_config("parameters", env=env, root=root)
     name = parameters["training"]["model_name"]
@@ -436,13 +439,13 @@ def run_loop(start: str, end: str, no_progress: bool, env: str | None) -> None:
         click.echo(f"the loop has run: {name} has a champion (version {champion}); kedro run skipped "
                    "(`looplab reset` starts over)")
     clock = data_clock(parameters["data"], root)
-    left = days_left(start, end, clock)
+    left = days_left(*asked, clock)
     if left is None:
         click.echo(f"the replay is up to date: the data already reaches {clock:%Y-%m-%d} (asked up to {end}); "
                    "`make replay` goes on, `make reset` starts over")
     else:
         first, last = left
-        if first > pd_day(start):
+        if first > asked[0]:
             click.echo(f"continuing the replay from {first:%Y-%m-%d}: the data already reaches {clock:%Y-%m-%d}")
         _replay(f"{first:%Y-%m-%d}", f"{last:%Y-%m-%d}", None, None, None, not no_progress, env)
     configure_mlflow(env, root)
@@ -456,7 +459,7 @@ def run_loop(start: str, end: str, no_progress: bool, env: str | None) -> None:
     click.echo("  pipelines     make viz · notebooks: make lab")
 
 
-def pd_day(value: str):
+def _day(value: str):
     "`value` as a day (a pandas Timestamp at midnight)."
     import pandas as pd
 
