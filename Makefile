@@ -150,8 +150,10 @@ bench-monitoring: setup  ## drift check of a 100k-row window, both backends (tar
 .PHONY: serve
 SERVE_WORKERS ?= 2
 
-serve: setup system-packages  ## serve the champion through the nginx gateway (127.0.0.1:8080)
-	@trap 'kill 0' INT TERM EXIT; \
+# Ctrl-C stops both: the trap ignores further signals for the shell itself (`kill 0` signals the whole
+# group, the shell included: a trap that re-entered itself crashed bash), stops the group and waits for it.
+serve: setup system-packages  ## serve the champion through the nginx gateway (127.0.0.1:8080); Ctrl-C stops both
+	@trap 'trap "" INT TERM; trap - EXIT; kill 0; wait' INT TERM EXIT; \
 	$(BIN)/looplab serve --workers $(SERVE_WORKERS) & \
 	$(BIN)/looplab gateway & \
 	wait

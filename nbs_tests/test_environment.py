@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -133,3 +134,38 @@ def test_make_turns_mlflow_telemetry_off(root):
     assert result.stdout.strip() == "telemetry disabled: True", result.stdout
     shipped = subprocess.run([sys.executable, "-c", PROBE], env={**environment, "DO_NOT_TRACK": "1"}, capture_output=True, text=True, timeout=120)
     assert shipped.stdout.strip() == "telemetry disabled: False", "the probe tells the settings apart"
+
+
+def test_ctrl_c_stops_make_serve_cleanly(root, tmp_path):
+    "Ctrl-C on `make serve`: both servers stop, nothing is left behind, and the shell does not crash (its trap re-entered itself)."
+    import signal
+    import time
+
+    fake = tmp_path / "bin"  # stand-ins for `looplab serve` and `looplab gateway`: the recipe's process handling is the subject
+    fake.mkdir()
+    (fake / "looplab").write_text("#!/bin/sh\nexec sleep 300\n")
+    (fake / "looplab").chmod(0o755)
+    recipe = subprocess.run(["make", "-s", "-n", "-o", "setup", "-o", "system-packages", "serve", f"BIN={fake}"],
+                            cwd=root, capture_output=True, text=True, timeout=120)
+    assert recipe.returncode == 0 and f"{fake}/looplab gateway" in recipe.stdout, recipe.stdout + recipe.stderr
+    shell = subprocess.Popen(["bash", "-c", recipe.stdout], start_new_session=True, stderr=subprocess.PIPE, text=True)
+
+    def group() -> list[str]:
+        listed = subprocess.run(["pgrep", "-g", str(shell.pid)], capture_output=True, text=True, timeout=30).stdout.split()
+        return [pid for pid in listed if pid != str(shell.pid)]
+
+    deadline = time.monotonic() + 60
+    while len(group()) < 2:
+        assert time.monotonic() < deadline and shell.poll() is None, "the two servers did not start"
+        time.sleep(0.2)
+    os.killpg(shell.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    try:
+        code = shell.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)
+    assert code != -signal.SIGSEGV and "Segmentation" not in shell.stderr.read(), code
+    deadline = time.monotonic() + 30
+    while group():
+        assert time.monotonic() < deadline, f"left running after Ctrl-C: {group()}"
+        time.sleep(0.2)
