@@ -158,6 +158,14 @@ serve: setup system-packages  ## serve the champion through the nginx gateway (1
 	$(BIN)/looplab gateway & \
 	wait
 
+# The MLflow UI on this project's store (conf: mlflow.tracking_uri of $KEDRO_ENV, default local), sized
+# for a laptop: one worker and no job runner (`mlflow ui` alone starts 4 workers and 6 job processes).
+MLFLOW_PORT ?= 5000
+.PHONY: mlflow-ui
+mlflow-ui: setup  ## the MLflow UI of this project's store on $(HOST):$(MLFLOW_PORT), one worker
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --workers 1 --host $(HOST) --port $(MLFLOW_PORT) \
+		--backend-store-uri "$$($(BIN)/python -c 'from looplab.core import mlflow_settings; print(mlflow_settings()["tracking_uri"])')"
+
 # The Voila apps (notebooks/apps/): APP=serving by default, on $(HOST):$(APPS_PORT).
 .PHONY: apps
 APP ?= serving

@@ -169,3 +169,42 @@ def test_ctrl_c_stops_make_serve_cleanly(root, tmp_path):
     while group():
         assert time.monotonic() < deadline, f"left running after Ctrl-C: {group()}"
         time.sleep(0.2)
+
+
+def test_make_mlflow_ui_serves_the_projects_store_with_one_worker(root, tmp_path, quiet_env):
+    "`make mlflow-ui` starts the MLflow UI on the project's own store, with one worker and no job runner."
+    import signal
+    import time
+
+    import requests
+
+    from conftest import copy_project, free_port
+
+    project = copy_project(root, tmp_path / "project")
+    port = free_port()
+    recipe = subprocess.run(["make", "-s", "-n", "-o", "setup", "mlflow-ui", f"BIN={sys.prefix}/bin", f"MLFLOW_PORT={port}"],
+                            cwd=root, capture_output=True, text=True, timeout=120)
+    assert recipe.returncode == 0, recipe.stderr
+    server = subprocess.Popen(["bash", "-c", recipe.stdout], cwd=project, env=quiet_env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            with contextlib.suppress(requests.ConnectionError):
+                answer = requests.get(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+                                      params={"max_results": 10}, timeout=5)
+                if answer.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the MLflow UI did not answer within 180 s"
+            time.sleep(0.5)
+        assert (project / "mlflow.db").is_file(), "the UI opened the project's own store"
+        processes = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True, timeout=30).stdout.split()
+        assert len(processes) <= 4, f"{len(processes)} processes: one worker and no job runner expected"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)

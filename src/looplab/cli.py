@@ -454,8 +454,7 @@ def run_loop(start: str, end: str, no_progress: bool, env: str | None) -> None:
     click.echo(f"  report        {root / 'data' / '08_reporting' / 'replay'}")
     click.echo("  dashboard     .venv/bin/looplab apps monitoring → http://127.0.0.1:8866")
     click.echo("  API           make serve → http://127.0.0.1:8080")
-    click.echo(f"  runs          .venv/bin/mlflow ui --backend-store-uri {mlflow_settings(env, root)['tracking_uri']} --host 127.0.0.1"
-               " → http://127.0.0.1:5000")
+    click.echo(f"  runs          make mlflow-ui → http://127.0.0.1:5000   (store: {mlflow_settings(env, root)['tracking_uri']})")
     click.echo("  pipelines     make viz · notebooks: make lab")
 
 
