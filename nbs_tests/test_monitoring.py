@@ -402,6 +402,7 @@ def test_make_run_closes_the_loop(root, tool, quiet_env, tmp_path):
     assert "the loop, once: kedro run -c kedro.yml" in result.stdout, result.stdout[-3000:]
     assert "promoted" in result.stdout and "policy" in result.stdout, result.stdout
     assert "next:" in result.stdout and "looplab apps monitoring" in result.stdout
+    assert "Kernel is running over TCP" not in result.stderr, "the retraining kernel listens on local sockets, quietly"
     summary = json.loads((project / "data" / "08_reporting" / "replay" / "summary.json").read_text())
     assert summary["retrainings"] >= 1 and summary["promotions"] >= 1 and summary["drift_windows"] >= 1, summary
     assert summary["champion_end"] != summary["champion_start"]

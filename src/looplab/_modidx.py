@@ -482,6 +482,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.retraining.episode_start': ('retraining.html#episode_start', 'looplab/retraining.py'),
                                     'looplab.retraining.failure_text': ('retraining.html#failure_text', 'looplab/retraining.py'),
                                     'looplab.retraining.handle_alert': ('retraining.html#handle_alert', 'looplab/retraining.py'),
+                                    'looplab.retraining.local_kernel_manager': ( 'retraining.html#local_kernel_manager',
+                                                                                 'looplab/retraining.py'),
                                     'looplab.retraining.lock_holder': ('retraining.html#lock_holder', 'looplab/retraining.py'),
                                     'looplab.retraining.log_decision': ('retraining.html#log_decision', 'looplab/retraining.py'),
                                     'looplab.retraining.new_labelled_rows': ('retraining.html#new_labelled_rows', 'looplab/retraining.py'),

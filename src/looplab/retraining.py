@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -28,8 +29,8 @@ _logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['RUNNERS', 'retraining_settings', 'signals', 'episode_start', 'decide', 'lock_holder', 'retraining_lock',
-           'record_decision', 'log_decision', 'retraining_window', 'champion_data_end', 'run_training', 'failure_text',
-           'new_labelled_rows', 'retraining_trigger', 'handle_alert']
+           'record_decision', 'log_decision', 'retraining_window', 'champion_data_end', 'local_kernel_manager',
+           'run_training', 'failure_text', 'new_labelled_rows', 'retraining_trigger', 'handle_alert']
 
 # %% ../../notebooks/42_retraining.ipynb #b72faf7a
 RUNNERS = ("papermill", "direct")
@@ -246,6 +247,20 @@ def champion_data_end(name: str, alias: str = "champion") -> tuple[str | None, p
     return version, (pd.Timestamp(end) if end else None)
 
 
+@functools.cache
+def local_kernel_manager() -> type:
+    "Jupyter kernels on local sockets (IPC), not TCP ports: nothing listens on the network, and the kernel prints no plain-TCP warning into the replay's progress bar."
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IpcKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+    return IpcKernelManager
+
+
 def run_training(
     window: dict[str, Any],          # `retraining_window`
     settings: dict,                  # `retraining_settings`
@@ -261,7 +276,8 @@ def run_training(
         notebook = output_folder / f"train-{window['window_end']}-{datetime.now(UTC):%Y%m%dT%H%M%S}.ipynb"
         parameters = {**window, "env": env or "", "root": str(root), "register": True, "output_notebook": str(notebook)}
         papermill.execute_notebook(str(root / "notebooks" / "runs" / "train.ipynb"), str(notebook), parameters=parameters,
-                                   cwd=str(root), progress_bar=False, log_output=False)
+                                   cwd=str(root), progress_bar=False, log_output=False,
+                                   kernel_manager_class=local_kernel_manager())
         return {"notebook": str(notebook), "run_id": _latest_training_run(notebook)}
     from kedro.io import DataCatalog
 
