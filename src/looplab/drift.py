@@ -25,9 +25,9 @@ from .registry import model_version, quiet_downloads, registry_client
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'BACKENDS', 'CORRECTIONS', 'PREDICTION', 'ARTIFACT_PATH', 'DETECTOR_FORMAT', 'RESULT_COLUMNS', 'DriftError',
-           'check_settings', 'categorical_features', 'category_codes', 'corrected_drift', 'DriftResult',
-           'import_alibi_detect', 'DriftDetector', 'make_detector', 'save_detector', 'load_detector',
+__all__ = ['logger', 'BACKENDS', 'CORRECTIONS', 'PREDICTION', 'ARTIFACT_PATH', 'DETECTOR_FORMAT', 'RESULT_COLUMNS',
+           'SCORE_CEILING', 'DriftError', 'check_settings', 'categorical_features', 'category_codes', 'corrected_drift',
+           'DriftResult', 'import_alibi_detect', 'DriftDetector', 'make_detector', 'save_detector', 'load_detector',
            'sample_reference', 'log_reference', 'log_model_reference', 'load_reference', 'prediction_window',
            'plot_p_values', 'plot_p_value_heatmap']
 
@@ -603,6 +603,9 @@ def prediction_window(
                       part[extra], pd.to_numeric(part[PREDICTION], errors="coerce").rename(PREDICTION)], axis=1)
 
 # %% ../../notebooks/41_drift.ipynb #245182fe
+SCORE_CEILING = 20.0  # -log10 p-value beyond which the plots show no more difference (p < 1e-20)
+
+
 def plot_p_values(
     result: DriftResult,  # one window's check
     title: str = "",      # the figure's title
@@ -610,9 +613,16 @@ def plot_p_values(
     "A bar per feature: -log10 of its p-value, the corrected threshold as a line, drifted features in red."
     table = result.features
     scores = -np.log10(np.clip(table["p_value"].astype(float).fillna(1.0).to_numpy(), 1e-300, 1.0))
+    # A p-value of 1e-300 would flatten every other bar: bars stop at a ceiling well past the threshold,
+    # and a longer one carries its value as a label.
+    ceiling = max(SCORE_CEILING, 3 * (-math.log10(result.threshold) if not math.isnan(result.threshold) else 2.0))
     figure = new_figure(figsize=(8, 0.35 * len(table) + 1.5))
     axes = figure.subplots()
-    axes.barh(table["feature"], scores, color=np.where(table["drift"], "#c0392b", "#7f8c8d"))
+    axes.barh(table["feature"], np.minimum(scores, ceiling), color=np.where(table["drift"], "#c0392b", "#7f8c8d"))
+    for row, score in enumerate(scores):
+        if score > ceiling:
+            axes.text(ceiling, row, f" {score:.0f} ▸", va="center", fontsize=8)
+    axes.set_xlim(0, ceiling * 1.15)
     if not math.isnan(result.threshold):
         axes.axvline(-math.log10(result.threshold), color="black", linestyle="--", linewidth=1,
                      label=f"threshold ({result.correction}, {result.p_value:g})")
@@ -633,7 +643,8 @@ def plot_p_value_heatmap(
     grid = table.pivot_table(index="feature", columns="window_start", values="score", aggfunc="max", sort=False)
     figure = new_figure(figsize=(max(6, 0.5 * grid.shape[1] + 3), 0.35 * grid.shape[0] + 1.5))
     axes = figure.subplots()
-    image = axes.imshow(grid.to_numpy(), aspect="auto", cmap="Reds", vmin=0, vmax=max(5.0, float(np.nanmax(grid.to_numpy()))))
+    top = min(max(5.0, float(np.nanmax(grid.to_numpy()))), SCORE_CEILING)  # stronger evidence than the ceiling: the darkest red
+    image = axes.imshow(grid.to_numpy(), aspect="auto", cmap="Reds", vmin=0, vmax=top)
     axes.set_yticks(range(grid.shape[0]), grid.index)
     axes.set_xticks(range(grid.shape[1]), [pd.Timestamp(c).strftime("%Y-%m-%d") for c in grid.columns], rotation=90)
     figure.colorbar(image, ax=axes, label="-log10 p-value")
