@@ -98,11 +98,12 @@ nbtest: setup  ## run every notebook (library and test notebooks)
 	LOOPLAB_PROJECT_ROOT="$$clean" $(BIN)/nbdev-test nbs_tests
 
 # One test module per worker (pytest-xdist, --dist loadfile): a module's servers and project copies start once,
-# and each worker works in a project copy of its own. PYTEST_WORKERS=0 runs the suite in this one process.
+# and each worker works in a project copy of its own. Modules are handed out in the conftest's order, longest
+# first (--no-loadscope-reorder: not by their number of tests). PYTEST_WORKERS=0 runs the suite in this one process.
 PYTEST_WORKERS ?= auto
 
 pytest: setup  ## pytest over nbs_tests/ on every core (exit 5, "no tests collected", is not a failure)
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile nbs_tests; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder nbs_tests; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
 
 test: setup system-packages setup-airflow lint sync-check nbtest pytest  ## set-up, ruff, sync guard, every notebook, pytest
 
