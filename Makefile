@@ -107,11 +107,14 @@ pytest: setup  ## pytest over nbs_tests/ on every core (exit 5, "no tests collec
 
 test: setup system-packages setup-airflow lint sync-check nbtest pytest  ## set-up, ruff, sync guard, every notebook, pytest
 
-lab: setup  ## JupyterLab on $(HOST) with the looplab kernel
-	$(BIN)/jupyter lab --ip=$(HOST) --no-browser --notebook-dir=. $(ALLOW_ROOT)
+LAB_PORT ?= 8888
+VIZ_PORT ?= 4141
 
-viz: setup  ## kedro-viz on $(HOST)
-	$(BIN)/kedro viz run --host=$(HOST) --no-browser
+lab: setup  ## JupyterLab on $(HOST):$(LAB_PORT) with the looplab kernel
+	$(BIN)/jupyter lab --ip=$(HOST) --port=$(LAB_PORT) --no-browser --notebook-dir=. $(ALLOW_ROOT)
+
+viz: setup  ## kedro-viz on $(HOST):$(VIZ_PORT)
+	$(BIN)/kedro viz run --host=$(HOST) --port=$(VIZ_PORT) --no-browser
 
 viz-build: setup  ## static kedro-viz build into build/
 	$(BIN)/kedro viz build

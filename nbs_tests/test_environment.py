@@ -208,3 +208,15 @@ def test_make_mlflow_ui_serves_the_projects_store_with_one_worker(root, tmp_path
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("target, variable, flag", [
+    ("lab", "LAB_PORT", "--port={}"), ("viz", "VIZ_PORT", "--port={}"), ("apps", "APPS_PORT", "--port={}"),
+    ("mlflow-ui", "MLFLOW_PORT", "--port {}"),
+])
+def test_every_server_target_takes_its_port(root, target, variable, flag):
+    "Two of them on one machine, or a port already taken: each server target listens where its variable says."
+    recipe = subprocess.run(["make", "-s", "-n", "-o", "setup", target, f"{variable}=18123", "BIN=/bin"], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert recipe.returncode == 0, recipe.stderr
+    assert flag.format(18123) in recipe.stdout, recipe.stdout
