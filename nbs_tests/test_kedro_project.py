@@ -91,7 +91,7 @@ def test_cli_help_and_info(tool, quiet_env, root):
     )
     facts = json.loads(result.stdout)
     assert facts["project_root"] == str(root)
-    assert {"base", "test"} <= set(facts["config_environments"])
+    assert {"base", "test"} <= set(facts["config_environments"]) and "feature_repo" not in facts["config_environments"]
     assert "Bikeshare.csv" in facts["data_layers"]["01_raw"]
 
 

@@ -28,6 +28,13 @@ def cli() -> None:
     """
 
 
+def _environments(conf: Path, root: Path, parameters: dict) -> list[str]:
+    "The folders of conf/ that are config environments: not the Feast repository (`data.features.repo_path`) kept there."
+    repo = ((parameters.get("data") or {}).get("features") or {}).get("repo_path")
+    feast = (root / repo).resolve() if repo else None
+    return sorted(folder.name for folder in conf.iterdir() if folder.is_dir() and folder.resolve() != feast)
+
+
 @cli.command()
 @click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
@@ -42,7 +49,7 @@ def info(env: str | None, as_json: bool) -> None:
         "looplab": version("looplab"),
         "python": platform.python_version(),
         "project_root": str(paths.root),
-        "config_environments": sorted(p.name for p in paths.conf.iterdir() if p.is_dir()),
+        "config_environments": _environments(paths.conf, paths.root, parameters),
         "parameter_groups": sorted(parameters),
         "data_layers": {
             layer: sorted(f.name for f in paths.layer(layer).iterdir() if not f.name.startswith("."))
