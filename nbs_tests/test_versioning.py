@@ -215,6 +215,13 @@ def test_cli_lists_versions_as_a_table_and_as_json(in_project):
     assert [v["version"] for v in history["validated_rides"]["versions"]] == [FIRST, SECOND]
     assert history["validated_rides"]["versions"][1]["note"] == "latest"
 
+    newest = invoke("data", "versions", "--dataset", "validated", "--last", "1")
+    assert newest.exit_code == 0, newest.output
+    assert SECOND in newest.output and FIRST not in newest.output, newest.output
+    assert "older versions not shown (--last 0 shows all): validated_rides 1" in newest.output
+    every = invoke("data", "versions", "--dataset", "validated", "--last", "0")
+    assert FIRST in every.output and SECOND in every.output and "not shown" not in every.output
+
 
 def test_cli_diff_between_versions(in_project):
     text = invoke("data", "diff", FIRST, "latest")

@@ -91,7 +91,9 @@ def _data_paths(env: str | None) -> tuple[dict, Path]:
 @click.option("--dataset", "dataset", default=None, help="Only this dataset: ingested_batch (raw), validated_rides (validated) or features.")
 @click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
 @click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
-def data_versions(dataset: str | None, env: str | None, as_json: bool) -> None:
+@click.option("--last", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Show the newest N versions of each dataset; 0: all of them.")
+def data_versions(dataset: str | None, env: str | None, as_json: bool, last: int) -> None:
     """Stored versions of the raw, validated and feature data, with rows, columns and content hashes."""
     from looplab.versioning import DataVersionError, dataset_name, format_history, version_history
 
@@ -103,7 +105,14 @@ def data_versions(dataset: str | None, env: str | None, as_json: bool) -> None:
         history = version_history(paths, log)
     except DataVersionError as error:
         raise click.ClickException(str(error)) from error
+    older = {}
+    for name, entry in history.items():
+        if last and len(entry["versions"]) > last:
+            older[name] = len(entry["versions"]) - last
+            entry["versions"] = entry["versions"][-last:]
     click.echo(json.dumps(history, indent=2) if as_json else format_history(history))
+    if older and not as_json:
+        click.echo("older versions not shown (--last 0 shows all): " + ", ".join(f"{name} {count}" for name, count in older.items()))
 
 
 @data.command("diff")
