@@ -208,7 +208,7 @@ def test_status_shape(store, bike):
     assert model["aliases"] == {"challenger": "2", "champion": "1"}
     assert [version["version"] for version in model["versions"]] == ["2", "1"]
     for version in model["versions"]:
-        assert set(version) == {"version", "run_id", "created", "status", "tags", "metrics"}
+        assert set(version) == {"version", "run_id", "created", "status", "tags", "metrics", "evaluated_on"}
         assert version["status"] == "READY" and version["metrics"]["mae"] > 0
         assert pd.Timestamp(version["created"]).tzinfo is not None
     assert json.loads(json.dumps(state)) == state

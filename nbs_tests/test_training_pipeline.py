@@ -40,6 +40,9 @@ def test_kedro_training_registers_a_champion(project, tool, quiet_env):
     assert model["aliases"]["champion"] == "1" and model["aliases"]["challenger"] == "1"
     version = model["versions"][0]
     assert version["tags"]["gate.passed"] == "true", version["tags"]
+    assert version["evaluated_on"] == "2011-01-20 … 2011-01-24", version  # conf/test: train to Jan 20, evaluate 4 days
+    table = looplab(tool, quiet_env, project, "status", "--env", "test").stdout
+    assert "EVALUATED ON" in table and "2011-01-20 … 2011-01-24" in table, table
     run = mlflow.MlflowClient(tracking_uri=facts["tracking_uri"]).get_run(version["run_id"])
     assert {"mae", "rmse", "r2", "baseline_mae"} <= set(run.data.metrics)
     assert run.data.metrics["mae"] < run.data.metrics["baseline_mae"], "the model must beat the seasonal-naive baseline"

@@ -374,6 +374,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'looplab.registry.champion_history': ('registry.html#champion_history', 'looplab/registry.py'),
                                   'looplab.registry.dataset_records': ('registry.html#dataset_records', 'looplab/registry.py'),
                                   'looplab.registry.describe_change': ('registry.html#describe_change', 'looplab/registry.py'),
+                                  'looplab.registry.evaluation_window': ('registry.html#evaluation_window', 'looplab/registry.py'),
                                   'looplab.registry.first_line': ('registry.html#first_line', 'looplab/registry.py'),
                                   'looplab.registry.format_status': ('registry.html#format_status', 'looplab/registry.py'),
                                   'looplab.registry.load_model': ('registry.html#load_model', 'looplab/registry.py'),

@@ -30,7 +30,7 @@ __all__ = ['SKOPS_TRUSTED_TYPES', 'CHAMPION', 'CHALLENGER', 'HISTORY_TAG', 'HIST
            'ModelNotFoundError', 'first_line', 'registry_errors', 'registry_client', 'quiet_downloads',
            'registered_model', 'model_versions', 'model_version', 'alias_version', 'parse_spec', 'load_model',
            'champion_history', 'promote', 'rollback', 'describe_change', 'dataset_records', 'version_tags',
-           'reproduction_record', 'log_model', 'register_model', 'status', 'format_status']
+           'reproduction_record', 'log_model', 'register_model', 'evaluation_window', 'status', 'format_status']
 
 # %% ../../notebooks/22_registry.ipynb #9400f29d
 SKOPS_TRUSTED_TYPES: list[str] = [
@@ -599,6 +599,14 @@ def register_model(
             "champion_moved": moved, "previous_champion": previous if moved else None}
 
 # %% ../../notebooks/22_registry.ipynb #502220a3
+def evaluation_window(
+    params: dict,  # a training run's parameters (`window.train_end`, `window.evaluation_end`)
+) -> str | None:   # "2011-03-01 … 2011-03-15" (days evaluated, end exclusive); None for runs that logged no window
+    "The days a version was evaluated on: metrics of versions evaluated on different windows do not compare."
+    start, end = params.get("window.train_end"), params.get("window.evaluation_end")
+    return f"{str(start)[:10]} … {str(end)[:10]}" if start and end else None
+
+
 def _iso(milliseconds: int | None) -> str | None:
     if milliseconds is None:
         return None
@@ -624,6 +632,7 @@ def status(
             if not token:
                 break
         metrics_of: dict[str, dict] = {}
+        windows_of: dict[str, str | None] = {}
         for model in sorted(registered, key=lambda model: model.name):
             if names is not None and model.name not in names:
                 continue
@@ -632,12 +641,14 @@ def status(
                 run_id = version.run_id
                 if run_id and run_id not in metrics_of:
                     try:
-                        metrics_of[run_id] = dict(client.get_run(run_id).data.metrics)
+                        run = client.get_run(run_id)
+                        metrics_of[run_id], windows_of[run_id] = dict(run.data.metrics), evaluation_window(run.data.params)
                     except mlflow.exceptions.MlflowException:
                         metrics_of[run_id] = {}  # the run was deleted; the version still exists
                 versions.append({
                     "version": str(version.version), "run_id": run_id, "created": _iso(version.creation_timestamp),
                     "status": version.status, "tags": dict(version.tags), "metrics": metrics_of.get(run_id, {}),
+                    "evaluated_on": windows_of.get(run_id),
                 })
             history_text = dict(model.tags).get(HISTORY_TAG, "[]")
             try:
@@ -678,10 +689,11 @@ def format_status(
                 "version": version["version"], "aliases": ", ".join(on_version) or None,
                 "created": (version["created"] or "").replace("T", " ").replace("+00:00", "Z") or None,
                 "status": version["status"], "gate": {"true": "passed", "false": "failed"}.get(gate),
+                "evaluated on": version.get("evaluated_on"),
                 **{metric: (f"{version['metrics'][metric]:.4g}" if metric in version["metrics"] else None) for metric in names},
                 "run": (version["run_id"] or "")[:8] or None,
             })
-        lines.append(format_table(rows, ["version", "aliases", "created", "status", "gate", *names, "run"]) if rows else "no versions")
+        lines.append(format_table(rows, ["version", "aliases", "created", "status", "gate", "evaluated on", *names, "run"]) if rows else "no versions")
     if state.get("serving"):
         lines += ["", "serving: " + json.dumps(state["serving"])]
     return "\n".join(lines)
