@@ -269,7 +269,7 @@ def test_cli(store, bike):
     assert table.exit_code == 0
     lines = table.output.splitlines()
     heading = lines.index("cli-demo  (challenger → 2, champion → 1; champion history: 1)")
-    assert lines[heading + 1].split() == ["VERSION", "ALIASES", "CREATED", "STATUS", "GATE", "MAE", "RMSE", "R2", "RUN"]
+    assert lines[heading + 1].split() == ["VERSION", "ALIASES", "CREATED", "STATUS", "GATE", "EVALUATED", "ON", "MAE", "RMSE", "R2", "RUN"]
     assert lines[heading + 2].split()[:2] == ["2", "challenger"] and "failed" in lines[heading + 2]
     assert lines[heading + 3].split()[:2] == ["1", "champion"] and "passed" in lines[heading + 3]
 
