@@ -5,6 +5,7 @@
 # %% ../../notebooks/00_core.ipynb #bd1eb58b
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -21,10 +22,11 @@ from types import MappingProxyType
 from typing import Any
 
 # %% auto #0
-__all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'ENV_VARIABLE', 'LOG_FORMAT',
-           'FIGURE_DPI', 'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths', 'project_files',
-           'copy_project_files', 'load_config', 'catalog_config', 'resolve_store_uri', 'mlflow_settings',
-           'configure_mlflow', 'Settings', 'setup_logging', 'file_sha256', 'model_threads', 'figure_png', 'new_figure']
+__all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'MERGE_MARKER', 'ENV_VARIABLE',
+           'LOG_FORMAT', 'FIGURE_DPI', 'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths',
+           'project_files', 'copy_project_files', 'merge_config', 'config_loader_class', 'load_config',
+           'catalog_config', 'resolve_store_uri', 'mlflow_settings', 'configure_mlflow', 'Settings', 'setup_logging',
+           'file_sha256', 'model_threads', 'figure_png', 'new_figure']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -151,9 +153,59 @@ CONFIG_PATTERNS: dict[str, list[str]] = {
     "monitoring": ["monitoring*", "monitoring*/**"],
 }
 
-# Environments merge into `base` key by key at every depth ("soft"); a catalog entry is replaced whole.
+# Environments merge into `base` key by key at every depth ("soft"), except a mapping marked
+# `_merge: replace` (`merge_config`); a catalog entry is replaced whole.
 MERGE_STRATEGY: dict[str, str] = {key: "soft" for key in CONFIG_PATTERNS}
 
+MERGE_MARKER = "_merge"  # in an environment's mapping: `replace` (this mapping replaces base's whole) or `merge`
+
+
+# %% ../../notebooks/00_core.ipynb #fceee79f
+def _unmarked(value: Any, where: str) -> Any:
+    "`value` with every merge marker checked and removed, at every depth."
+    if not isinstance(value, dict):
+        return value
+    marker = value.get(MERGE_MARKER, "merge")
+    if marker not in ("merge", "replace"):
+        raise ValueError(f"{where}.{MERGE_MARKER}: {marker!r} is not a merge rule; use replace or merge")
+    return {key: _unmarked(item, f"{where}.{key}") for key, item in value.items() if key != MERGE_MARKER}
+
+
+def merge_config(
+    base: dict,          # the `base` environment's configuration
+    override: dict,      # the run environment's, merged over it
+    where: str = "conf", # the path shown in errors
+) -> dict:               # a new mapping; neither input changes
+    "`override` merged into `base` key by key at every depth; a mapping marked `_merge: replace` replaces base's whole."
+    merged = dict(base)
+    for key, value in override.items():
+        if key == MERGE_MARKER:
+            continue
+        here = f"{where}.{key}"
+        replace = isinstance(value, dict) and value.get(MERGE_MARKER) == "replace"
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not replace:
+            _unmarked({MERGE_MARKER: value.get(MERGE_MARKER, "merge")}, here)  # a misspelt rule is an error here too
+            merged[key] = merge_config(merged[key], value, here)
+        else:
+            merged[key] = _unmarked(value, here)
+    return merged
+
+
+@functools.cache
+def config_loader_class() -> type:
+    "Kedro's `OmegaConfigLoader` with `merge_config` as its soft merge (built on first use: Kedro imports slowly)."
+    from kedro.config import OmegaConfigLoader
+
+    class LooplabConfigLoader(OmegaConfigLoader):
+        """Kedro's config loader; an environment's mappings marked `_merge: replace` replace base's."""
+
+        @staticmethod
+        def _soft_merge(config, env_config, env_path=None):
+            return merge_config(config, env_config, where=Path(env_path).name if env_path else "conf")
+
+    return LooplabConfigLoader
+
+# %% ../../notebooks/00_core.ipynb #bc1fde8b
 ENV_VARIABLE = "KEDRO_ENV"
 
 # Kedro registers its `globals` resolver process-wide, bound to the newest loader: two loaders built
@@ -169,7 +221,7 @@ def load_config(
     runtime_params: dict | None = None,   # overrides, as `kedro run --params` gives them
 ) -> dict[str, Any]:                      # the merged configuration
     "Configuration `key` of the project, loaded by Kedro's `OmegaConfigLoader`, `env` merged over `base`."
-    from kedro.config import MissingConfigException, OmegaConfigLoader
+    from kedro.config import MissingConfigException
 
     conf = ProjectPaths(find_project_root(root)).conf
     env = env or os.environ.get(ENV_VARIABLE) or None
@@ -185,7 +237,7 @@ def load_config(
     try:
         with _LOADER_LOCK, warnings.catch_warnings():  # OmegaConf's deprecation notice about Kedro's own resolvers
             warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
-            loader = OmegaConfigLoader(
+            loader = config_loader_class()(
                 conf_source=str(conf), base_env="base", default_run_env="local", env=env,
                 config_patterns=patterns, merge_strategy={**MERGE_STRATEGY, key: MERGE_STRATEGY.get(key, "soft")},
                 runtime_params=runtime_params or {},
@@ -193,6 +245,7 @@ def load_config(
             return dict(loader[key])
     except MissingConfigException as error:
         raise FileNotFoundError(f"no {key!r} configuration under {conf} (looked for {patterns[key]})") from error
+
 
 # %% ../../notebooks/00_core.ipynb #d935f4db
 def catalog_config(

@@ -6,11 +6,10 @@ import sys
 import warnings
 from typing import Any
 
-from kedro.config import OmegaConfigLoader
 from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
 
-from looplab.core import CONFIG_PATTERNS, MERGE_STRATEGY, Settings
+from looplab.core import CONFIG_PATTERNS, MERGE_STRATEGY, Settings, config_loader_class
 
 
 class LooplabContext(KedroContext):
@@ -75,7 +74,7 @@ warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is depreca
 warnings.filterwarnings("ignore", message='Field name "vector_', category=UserWarning)
 
 CONF_SOURCE = "conf"
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_CLASS = config_loader_class()  # Kedro's OmegaConfigLoader; `_merge: replace` replaces a mapping whole
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
