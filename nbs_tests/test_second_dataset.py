@@ -81,8 +81,8 @@ data:
   features:
     repo_path: conf/feature_repo
     project: airquality
-    calendar: []
-    weather: [temperature, humidity, wind_speed, wind_dir]
+    groups:
+      weather: [temperature, humidity, wind_speed, wind_dir]
     lags_hours: [1, 24]
     rolling_same_hour_days: [3]
     ttl_days: 7
@@ -255,7 +255,7 @@ def test_quarantine_holds_the_invalid_rows_with_reasons(runs):
 
 def test_features_per_sensor_look_back_by_time(runs):
     features, validated, params = runs["first"]["features"], runs["first"]["validated"], runs["params"]
-    expected_columns = {"sensor", "event_timestamp", *params["features"]["weather"],
+    expected_columns = {"sensor", "event_timestamp", *params["features"]["groups"]["weather"],
                         "alert_lag_1h", "alert_lag_24h", "alert_mean_same_hour_3d", "alert"}
     assert set(features.columns) == expected_columns
     assert len(features) == len(validated) and not features.duplicated(["sensor", "event_timestamp"]).any()
@@ -281,7 +281,7 @@ def test_feast_serves_the_newest_readings_per_sensor(runs):
     assert newest.loc["harbour", "measured_at"] == HARBOUR_LAST, "the harbour sensor's newest reading is older"
     for sensor in SENSORS:
         assert served.loc[sensor, "event_timestamp"] == newest.loc[sensor, "measured_at"], sensor
-        for column in params["features"]["weather"]:
+        for column in params["features"]["groups"]["weather"]:
             assert served.loc[sensor, column] == newest.loc[sensor, column] or (
                 pd.isna(served.loc[sensor, column]) and pd.isna(newest.loc[sensor, column])), (sensor, column)
     assert "alert" not in served.columns, "the label is never served"

@@ -109,7 +109,7 @@ def pipeline(landing: Path, work: Path, entities_per_chunk: int, label: str) -> 
     import pandas as pd
     import pyarrow.dataset as ds
 
-    from looplab.features import build_features
+    from looplab.features import build_features, feature_inputs
     from looplab.ingestion import (
         commit_watermarks,
         new_batch_id,
@@ -127,7 +127,7 @@ def pipeline(landing: Path, work: Path, entities_per_chunk: int, label: str) -> 
     build_schema(params)  # imports pandera now, so its import is not charged to the first chunk
     time_column, entity = params["timestamp"], params["entity"]["column"]
     settings = params["features"]
-    feature_inputs = [entity, time_column, *settings["calendar"], *settings["weather"], params["target"]]
+    feature_columns = [entity, time_column, *feature_inputs(settings), params["target"]]
     validated_dir, quarantine_dir, features_dir = (work / name for name in ("validated", "quarantine", "features"))
     for folder in (validated_dir, quarantine_dir, features_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -206,7 +206,7 @@ def pipeline(landing: Path, work: Path, entities_per_chunk: int, label: str) -> 
     groups = [ordered[i:i + entities_per_chunk] for i in range(0, len(ordered), entities_per_chunk)]
     for number, group in enumerate(groups):
         tick, peak = time.perf_counter(), peak_rss_mb()
-        rides = dataset.to_table(columns=feature_inputs, filter=ds.field(entity).isin(group)).to_pandas()
+        rides = dataset.to_table(columns=feature_columns, filter=ds.field(entity).isin(group)).to_pandas()
         split = time.perf_counter()
         features = build_features(rides, params)
         detail["features_build"] += time.perf_counter() - split

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .features import EVENT_TIMESTAMP, build_features
+from .features import EVENT_TIMESTAMP, build_features, feature_inputs
 from .ingestion import empty_batch, ingest_sources, new_batch_id, normalise_batch, order_columns, read_source, state_store, uniform_column_types
 from .sources import SourceBatch, SourceError, describe, file_entry, make_source, newest_time
 from .validation import DEFAULT_SAMPLE_ROWS, batch_problems, build_schema, canonical_rows, coerce_batch, quarantine_rows, rejection_reasons, validate_batch
@@ -391,7 +391,7 @@ def features_on_dask(
     params = pandas_params(params)
     entity, time, target = params["entity"]["column"], params["timestamp"], params["target"]
     settings = params["features"]
-    columns = [entity, time, *settings.get("calendar", []), *settings.get("weather", []), target]
+    columns = [entity, time, *feature_inputs(settings), target]
     partitions = dask_settings(params)["partitions"]
     head = validated_rides.head(0) if isinstance(validated_rides, pd.DataFrame) else validated_rides._meta
     meta = build_features(head, params)  # raises the pandas path's error on missing columns
