@@ -70,6 +70,36 @@ def info(env: str | None, as_json: bool) -> None:
             click.echo(f"{key:<{width}}  {', '.join(value) if isinstance(value, list) else value}")
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--data", "data_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The dataset: a .csv or .parquet file.")
+@click.option("--target", required=True, help="The column to predict.")
+@click.option("--task", type=click.Choice(["regression", "classification"]), default=None,
+              help="Default: from the target (text, booleans and few distinct integers: classification).")
+@click.option("--timestamp", default=None, help="The time column (the window is split by it).")
+@click.option("--entity", default=None, help="The entity column (default: every row belongs to one entity).")
+@click.option("--timezone", default="UTC", show_default=True, help="The zone of the data's naive times.")
+@click.option("--force", is_flag=True, help="Write conf/NAME again if it exists.")
+def init(name: str, data_file: Path, target: str, task: str | None, timestamp: str | None, entity: str | None,
+         timezone: str, force: bool) -> None:
+    """Write conf/NAME/, a config environment for your own data, and put the file where ingestion takes it.
+
+    \b
+    The dataset's schema, features, model, window, metrics and baseline are inferred from the file and
+    replace the demo's in that environment; every path a run writes is under data/NAME/. Then:
+      kedro run --env NAME        looplab status --env NAME        looplab serve --env NAME
+    """
+    from looplab.scaffold import InitError, init_environment, next_steps
+
+    try:
+        summary = init_environment(name, data_file, target=target, task=task, timestamp=timestamp, entity=entity,
+                                   timezone=timezone, root=project_paths().root, force=force)
+    except (InitError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(next_steps(summary))
+
+
 @cli.group()
 def data() -> None:
     """Data versions: what each run stored, and what changed between two versions."""
