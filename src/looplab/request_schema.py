@@ -18,7 +18,7 @@ __all__ = ['INT_BOUNDS', 'MAX_ERRORS', 'column_type', 'record_model', 'entity_mo
            'validate_body', 'InputPlan', 'fast_columns', 'records_to_columns', 'fast_column_body',
            'column_body_records', 'as_column_errors']
 
-# %% ../../notebooks/35_request_schema.ipynb #e776913b
+# %% ../../notebooks/35_request_schema.ipynb #33fd4f91
 INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
 
 
@@ -41,7 +41,7 @@ def column_type(column: dict[str, Any]):
         return StrictStr
     raise ValueError(f"column {column['name']!r} has type {kind!r}, which serving does not take")
 
-
+# %% ../../notebooks/35_request_schema.ipynb #a9de2df8
 def record_model(
     columns: list[dict[str, Any]],  # `looplab.deployment.signature_columns` of the served model
     title: str = "FeatureRecord",   # the schema's name in OpenAPI
@@ -78,14 +78,14 @@ def parse_event_time(
         raise ValueError(f"{value!r:.80} is not an ISO 8601 date-time (such as '2011-03-01T08:00:00')") from None
     return moment.isoformat()
 
-# %% ../../notebooks/35_request_schema.ipynb #8a436634
+# %% ../../notebooks/35_request_schema.ipynb #d93d56a1
 MAX_ERRORS = 20
 
 
 def field_error(location: list, message: str, kind: str) -> dict[str, Any]:
     return {"loc": ["body", *location], "msg": message, "type": kind}
 
-
+# %% ../../notebooks/35_request_schema.ipynb #b105b1c5
 def validate_body(
     body: Any,                  # the parsed JSON body
     record,                     # `record_model(...)` of the served model
@@ -145,7 +145,7 @@ def validate_body(
             break
     return (None, None, None, errors[:MAX_ERRORS]) if errors else (features, entities, times, [])
 
-# %% ../../notebooks/35_request_schema.ipynb #c239e73a
+# %% ../../notebooks/35_request_schema.ipynb #cf848721
 _KINDS = {"long": "int", "integer": "int", "double": "float", "float": "float", "boolean": "bool", "string": "str"}
 
 
@@ -171,7 +171,7 @@ class InputPlan:
         self.timestamp = timestamp if timestamp not in names else None
         self.timezone = timezone
 
-
+# %% ../../notebooks/35_request_schema.ipynb #c0503c94
 def _numbers(values: list, kind: str, bounds) -> np.ndarray | None:
     "A column of a body without JSON booleans: numpy's own type inference is the type check (None: ask `_column`'s exact way)."
     try:
@@ -230,7 +230,7 @@ def _column(
     except (OverflowError, ValueError, TypeError):
         return None
 
-
+# %% ../../notebooks/35_request_schema.ipynb #5f512b25
 def fast_columns(
     records: Any,       # the body's `records`
     plan: InputPlan,    # the served model's plan
@@ -277,7 +277,7 @@ def fast_columns(
         columns[name] = array
     return columns, entities, times
 
-
+# %% ../../notebooks/35_request_schema.ipynb #9ca4aa7a
 def records_to_columns(records: list[dict], plan: InputPlan) -> dict[str, np.ndarray]:
     "Checked feature records (from `validate_body` or the feature store) as model input columns; missing numbers become NaN."
     columns = {}
@@ -292,7 +292,7 @@ def records_to_columns(records: list[dict], plan: InputPlan) -> dict[str, np.nda
             columns[name] = np.array(values, dtype=object)
     return columns
 
-
+# %% ../../notebooks/35_request_schema.ipynb #88e4cf34
 def fast_column_body(
     table: Any,        # the body's `columns`: {name: [values]}
     plan: InputPlan,   # the served model's plan
@@ -329,7 +329,7 @@ def fast_column_body(
         times = [None if value is None else parsed[value] for value in table[plan.timestamp]]
     return columns, entities, times
 
-
+# %% ../../notebooks/35_request_schema.ipynb #be143b99
 def column_body_records(
     body: dict,        # the parsed body, which has `columns`
     plan: InputPlan,   # the served model's plan
