@@ -25,10 +25,16 @@ __all__ = ['NGINX_CANDIDATES', 'API_KEY_PATTERN', 'ADDRESS_PATTERN', 'SIZE_PATTE
            'serving_workers', 'resolve_settings', 'load_gateway_settings', 'render_nginx_config', 'check_reachable',
            'Gateway']
 
-# %% ../../notebooks/32_gateway.ipynb #6e4d5c53
+# %% ../../notebooks/32_gateway.ipynb #dc59edd8
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
+
+
 API_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,256}")  # e.g. secrets.token_urlsafe(32)
+
+
 ADDRESS_PATTERN = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})")
+
+
 SIZE_PATTERN = re.compile(r"\d+[kKmMgG]?")
 
 
@@ -47,7 +53,7 @@ def nginx_binary() -> str:
     raise GatewayError("nginx is not installed: install the Debian package nginx-light "
                        "(`apt-get install nginx-light`; `make serve` does it when run as root)")
 
-
+# %% ../../notebooks/32_gateway.ipynb #1790c4e3
 def serving_workers(
     serving: dict,  # the `serving` settings: host, port (the first worker's), workers
 ) -> list[str]:     # one host:port per worker
@@ -78,7 +84,7 @@ def load_gateway_settings(
     serving = load_config("serving", env=env, root=root).get("serving") if not gateway.get("workers") else None
     return resolve_settings(gateway, serving)
 
-# %% ../../notebooks/32_gateway.ipynb #4392151c
+# %% ../../notebooks/32_gateway.ipynb #54156f9b
 def _address(value: Any, setting: str) -> str:
     text = str(value).strip()
     match = ADDRESS_PATTERN.fullmatch(text)
@@ -118,7 +124,7 @@ def _api_keys(keys: Any) -> list[str]:
             )
     return keys
 
-
+# %% ../../notebooks/32_gateway.ipynb #e99b0ee2
 def _json_error(status: int, detail: str) -> str:
     body = json.dumps({"detail": detail, "status": status}).replace("'", "\\'")
     return f"    location @error_{status} {{\n        default_type application/json;\n        return {status} '{body}';\n    }}\n"
@@ -137,7 +143,7 @@ def _upstream(name: str, workers: list[str], balancing: str, settings: dict) -> 
             # shorter than uvicorn's keep-alive (`looplab serve`: 30 s), so nginx never reuses a connection the worker is closing
             f"    keepalive_timeout {_seconds(settings.get('keepalive_seconds', 20), 'keepalive_seconds')};\n}}\n")
 
-# %% ../../notebooks/32_gateway.ipynb #6aba0dc2
+# %% ../../notebooks/32_gateway.ipynb #50e64ced
 ERRORS = {
     401: "missing or wrong API key (header X-API-Key)",
     404: "not found",
@@ -260,7 +266,7 @@ def render_nginx_config(
     lines.append("}\n")
     return "".join(lines)
 
-
+# %% ../../notebooks/32_gateway.ipynb #4489b66f
 def _account(user: str) -> pwd.struct_passwd:
     "The passwd entry of the unprivileged user nginx runs as when started by root."
     try:
@@ -271,7 +277,7 @@ def _account(user: str) -> pwd.struct_passwd:
         raise GatewayError(f"gateway.user: {user!r} is root (uid or gid 0); nginx runs as an unprivileged user such as nobody")
     return entry
 
-# %% ../../notebooks/32_gateway.ipynb #b53a0cb9
+# %% ../../notebooks/32_gateway.ipynb #fc9ecb42
 def _may(mode: os.stat_result, uid: int, gids: set[int], bits: str) -> bool:
     "Whether a user (uid, groups) has the permission `bits` ('x', 'wx') on a file with this stat."
     if uid == 0:
@@ -297,7 +303,7 @@ def check_reachable(
                 f"or `chmod o+x {folder}`"
             )
 
-
+# %% ../../notebooks/32_gateway.ipynb #9b9e3d0a
 class Gateway:
     "nginx in front of the serving workers, run as a child process with everything in `run_dir`."
 
@@ -460,7 +466,7 @@ class Gateway:
                 tails.extend(path.read_text(errors="replace").splitlines()[-lines:])
         return "\n".join(tails) or "(nginx wrote nothing)"
 
-
+# %% ../../notebooks/32_gateway.ipynb #f9d772c4
 def _stop_with_parent() -> None:
     "In the child before exec (after the switch of user, which would clear it): Linux sends nginx SIGTERM when the process that started it dies, even by SIGKILL."
     try:
