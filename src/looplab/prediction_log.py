@@ -22,9 +22,9 @@ import pandas as pd
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['BATCH_LINE_ROWS', 'LOG_COLUMNS', 'format_entries', 'PredictionLog', 'read_prediction_log']
+__all__ = ['BATCH_LINE_ROWS', 'LOG_COLUMNS', 'format_entries', 'read_prediction_log', 'PredictionLog']
 
-# %% ../../notebooks/34_prediction_log.ipynb #284af0da
+# %% ../../notebooks/34_prediction_log.ipynb #fa8ae2b0
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -43,7 +43,7 @@ def _texts(values: Any) -> list[bytes]:
     return [cache[value] if value in cache else cache.setdefault(value, orjson.dumps(value)) for value in
             (values.tolist() if isinstance(values, np.ndarray) else values)]
 
-
+# %% ../../notebooks/34_prediction_log.ipynb #2b6e818b
 BATCH_LINE_ROWS = 1000  # a request with at least this many rows is logged as one column-wise line
 
 
@@ -85,7 +85,34 @@ def format_entries(
         pieces[position::len(parts)] = part
     return b"".join(pieces)
 
+# %% ../../notebooks/34_prediction_log.ipynb #36cd7af1
+LOG_COLUMNS = ["request_id", "row", "time", "model_name", "model_version", "entity", "event_time", "latency_ms", "inputs", "prediction"]
 
+
+def _log_rows(entry: dict) -> list[dict]:
+    "The rows of one log line: itself, or the rows of a column-wise line."
+    if "rows" not in entry or not isinstance(entry.get("prediction"), list):
+        return [entry]
+    count, names = entry["rows"], list(entry["inputs"])
+    entities, times = entry.get("entity") or [None] * count, entry.get("event_time") or [None] * count
+    shared = {key: entry.get(key) for key in ("request_id", "time", "model_name", "model_version")}
+    return [{**shared, "row": index, "entity": entities[index], "event_time": times[index], "latency_ms": entry.get("latency_ms"),
+             "inputs": dict(zip(names, values, strict=True)), "prediction": prediction}
+            for index, (values, prediction) in enumerate(zip(zip(*entry["inputs"].values(), strict=True), entry["prediction"], strict=True))]
+
+
+def read_prediction_log(path: Path | str) -> pd.DataFrame:
+    "Every logged prediction under `path` (all processes' files), one row each, with the `LOG_COLUMNS` (null where an entry lacks one)."
+    files = sorted(Path(path).glob("predictions-*.jsonl"))
+    rows = [row for file in files for line in file.read_text(encoding="utf-8").splitlines() if line.strip()
+            for row in _log_rows(json.loads(line))]
+    frame = pd.DataFrame(rows)
+    for column in LOG_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.Series([None] * len(frame), dtype="object")
+    return frame[LOG_COLUMNS + [column for column in frame.columns if column not in LOG_COLUMNS]]
+
+# %% ../../notebooks/34_prediction_log.ipynb #d760d066
 class PredictionLog:
     "An append-only JSON-lines log of predictions with a background flusher."
 
@@ -175,30 +202,3 @@ class PredictionLog:
             self._thread = None
         self.flush()
         return self.written
-
-
-LOG_COLUMNS = ["request_id", "row", "time", "model_name", "model_version", "entity", "event_time", "latency_ms", "inputs", "prediction"]
-
-
-def _log_rows(entry: dict) -> list[dict]:
-    "The rows of one log line: itself, or the rows of a column-wise line."
-    if "rows" not in entry or not isinstance(entry.get("prediction"), list):
-        return [entry]
-    count, names = entry["rows"], list(entry["inputs"])
-    entities, times = entry.get("entity") or [None] * count, entry.get("event_time") or [None] * count
-    shared = {key: entry.get(key) for key in ("request_id", "time", "model_name", "model_version")}
-    return [{**shared, "row": index, "entity": entities[index], "event_time": times[index], "latency_ms": entry.get("latency_ms"),
-             "inputs": dict(zip(names, values, strict=True)), "prediction": prediction}
-            for index, (values, prediction) in enumerate(zip(zip(*entry["inputs"].values(), strict=True), entry["prediction"], strict=True))]
-
-
-def read_prediction_log(path: Path | str) -> pd.DataFrame:
-    "Every logged prediction under `path` (all processes' files), one row each, with the `LOG_COLUMNS` (null where an entry lacks one)."
-    files = sorted(Path(path).glob("predictions-*.jsonl"))
-    rows = [row for file in files for line in file.read_text(encoding="utf-8").splitlines() if line.strip()
-            for row in _log_rows(json.loads(line))]
-    frame = pd.DataFrame(rows)
-    for column in LOG_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = pd.Series([None] * len(frame), dtype="object")
-    return frame[LOG_COLUMNS + [column for column in frame.columns if column not in LOG_COLUMNS]]
