@@ -22,7 +22,7 @@ _logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['MicroBatcher']
 
-# %% ../../notebooks/36_batching.ipynb #ef3414dd
+# %% ../../notebooks/36_batching.ipynb #2df4d848
 _CONTROLLERS: dict[int, Any] = {}
 
 
@@ -47,7 +47,7 @@ def _prepare_thread(threads: int | None) -> None:
 
         threadpool_limits(int(threads))
 
-
+# %% ../../notebooks/36_batching.ipynb #45d74350
 class MicroBatcher:
     "Gathers concurrent requests into one `predict` call."
 
