@@ -52,7 +52,7 @@ def absolute_paths(settings: dict[str, Any], root: Path | str) -> dict[str, Any]
         settings["prediction_log"]["path"] = str(Path(root) / settings["prediction_log"]["path"])
     return settings
 
-# %% ../../notebooks/31_serving.ipynb #8556015a
+# %% ../../notebooks/31_serving.ipynb #c2642df5
 PREDICTION_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 200, 400, 700, 1000)
 
 
@@ -82,7 +82,7 @@ class _ValueHistogram:
         buckets = [(f"{bound:g}" if bound != int(bound) else f"{bound:.1f}", count) for bound, count in zip(self.bounds, cumulative, strict=False)]
         yield HistogramMetricFamily(self.name, self.documentation, buckets=[*buckets, ("+Inf", cumulative[-1])], sum_value=total)
 
-
+# %% ../../notebooks/31_serving.ipynb #accd4422
 class ServingMetrics:
     "The Prometheus metrics of one app."
 
@@ -124,7 +124,7 @@ class ServingMetrics:
         self.ready.set(1 if status["ready"] else 0)
         return generate_latest(self.registry)
 
-# %% ../../notebooks/31_serving.ipynb #3fc78c77
+# %% ../../notebooks/31_serving.ipynb #a2a03ae6
 def _identifying_properties(entity: str | None, timestamp: str | None) -> dict[str, dict]:
     "The optional identifying fields as JSON-schema properties."
     properties = {}
@@ -161,8 +161,10 @@ def _body_schema(columns: list[dict[str, Any]], entity: str | None, max_records:
                  "properties": {"columns": {"$ref": "#/components/schemas/FeatureColumns"}}}
     return {"oneOf": [by_record, by_column]}, components
 
-
+# %% ../../notebooks/31_serving.ipynb #619bbd6d
 PREDICT_ROUTE = "/v1/models/{name}/predict"
+
+
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -205,7 +207,102 @@ class _HotPath:
             route = scope.get("route")
             self.metrics.observe_request(getattr(route, "path", "other"), scope["method"], status, time.perf_counter() - started)
 
+# %% ../../notebooks/31_serving.ipynb #0a979e39
+def _problem(status: int, detail: Any) -> tuple[int, bytes]:
+    "An error answer: (status, `{\"detail\": detail}` as JSON)."
+    return status, orjson.dumps({"detail": detail})
 
+
+def _feature_time(found: pd.DataFrame, key: str, timezone: str | None) -> str | None:
+    "The hour the feature store's row for `key` is for, naive in the data's time zone; None when the store has no row."
+    moment = found.loc[key, "event_timestamp"]
+    if pd.isna(moment):
+        return None
+    moment = pd.Timestamp(moment)
+    if moment.tzinfo is not None:
+        moment = moment.tz_convert(timezone or "UTC").tz_localize(None)
+    return moment.isoformat()
+
+# %% ../../notebooks/31_serving.ipynb #4155ab53
+async def _entity_features(
+    keys: list[str],        # the entity keys of the records to look up
+    served: ServedModel,    # the served model: the features it needs
+    entity: str,            # the entity column
+    data_params: dict,      # the `data` parameters (the feature store's definition)
+    root: Path | str | None,  # project root (Feast's relative paths)
+) -> tuple[pd.DataFrame | None, list[dict]]:  # (the store's rows by entity key, the keys it has no features for)
+    "The feature store's rows for `keys`; `LookupError` when the store cannot answer or lacks a feature the model needs."
+    from starlette.concurrency import run_in_threadpool
+
+    unique = sorted(set(keys))
+    try:
+        found = await run_in_threadpool(online_features, unique, data_params, None, root)
+    except (ValueError, OSError, KeyError) as error:
+        raise LookupError(f"feature store unavailable: {str(error).splitlines()[0]}") from error
+    missing = [name for name in served.feature_names if name not in found.columns]
+    if missing:
+        raise LookupError(f"the feature store does not serve {', '.join(missing)}, which the model needs")
+    found = found.set_index(entity)
+    return found, [key for key in unique if pd.isna(found.loc[key, "event_timestamp"])]
+
+# %% ../../notebooks/31_serving.ipynb #0e2c24ac
+async def _checked_body(
+    raw: bytes,                 # the request body as received
+    served: ServedModel,        # the model that will answer
+    record,                     # its pydantic record model (`request_schema.record_model`)
+    plan: request_schema.InputPlan,  # its column-wise plan
+    max_records: int,           # records allowed per request
+    entity: str | None,         # the entity column; None: no lookups
+    timezone: str | None,       # the data's time zone
+    data_params: dict | None,   # the `data` parameters, for lookups through Feast
+    root: Path | str | None,    # project root
+) -> tuple[dict | None, list | None, list | None, tuple[int, bytes] | None]:
+    "(columns, entities, event times, None) for a good body; (None, None, None, error answer) otherwise."
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = None
+    if type(body) is dict and len(body) == 1:
+        quick, bools = None, b"true" in raw or b"false" in raw  # no JSON booleans anywhere: numpy's inference checks types
+        if type(body.get("records")) is list and 0 < len(body["records"]) <= max_records:
+            quick = request_schema.fast_columns(body["records"], plan, bools)
+        elif "columns" in body:
+            quick = request_schema.fast_column_body(body["columns"], plan, max_records, bools)
+        if quick is not None:
+            return (*quick, None)
+    # the exact path: the standard JSON parser (it keeps big integers exact) and a record-by-record check
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError) as error:
+        return None, None, None, _problem(422, [request_schema.field_error([], f"the body is not valid JSON: {error}", "json_invalid")])
+    by_column = isinstance(body, dict) and "columns" in body and "records" not in body
+    located = request_schema.as_column_errors if by_column else (lambda errors: errors)
+    if by_column:
+        rows, errors = request_schema.column_body_records(body, plan, max_records)
+        if errors:
+            return None, None, None, _problem(422, errors)
+        body = {"records": rows}
+    records, entities, times, errors = request_schema.validate_body(body, record, plan.entity, max_records, plan.timestamp, timezone)
+    if errors:
+        return None, None, None, _problem(422, located(errors))
+    lookups = [key for item, key in zip(records, entities, strict=True) if item is None]
+    if lookups:
+        try:
+            found, unknown = await _entity_features(lookups, served, entity, data_params, root)
+        except LookupError as error:
+            return None, None, None, _problem(503, str(error))
+        if unknown:
+            return None, None, None, _problem(422, located([
+                request_schema.field_error(["records", index, entity], f"unknown {entity} {key!r}: the feature store has no features for it", "unknown_entity")
+                for index, (item, key) in enumerate(zip(records, entities, strict=True)) if item is None and key in unknown][:request_schema.MAX_ERRORS]))
+        times = [moment if item is not None or moment is not None else _feature_time(found, key, timezone)
+                 for item, key, moment in zip(records, entities, times, strict=True)]
+        records = [item if item is not None else {column: found.loc[key, column] for column in served.feature_names}
+                   for item, key in zip(records, entities, strict=True)]
+    return (request_schema.records_to_columns(records, plan), entities if any(key is not None for key in entities) else None,
+            times if any(moment is not None for moment in times) else None, None)
+
+# %% ../../notebooks/31_serving.ipynb #50817b61
 def create_app(
     settings: dict[str, Any],            # the `serving` settings (paths absolute: `serving_settings`)
     holder: ModelHolder | None = None,   # the model holder; made from `settings` and the project's MLflow store when None
@@ -293,92 +390,21 @@ def create_app(
 
         return Response(metrics.render(holder), media_type=CONTENT_TYPE_LATEST)
 
-    def problem(status: int, detail: Any) -> tuple[int, bytes]:
-        return status, orjson.dumps({"detail": detail})
-
-    async def entity_features(keys: list[str], served: ServedModel) -> tuple[pd.DataFrame | None, list[dict]]:
-        unique = sorted(set(keys))
-        try:
-            found = await run_in_threadpool(online_features, unique, data_params, None, root)
-        except (ValueError, OSError, KeyError) as error:
-            raise LookupError(f"feature store unavailable: {str(error).splitlines()[0]}") from error
-        missing = [name for name in served.feature_names if name not in found.columns]
-        if missing:
-            raise LookupError(f"the feature store does not serve {', '.join(missing)}, which the model needs")
-        found = found.set_index(entity)
-        return found, [key for key in unique if pd.isna(found.loc[key, "event_timestamp"])]
-
-    def feature_time(found: pd.DataFrame, key: str) -> str | None:
-        "The hour the feature store's row for `key` is for."
-        moment = found.loc[key, "event_timestamp"]
-        if pd.isna(moment):
-            return None
-        moment = pd.Timestamp(moment)
-        if moment.tzinfo is not None:
-            moment = moment.tz_convert(timezone or "UTC").tz_localize(None)
-        return moment.isoformat()
-
-    async def checked(raw: bytes, served: ServedModel) -> tuple[dict | None, list | None, list | None, tuple[int, bytes] | None]:
-        "(columns, entities, event times, None) for a good body; (None, None, None, error answer) otherwise."
-        record, plan = plan_for(served)
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        if type(body) is dict and len(body) == 1:
-            quick, bools = None, b"true" in raw or b"false" in raw  # no JSON booleans anywhere: numpy's inference checks types
-            if type(body.get("records")) is list and 0 < len(body["records"]) <= max_records:
-                quick = request_schema.fast_columns(body["records"], plan, bools)
-            elif "columns" in body:
-                quick = request_schema.fast_column_body(body["columns"], plan, max_records, bools)
-            if quick is not None:
-                return (*quick, None)
-        # the exact path: the standard JSON parser (it keeps big integers exact) and a record-by-record check
-        try:
-            body = json.loads(raw) if raw else None
-        except (ValueError, UnicodeDecodeError) as error:
-            return None, None, None, problem(422, [request_schema.field_error([], f"the body is not valid JSON: {error}", "json_invalid")])
-        by_column = isinstance(body, dict) and "columns" in body and "records" not in body
-        located = request_schema.as_column_errors if by_column else (lambda errors: errors)
-        if by_column:
-            rows, errors = request_schema.column_body_records(body, plan, max_records)
-            if errors:
-                return None, None, None, problem(422, errors)
-            body = {"records": rows}
-        records, entities, times, errors = request_schema.validate_body(body, record, plan.entity, max_records, plan.timestamp, timezone)
-        if errors:
-            return None, None, None, problem(422, located(errors))
-        lookups = [key for item, key in zip(records, entities, strict=True) if item is None]
-        if lookups:
-            try:
-                found, unknown = await entity_features(lookups, served)
-            except LookupError as error:
-                return None, None, None, problem(503, str(error))
-            if unknown:
-                return None, None, None, problem(422, located([
-                    request_schema.field_error(["records", index, entity], f"unknown {entity} {key!r}: the feature store has no features for it", "unknown_entity")
-                    for index, (item, key) in enumerate(zip(records, entities, strict=True)) if item is None and key in unknown][:request_schema.MAX_ERRORS]))
-            times = [moment if item is not None or moment is not None else feature_time(found, key)
-                     for item, key, moment in zip(records, entities, times, strict=True)]
-            records = [item if item is not None else {column: found.loc[key, column] for column in served.feature_names}
-                       for item, key in zip(records, entities, strict=True)]
-        return (request_schema.records_to_columns(records, plan), entities if any(key is not None for key in entities) else None,
-                times if any(moment is not None for moment in times) else None, None)
-
     async def predict_body(name: str, raw: bytes, started: float) -> tuple[int, bytes]:
         "The predict route: (status, JSON body)."
         if name != holder.name:
-            return problem(404, f"unknown model {name!r}: this server serves {holder.name!r}")
+            return _problem(404, f"unknown model {name!r}: this server serves {holder.name!r}")
         served = holder.current
         if served is None:
-            return problem(503, f"{holder.name} is not loaded yet: {holder.last_error or 'loading'}")
-        columns, entities, times, refused = await checked(raw, served)
+            return _problem(503, f"{holder.name} is not loaded yet: {holder.last_error or 'loading'}")
+        record, plan = plan_for(served)
+        columns, entities, times, refused = await _checked_body(raw, served, record, plan, max_records, entity, timezone, data_params, root)
         if refused is not None:
             return refused
         try:
             predictions, used = await batcher.predict(columns)
         except RuntimeError as error:
-            return problem(503, str(error))
+            return _problem(503, str(error))
         request_id = uuid.uuid4().hex
         if prediction_log is not None:
             prediction_log.append_columns(request_id, datetime.now(UTC).isoformat(), round((time.perf_counter() - started) * 1000, 3),
@@ -414,7 +440,7 @@ def create_app(
     app.add_middleware(_HotPath, predict=predict_body, metrics=metrics)
     return app
 
-
+# %% ../../notebooks/31_serving.ipynb #3565698f
 def app_factory():
     "The app of `looplab serve`'s workers: conf of environment `$KEDRO_ENV`, the project found from the working folder."
     setup_logging(os.environ.get("LOOPLAB_LOG_LEVEL", "INFO"))
