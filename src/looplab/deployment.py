@@ -99,7 +99,7 @@ def load_cache(
     model = skops.io.load(model_file, trusted=registry.SKOPS_TRUSTED_TYPES)
     return model, json.loads(meta_file.read_text(encoding="utf-8"))
 
-# %% ../../notebooks/30_deployment.ipynb #6d23a479
+# %% ../../notebooks/30_deployment.ipynb #e8a79290
 @dataclass(frozen=True)
 class ServedModel:
     "One loaded model version: swapped as a whole, never changed in place."
@@ -121,7 +121,7 @@ class ServedModel:
         values = self.model.predict(frame[self.feature_names] if self.columns else frame)
         return [float(value) for value in values]
 
-
+# %% ../../notebooks/30_deployment.ipynb #46f3a212
 class ModelHolder:
     "The model a server process answers with, following `name@alias` in the registry."
 
