@@ -221,7 +221,7 @@ class CompiledModel:
                 self._pool.shutdown(wait=False)
                 self._pool = None
 
-# %% ../../notebooks/33_inference.ipynb #4bf592a8
+# %% ../../notebooks/33_inference.ipynb #551bd110
 def _unsupported(model) -> str | None:
     "Why `model` cannot be compiled, or None."
     from sklearn.ensemble import HistGradientBoostingRegressor
@@ -246,7 +246,7 @@ def _unsupported(model) -> str | None:
             return "a tree with categorical or no nodes"
     return None
 
-
+# %% ../../notebooks/33_inference.ipynb #de32043f
 def compile_model(
     model,                               # a fitted sklearn Pipeline ending in a HistGradientBoostingRegressor
     example: pd.DataFrame | None = None, # rows to check the compiled predictions on against `model.predict`
