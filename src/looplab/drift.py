@@ -43,7 +43,7 @@ RESULT_COLUMNS = ["feature", "test", "p_value", "distance", "drift", "threshold"
 class DriftError(ValueError):
     "Input a drift check cannot use; the message names the setting, the feature or the file."
 
-
+# %% ../../notebooks/41_drift.ipynb #9f018cdd
 def check_settings(
     settings: dict,  # the `monitoring.drift` parameters
 ) -> dict[str, Any]:  # the same, checked, with the optional keys filled in
@@ -95,7 +95,7 @@ def categorical_features(
                 chosen.add(feature)
     return [feature for feature in features if feature in chosen]
 
-
+# %% ../../notebooks/41_drift.ipynb #0cf67a0b
 def _category_kind(values: pd.Series) -> str:
     "'number' for columns whose values are all integers (bools included), else 'text'."
     present = values.dropna()
@@ -220,7 +220,7 @@ class _ScipyTests:
         result = ks_2samp(reference, window, alternative="two-sided", method="asymp")
         return float(result.pvalue), float(result.statistic)
 
-
+# %% ../../notebooks/41_drift.ipynb #607f7e94
 def import_alibi_detect():
     "alibi-detect's drift detectors and FDR function, imported without the `transformers` notice about missing deep-learning frameworks."
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -392,7 +392,7 @@ class DriftDetector:
         return DriftResult(drift=bool(drifted.any()), n_drifted=int(drifted.sum()), backend=self.backend, features=features,
                            p_value=self.p_value, correction=self.correction, threshold=threshold, window_rows=len(window))
 
-
+# %% ../../notebooks/41_drift.ipynb #33361f0e
 def make_detector(
     reference: pd.DataFrame,          # the reference rows
     features: Sequence[str],          # the features to test
@@ -453,7 +453,7 @@ def sample_reference(
     chosen = np.sort(np.random.default_rng(seed).choice(len(frame), size=int(rows), replace=False))
     return frame.iloc[chosen].reset_index(drop=True)
 
-
+# %% ../../notebooks/41_drift.ipynb #6af9bd2e
 def log_reference(
     reference: pd.DataFrame,        # the reference rows (a sample of the training rows); the monitored features are kept
     predictions: Sequence[float],   # the model's prediction for each row
@@ -499,7 +499,7 @@ def log_reference(
     logger.info("drift reference: %d rows, %d features (%d categorical) logged under %s/", len(frame), len(tested), len(detector.categorical), ARTIFACT_PATH)
     return {"artifact_path": ARTIFACT_PATH, "rows": len(frame), "features": tested, "categorical": detector.categorical}
 
-
+# %% ../../notebooks/41_drift.ipynb #811269b8
 def log_model_reference(
     model: Any,                 # the fitted pipeline
     train_set: pd.DataFrame,    # its training rows
@@ -515,7 +515,7 @@ def log_model_reference(
     return log_reference(sample, predictions, features, training_params.get("categorical") or [], settings,
                          task=training_params.get("task", "regression"))
 
-
+# %% ../../notebooks/41_drift.ipynb #fed14994
 def load_reference(
     name: str,                       # registered model name
     version: str | int,              # a version number, or an alias (champion, challenger)
@@ -633,7 +633,7 @@ def plot_p_values(
     figure.tight_layout()
     return figure
 
-
+# %% ../../notebooks/41_drift.ipynb #cfb46df2
 def plot_p_value_heatmap(
     drift: pd.DataFrame,   # long: window_start, feature, p_value (the monitoring store's drift.parquet)
     title: str = "drift p-values per feature and window",
