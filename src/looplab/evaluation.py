@@ -24,10 +24,11 @@ from .versioning import content_hash
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'METRICS', 'LOWER_IS_BETTER', 'is_better', 'model_scores', 'metrics', 'baseline_predictions', 'slice_values',
-           'slice_metrics', 'behavioural_checks', 'json_ready', 'evaluate', 'plot_predicted_vs_actual',
-           'plot_residuals_over_time', 'feature_importance', 'plot_feature_importance', 'relative_improvement', 'gate',
-           'evaluation_report_html', 'champion_version', 'evaluate_champion', 'evaluate_model']
+__all__ = ['logger', 'METRICS', 'LOWER_IS_BETTER', 'BASELINES', 'is_better', 'model_scores', 'metrics', 'baseline_kind',
+           'class_positions', 'baseline_predictions', 'slice_values', 'slice_metrics', 'behavioural_checks',
+           'json_ready', 'evaluate', 'plot_predicted_vs_actual', 'plot_residuals_over_time', 'feature_importance',
+           'plot_feature_importance', 'relative_improvement', 'gate', 'evaluation_report_html', 'champion_version',
+           'evaluate_champion', 'evaluate_model']
 
 # %% ../../notebooks/21_evaluation.ipynb #12238be5
 METRICS = {"regression": ("mae", "rmse", "r2"), "classification": ("accuracy", "f1", "roc_auc", "log_loss")}
@@ -115,15 +116,56 @@ def metrics(
     return results
 
 # %% ../../notebooks/21_evaluation.ipynb #27492550
+BASELINES = {"seasonal_naive": "seasonal-naive", "mean": "mean", "prior": "class-prior"}
+
+
+def baseline_kind(evaluation_params: dict) -> str:
+    "`evaluation.baseline`; `seasonal_naive` when only `baseline_feature` is set."
+    kind = evaluation_params.get("baseline") or ("seasonal_naive" if evaluation_params.get("baseline_feature") else None)
+    if kind not in BASELINES:
+        raise ValueError(f"evaluation.baseline: {kind!r}; use seasonal_naive (with evaluation.baseline_feature), "
+                         "mean (regression) or prior (classification)")
+    return kind
+
+
+def class_positions(
+    model,           # a fitted classifier (or a pipeline ending in one): its `classes_`
+    labels,          # the labels, as the data holds them
+) -> np.ndarray:     # each label's position among the model's classes (what `metrics` takes)
+    "Labels as positions among the model's classes; a label the model never saw is an error that names it."
+    classes = getattr(model, "classes_", None)
+    if classes is None:
+        return np.asarray(labels)
+    index = {label: position for position, label in enumerate(np.asarray(classes).tolist())}
+    values = np.asarray(labels, dtype=object).tolist()
+    unseen = sorted({str(value) for value in values if value not in index})
+    if unseen:
+        raise ValueError(f"the evaluation set has label(s) {', '.join(unseen[:5])} that the model never saw in training "
+                         f"(its classes: {', '.join(map(str, index))})")
+    return np.array([index[value] for value in values], dtype="int64")
+
+
 def baseline_predictions(
     evaluation_set: pd.DataFrame,  # the evaluation set
-    evaluation_params: dict,       # the `evaluation` parameters (`baseline_feature`)
-) -> pd.Series:                    # the seasonal-naive forecast per row; NaN where there is none
-    "The seasonal-naive forecast: the value of `evaluation.baseline_feature` (the target a season earlier)."
-    feature = evaluation_params["baseline_feature"]
-    if feature not in evaluation_set.columns:
-        raise ValueError(f"evaluation.baseline_feature {feature!r} is not a column of the evaluation set; add it to training.features")
-    return evaluation_set[feature].astype("float64").rename("baseline")
+    evaluation_params: dict,       # the `evaluation` parameters (`baseline`, `baseline_feature`)
+    actual=None,                   # the labels (classification: class positions); for `mean` and `prior`
+    classes: int = 2,              # how many classes the model knows (`prior`)
+) -> np.ndarray:                   # one forecast per row (NaN where there is none); `prior` with 3+ classes: a row of probabilities
+    "The baseline's forecast for every row of the evaluation set."
+    kind = baseline_kind(evaluation_params)
+    rows = len(evaluation_set)
+    if kind == "seasonal_naive":
+        feature = evaluation_params.get("baseline_feature")
+        if feature not in evaluation_set.columns:
+            raise ValueError(f"evaluation.baseline_feature {feature!r} is not a column of the evaluation set; add it to training.features")
+        return evaluation_set[feature].to_numpy(dtype="float64")
+    values = np.asarray(actual if actual is not None else [], dtype="float64")
+    if len(values) != rows:
+        raise ValueError(f"evaluation.baseline {kind}: needs the {rows} labels of the evaluation set, got {len(values)}")
+    if kind == "mean":
+        return np.full(rows, values.mean() if rows else np.nan)
+    shares = np.bincount(values.astype("int64"), minlength=classes) / max(rows, 1)
+    return np.full(rows, shares[1]) if classes == 2 else np.tile(shares, (rows, 1))
 
 # %% ../../notebooks/21_evaluation.ipynb #8c710a07
 def slice_values(evaluation_set: pd.DataFrame, name: str, spec: dict) -> pd.Series:
@@ -261,11 +303,15 @@ def _evaluate(model, evaluation_set: pd.DataFrame, data_params: dict, training_p
     if evaluation_set.empty:
         raise ValueError("the evaluation set is empty: there is nothing to evaluate")
     actual = evaluation_set[target].to_numpy()
+    if task == "classification":
+        actual = class_positions(model, actual)
     predictions = model_scores(model, evaluation_set, task)
     scores = metrics(actual, predictions, task, names)
 
-    baseline = baseline_predictions(evaluation_set, evaluation_params).to_numpy()
-    covered = ~np.isnan(baseline)
+    kind = baseline_kind(evaluation_params)
+    classes = len(getattr(model, "classes_", [0, 1]))
+    baseline = baseline_predictions(evaluation_set, evaluation_params, actual=actual, classes=classes)
+    covered = ~np.isnan(baseline) if baseline.ndim == 1 else ~np.isnan(baseline).any(axis=1)
     if covered.any():
         baseline_scores = metrics(actual[covered], baseline[covered], task, names)
         model_on_covered = metrics(actual[covered], predictions[covered], task, names)
@@ -281,11 +327,12 @@ def _evaluate(model, evaluation_set: pd.DataFrame, data_params: dict, training_p
         "metrics": scores,
         "baseline_metrics": baseline_scores,
         "baseline": {
-            "feature": evaluation_params["baseline_feature"], "rows": int(covered.sum()),
+            "kind": kind, "name": BASELINES[kind],
+            "feature": evaluation_params.get("baseline_feature") if kind == "seasonal_naive" else None, "rows": int(covered.sum()),
             "rows_without_baseline": int((~covered).sum()), "model_metrics": model_on_covered,
         },
         "beats_baseline": is_better(model_on_covered[gate_metric], baseline_scores[gate_metric], gate_metric),
-        "slices": slice_metrics(evaluation_set, predictions, evaluation_params, task, target).to_dict("records"),
+        "slices": slice_metrics(evaluation_set.assign(**{target: actual}), predictions, evaluation_params, task, target).to_dict("records"),
         "behavioural": behavioural,
         "behavioural_passed": all(check["passed"] for check in behavioural),
     })
@@ -311,7 +358,10 @@ def plot_predicted_vs_actual(
         axes.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="perfect")
         axes.set(xlabel=f"actual {data_params['target']}", ylabel="predicted", title="Predicted against actual")
     else:
+        # binary: the positive class's probability against its share; several classes: the chosen class's
+        # probability against how often it was right
         positive = predicted if predicted.ndim == 1 else predicted.max(axis=1)
+        actual = actual if predicted.ndim == 1 else (predicted.argmax(axis=1) == actual).astype("float64")
         bins = np.clip((positive * 10).astype(int), 0, 9)
         frame = pd.DataFrame({"bin": bins, "predicted": positive, "actual": actual}).groupby("bin").mean()
         axes.plot(frame["predicted"], frame["actual"], marker="o")
@@ -353,6 +403,7 @@ def feature_importance(
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
 
     def score(estimator, frame, actual):
+        actual = class_positions(estimator, actual) if task == "classification" else actual
         return sign * metrics(actual, model_scores(estimator, frame, task), task, [metric])[metric]
 
     with model_threads(training_params):
@@ -404,12 +455,13 @@ def gate(
 
     if value is None:
         failures.append(f"the challenger's {metric} is undefined")
+    named = f"the {challenger_evaluation['baseline'].get('name', 'seasonal-naive')} baseline"
     if challenger_evaluation.get("beats_baseline"):
-        successes.append(f"beats the seasonal-naive baseline ({metric} {shown(like_for_like)} vs {shown(baseline)})")
+        successes.append(f"beats {named} ({metric} {shown(like_for_like)} vs {shown(baseline)})")
     elif baseline is None:
-        failures.append("there is no seasonal-naive baseline to beat on this window")
+        failures.append(f"there is no {named.removeprefix('the ')} to beat on this window")
     else:
-        failures.append(f"does not beat the seasonal-naive baseline ({metric} {shown(like_for_like)} vs {shown(baseline)})")
+        failures.append(f"does not beat {named} ({metric} {shown(like_for_like)} vs {shown(baseline)})")
     if evaluation_params.get("gate_requires_behavioural", True):
         failed = [check["name"] for check in challenger_evaluation.get("behavioural", []) if not check["passed"]]
         if failed:
@@ -459,7 +511,7 @@ def evaluation_report_html(
     metric_rows = [{
         "metric": name, "model": evaluation["metrics"][name],
         "model (baseline rows)": evaluation["baseline"]["model_metrics"].get(name),
-        "seasonal naive": evaluation["baseline_metrics"].get(name),
+        "baseline": evaluation["baseline_metrics"].get(name),
         **({"champion": champion.get("metrics", {}).get(name)} if champion else {}),
     } for name in names]
     window = evaluation.get("window") or {}
@@ -480,9 +532,11 @@ def evaluation_report_html(
         parts.append(f"<p>Champion: version {html.escape(str(champion.get('version')))}"
                      + (f" — {html.escape(champion['error'])}" if champion.get("error") else "") + "</p>")
     baseline = evaluation["baseline"]
+    source = f" (<code>{html.escape(baseline['feature'])}</code>)" if baseline.get("feature") else ""
     parts += [
         "<h2>Metrics</h2>", _table(metric_rows, list(metric_rows[0]) if metric_rows else ["metric"]),
-        f"<p>Seasonal-naive baseline: <code>{html.escape(baseline['feature'])}</code>, available on {baseline['rows']} rows; "
+        f"<p>Baseline: {html.escape(baseline.get('name', 'seasonal-naive'))}"
+        f"{source}, available on {baseline['rows']} rows; "
         f"{baseline['rows_without_baseline']} rows without it are left out of the model-versus-baseline comparison. "
         f"Beats the baseline: <b>{'yes' if evaluation['beats_baseline'] else 'no'}</b>.</p>",
         "<h2>Slices</h2>", _table(evaluation["slices"], ["slice", "value", "rows", *names]),
@@ -563,9 +617,11 @@ def evaluate_model(
     task = evaluation["task"]
     with model_threads(training_params):
         predictions = model_scores(model, evaluation_set, task)
+    target = data_params["target"]
+    labelled = evaluation_set.assign(**{target: class_positions(model, evaluation_set[target])}) if task == "classification" else evaluation_set
     figures = {
-        "predicted_vs_actual": plot_predicted_vs_actual(evaluation_set, predictions, data_params, task),
-        "residuals_over_time": plot_residuals_over_time(evaluation_set, predictions, data_params),
+        "predicted_vs_actual": plot_predicted_vs_actual(labelled, predictions, data_params, task),
+        "residuals_over_time": plot_residuals_over_time(labelled, predictions, data_params),
         "feature_importance": plot_feature_importance(model, evaluation_set, data_params, training_params, evaluation_params, importance),
     }
     try:
