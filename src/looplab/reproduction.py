@@ -29,7 +29,7 @@ _logger = logging.getLogger(__name__)
 __all__ = ['CHAMPION_METRIC_MARKERS', 'ReproductionError', 'read_record', 'temporary_feature_store', 'compare_metrics',
            'model_metrics', 'reproduced_metrics', 'unflatten_params', 'reproduce', 'format_reproduction']
 
-# %% ../../notebooks/23_reproduction.ipynb #0589d1ae
+# %% ../../notebooks/23_reproduction.ipynb #7af7bedd
 class ReproductionError(RegistryError):
     "A version that cannot be rebuilt: its record or its data is missing or changed."
 
@@ -52,7 +52,7 @@ def read_record(version, client=None) -> dict:
             ) from error
         return json.loads(Path(path).read_text(encoding="utf-8"))
 
-
+# %% ../../notebooks/23_reproduction.ipynb #98ff1cb5
 def _stored_copy(
     name: str,          # catalog name, for messages
     record: dict,       # {"version", "content_hash"} as the run recorded it
@@ -77,7 +77,7 @@ def _stored_copy(
     shutil.copy2(source / version / source.name, target / version / source.name)
     return target, frame
 
-
+# %% ../../notebooks/23_reproduction.ipynb #43f6e0a2
 def temporary_feature_store(
     record: dict,      # the reproduction record
     root: Path,        # project root (where the recorded data lives)
@@ -100,7 +100,7 @@ def temporary_feature_store(
     materialize_features(features, params, root=root)
     return params
 
-
+# %% ../../notebooks/23_reproduction.ipynb #be864fb6
 def _matches(logged: float, reproduced: float | None, tolerance: float) -> bool:
     if reproduced is None:
         return False
@@ -123,7 +123,7 @@ def compare_metrics(
                      "matches": _matches(logged[name], value, tolerance)})
     return rows
 
-# %% ../../notebooks/23_reproduction.ipynb #13724f92
+# %% ../../notebooks/23_reproduction.ipynb #d8856fcf
 CHAMPION_METRIC_MARKERS = ("champion", "gate")  # metrics about the champion of the day, not about this model
 
 
@@ -159,7 +159,7 @@ def unflatten_params(
             level[leaf] = text
     return nested
 
-
+# %% ../../notebooks/23_reproduction.ipynb #51c85d79
 def reproduce(
     spec: str,                         # "NAME@ALIAS", "NAME@VERSION" or "NAME/VERSION"
     tolerance: float = 1e-6,           # relative tolerance per metric
@@ -210,7 +210,7 @@ def reproduce(
         "lock": {"recorded": recorded_lock, "current": current_lock, "same": recorded_lock == current_lock},
     }
 
-
+# %% ../../notebooks/23_reproduction.ipynb #e99c3fe0
 def format_reproduction(result: dict) -> str:
     "A reproduction as a readable comparison table and a verdict."
     def shown(value):
