@@ -43,7 +43,7 @@ DECISION_COLUMNS = ["id", "time", "window_end", "fired", "reasons", "blocked_by"
 # Windows are aligned to a Monday, so weekly windows run Monday to Sunday.
 DEFAULT_ANCHOR = "1970-01-05"
 
-
+# %% ../../notebooks/40_monitoring.ipynb #35b384f2
 def _number(settings: dict, key: str, kind=float, minimum: float | None = 0, where: str = "monitoring"):
     value = settings.get(key)
     try:
@@ -150,7 +150,7 @@ def logged_predictions(
     table["model_version"] = table["model_version"].astype(str)
     return table.sort_values(["event_time", "entity"], ignore_index=True), counts
 
-
+# %% ../../notebooks/40_monitoring.ipynb #e0f2b3a6
 def due_labels(
     validated: pd.DataFrame,  # the validated table (labels are its target column)
     data_params: dict,        # the `data` parameters: entity, timestamp, target
@@ -231,7 +231,7 @@ def evaluation_metric(
             return math.nan
     return _EVALUATION_CACHE[key]
 
-
+# %% ../../notebooks/40_monitoring.ipynb #f05e24be
 def window_drift(
     predictions: pd.DataFrame,   # the window's `logged_predictions` rows
     name: str,                   # registered model name
@@ -275,7 +275,7 @@ def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
             frame[column] = None
     return frame
 
-
+# %% ../../notebooks/40_monitoring.ipynb #f0043740
 def read_decisions(path: Path | str) -> pd.DataFrame:
     "The audit log: one row per decision (a decision's later lines, e.g. its outcome, update it)."
     path = Path(path)
@@ -298,7 +298,7 @@ def read_decisions(path: Path | str) -> pd.DataFrame:
             frame[column] = None
     return frame
 
-
+# %% ../../notebooks/40_monitoring.ipynb #6678885d
 def write_window(
     store_path: Path | str,    # `monitoring.store_path`
     window: dict[str, Any],    # one row of windows.parquet
@@ -322,7 +322,7 @@ def write_window(
         combined["window_start"], combined["window_end"] = pd.to_datetime(combined["window_start"]), pd.to_datetime(combined["window_end"])
     _write_parquet(combined, files["drift"])
 
-
+# %% ../../notebooks/40_monitoring.ipynb #105478a8
 def load_store(
     root: Path | str | None = None,  # project root; found when None
     env: str | None = None,          # config environment
@@ -383,7 +383,7 @@ def log_window(window: dict[str, Any], drift: pd.DataFrame) -> str | None:
                          "looplab.rescored": str(int(window.get("rescored") or 0))})
         return run.info.run_id
 
-
+# %% ../../notebooks/40_monitoring.ipynb #931c16ad
 def monitor_window(
     start: pd.Timestamp, end: pd.Timestamp,  # the window
     predictions: pd.DataFrame,               # `logged_predictions` (all; the window's rows are taken here)
@@ -417,7 +417,7 @@ def monitor_window(
             window["note"] = "; ".join(part for part in (window["note"], reason) if part)
     return window, drift
 
-
+# %% ../../notebooks/40_monitoring.ipynb #6ccc3161
 def _count(value) -> int:
     "A stored count; 0 for a store written before the column existed."
     value = pd.to_numeric(value, errors="coerce")
@@ -429,7 +429,7 @@ def monitoring_now(validated: pd.DataFrame, data_params: dict) -> pd.Timestamp:
     times = pd.to_datetime(validated[data_params["timestamp"]]) if len(validated) else pd.Series(dtype="datetime64[ns]")
     return times.max() + pd.Timedelta(hours=1) if len(times) else pd.Timestamp.min
 
-
+# %% ../../notebooks/40_monitoring.ipynb #644ba97d
 def monitor_windows(
     validated: pd.DataFrame,        # the validated table (labels)
     monitoring_params: dict,        # the `monitoring` parameters
