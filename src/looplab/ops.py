@@ -44,7 +44,7 @@ WINDOW_GAUGES = {  # column of windows.parquet → (metric, help)
     "latency_p99_ms": ("looplab_monitoring_window_latency_p99_ms", "p99 server latency (ms) in the latest window"),
 }
 
-
+# %% ../../notebooks/43_ops.ipynb #08d5b100
 def _finite(value: Any) -> float | None:
     try:
         value = float(value)
@@ -64,7 +64,7 @@ def _timestamp(value: Any) -> float | None:
         return None
     return (stamp.tz_localize(datetime.now().astimezone().tzinfo) if stamp.tzinfo is None else stamp).timestamp()
 
-
+# %% ../../notebooks/43_ops.ipynb #11a42bdc
 def store_metrics(frames: dict) -> list:  # {"windows", "drift", "decisions"}: DataFrames as `load_store` gives them
     "Prometheus metric families of the store's latest windows, drift p-values and retraining decisions."
     import pandas as pd
@@ -264,7 +264,7 @@ class _Collector:
         for source in self.sources:
             yield from source()
 
-
+# %% ../../notebooks/43_ops.ipynb #3d21ca92
 def validate_alert_payload(body: Any) -> list[dict]:
     "The alerts of an Alertmanager webhook payload; OpsError naming the field when it is not one."
     if not isinstance(body, dict):
@@ -281,7 +281,7 @@ def validate_alert_payload(body: Any) -> list[dict]:
             raise OpsError(f"alerts[{index}].labels.alertname: missing")
     return alerts
 
-
+# %% ../../notebooks/43_ops.ipynb #f1909fc3
 def _plain_json(value: Any) -> Any:
     "A value JSON can carry (numpy scalars, timestamps and NaN made plain)."
     return json.loads(json.dumps(value, default=str).replace("NaN", "null"))
@@ -334,7 +334,7 @@ class AlertWorker:
         waiting.add_metric([], float(self.queue.qsize()))
         return [handled, waiting]
 
-
+# %% ../../notebooks/43_ops.ipynb #07570b72
 def create_ops_app(
     settings: dict,                          # `ops_settings`
     alert_handler: AlertHandler | None = None,  # default: looplab.retraining.handle_alert
