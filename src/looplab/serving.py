@@ -302,6 +302,59 @@ async def _checked_body(
     return (request_schema.records_to_columns(records, plan), entities if any(key is not None for key in entities) else None,
             times if any(moment is not None for moment in times) else None, None)
 
+# %% ../../notebooks/31_serving.ipynb #f9ab43b3
+def _default_holder(settings: dict[str, Any], env: str | None, root: Path | str | None) -> ModelHolder:
+    "The holder `create_app` makes when given none: the settings' model and alias, the project's store, compiled unless told not."
+    prepare = compile_model if settings.get("compile_model", True) else None
+    return ModelHolder(settings["model_name"], settings.get("alias", "champion"), cache_dir=settings.get("cache_dir"),
+                       poll_interval=settings.get("poll_interval_seconds", 5), tracking=mlflow_settings(env, root), prepare=prepare)
+
+
+def _lifespan(holder: ModelHolder, batcher: MicroBatcher, prediction_log: PredictionLog | None):
+    "The app's start-up and shutdown: the model loaded (or not: the server starts anyway), the poller, batcher and log run."
+    import gc
+
+    from starlette.concurrency import run_in_threadpool
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if not holder.ready:
+            await run_in_threadpool(holder.refresh)
+        holder.start()
+        batcher.start()
+        if prediction_log is not None:
+            prediction_log.start()
+        gc.collect()
+        gc.freeze()  # what start-up built lives as long as the process: keep it out of every collection
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            holder.stop()
+            if prediction_log is not None:
+                written = prediction_log.close()
+                _logger.info("prediction log: %d predictions in %s", written, prediction_log.file)
+
+    return lifespan
+
+# %% ../../notebooks/31_serving.ipynb #ff021635
+def _openapi(app, holder: ModelHolder, entity: str | None, max_records: int, timestamp: str | None) -> dict:
+    "The app's OpenAPI schema with the predict body of the served version, rebuilt only when the version changes."
+    from fastapi.openapi.utils import get_openapi
+
+    served = holder.current
+    key = (served.version, served.source) if served else None
+    if app.openapi_schema is not None and app.state.openapi_key == key:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    columns = served.columns if served else []
+    body, components = _body_schema(columns, entity, max_records, timestamp)
+    operation = schema["paths"][PREDICT_ROUTE]["post"]
+    operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+    app.openapi_schema, app.state.openapi_key = schema, key
+    return schema
+
 # %% ../../notebooks/31_serving.ipynb #50817b61
 def create_app(
     settings: dict[str, Any],            # the `serving` settings (paths absolute: `serving_settings`)
@@ -311,19 +364,12 @@ def create_app(
     env: str | None = None,              # config environment (used when `holder` is None)
 ):                                       # a FastAPI app
     "The serving app."
-    import gc
-
     from fastapi import FastAPI, Request
-    from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel
-    from starlette.concurrency import run_in_threadpool
 
     settings = settings.get("serving", settings)
-    if holder is None:
-        prepare = compile_model if settings.get("compile_model", True) else None
-        holder = ModelHolder(settings["model_name"], settings.get("alias", "champion"), cache_dir=settings.get("cache_dir"),
-                             poll_interval=settings.get("poll_interval_seconds", 5), tracking=mlflow_settings(env, root), prepare=prepare)
+    holder = holder if holder is not None else _default_holder(settings, env, root)
     entity = data_params["entity"]["column"] if data_params else None
     timestamp = data_params.get("timestamp") if data_params else None
     timezone = data_params.get("timezone") if data_params else None
@@ -345,26 +391,7 @@ def create_app(
             plans[key] = (request_schema.record_model(served.columns), request_schema.InputPlan(served.columns, entity, timestamp, timezone))
         return plans[key]
 
-    @asynccontextmanager
-    async def lifespan(app):
-        if not holder.ready:
-            await run_in_threadpool(holder.refresh)
-        holder.start()
-        batcher.start()
-        if prediction_log is not None:
-            prediction_log.start()
-        gc.collect()
-        gc.freeze()  # what start-up built lives as long as the process: keep it out of every collection
-        try:
-            yield
-        finally:
-            await batcher.stop()
-            holder.stop()
-            if prediction_log is not None:
-                written = prediction_log.close()
-                _logger.info("prediction log: %d predictions in %s", written, prediction_log.file)
-
-    app = FastAPI(title="looplab serving", version="1", lifespan=lifespan,
+    app = FastAPI(title="looplab serving", version="1", lifespan=_lifespan(holder, batcher, prediction_log),
                   description="Predictions from the registered model that the configured alias names.")
     app.state.holder, app.state.batcher, app.state.prediction_log, app.state.metrics = holder, batcher, prediction_log, metrics
 
@@ -421,22 +448,8 @@ def create_app(
         status, payload = await predict_body(name, await request.body(), time.perf_counter())
         return Response(payload, status_code=status, media_type="application/json")
 
-    def openapi() -> dict:
-        served = holder.current
-        key = (served.version, served.source) if served else None
-        if app.openapi_schema is not None and app.state.openapi_key == key:
-            return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        columns = served.columns if served else []
-        body, components = _body_schema(columns, entity, max_records, timestamp)
-        operation = schema["paths"][PREDICT_ROUTE]["post"]
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
-        app.openapi_schema, app.state.openapi_key = schema, key
-        return schema
-
     app.state.openapi_key = None
-    app.openapi = openapi
+    app.openapi = lambda: _openapi(app, holder, entity, max_records, timestamp)
     app.add_middleware(_HotPath, predict=predict_body, metrics=metrics)
     return app
 
