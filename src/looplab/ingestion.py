@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .sources import SourceBatch, SourceError, describe, make_source, resolve_path
@@ -21,10 +22,10 @@ from .sources import SourceBatch, SourceError, describe, make_source, resolve_pa
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'STATE_SCHEMA', 'AWARE_TIME', 'LINEAGE_PREFIX', 'KEPT_LINEAGE', 'SCHEMA_DTYPES', 'utc_now', 'StateStore',
-           'normalise_timestamps', 'uniform_column_types', 'order_columns', 'normalise_batch', 'new_batch_id',
-           'state_store', 'empty_batch', 'read_source', 'ingest_sources', 'commit_watermarks', 'latest_version_file',
-           'append_validated']
+__all__ = ['logger', 'STATE_SCHEMA', 'AWARE_TIME', 'EVENT_TIME_MODES', 'LINEAGE_PREFIX', 'KEPT_LINEAGE', 'SCHEMA_DTYPES',
+           'utc_now', 'StateStore', 'normalise_timestamps', 'uniform_column_types', 'arrives_untimed', 'arrival_times',
+           'order_columns', 'normalise_batch', 'new_batch_id', 'state_store', 'empty_batch', 'read_source',
+           'ingest_sources', 'commit_watermarks', 'latest_version_file', 'append_validated']
 
 # %% ../../notebooks/11_ingestion.ipynb #36e05a85
 STATE_SCHEMA = """
@@ -148,6 +149,28 @@ def uniform_column_types(frame: pd.DataFrame) -> pd.DataFrame:
             converted[column] = values.astype(str).where(values.notna(), None)
     return frame.assign(**converted) if converted else frame
 
+# %% ../../notebooks/11_ingestion.ipynb #1a5b196f
+EVENT_TIME_MODES = ("column", "arrival")
+
+
+def arrives_untimed(params: dict) -> bool:
+    "Whether the data has no time of its own (`data.event_time: arrival`): each row's event time is its arrival."
+    mode = params.get("event_time") or "column"
+    if mode not in EVENT_TIME_MODES:
+        raise ValueError(f"data.event_time: {mode!r}; use column (the data's own time, data.timestamp) or arrival")
+    return mode == "arrival"
+
+
+def arrival_times(
+    rows: int,                          # rows in the batch, in arrival order
+    timezone: str,                      # `data.timezone`
+    now: pd.Timestamp | None = None,    # the arrival; the current time when None
+) -> pd.Series:                         # naive wall-clock times, one microsecond apart
+    "Event times for rows without a time of their own: the batch's arrival, one microsecond apart in arrival order."
+    now = pd.Timestamp.now(tz=timezone) if now is None else pd.Timestamp(now)
+    start = (now.tz_convert(timezone).tz_localize(None) if now.tzinfo else now).floor("us")
+    return pd.Series(start + pd.to_timedelta(np.arange(rows), unit="us")).astype("datetime64[ns]")
+
 # %% ../../notebooks/11_ingestion.ipynb #1f9d90d7
 LINEAGE_PREFIX = "_"
 KEPT_LINEAGE = ("_source", "_batch_id")  # the lineage columns the validated table keeps
@@ -171,12 +194,15 @@ def normalise_batch(
     "One source's rows as the canonical frame: timestamp normalised, entity filled, lineage added."
     time_name, entity = params["timestamp"], params["entity"]["column"]
     frame = frame.reset_index(drop=True)
+    if arrives_untimed(params) and time_name in frame.columns:
+        raise ValueError(f"source '{source}': a column {time_name!r} arrived, but data.event_time is arrival, which "
+                         f"writes that column itself; name another column in data.timestamp")
     if timestamp_column and timestamp_column != time_name and timestamp_column in frame.columns:
         frame = frame.drop(columns=[time_name], errors="ignore").rename(columns={timestamp_column: time_name})
-    if time_name in frame.columns:
+    if time_name in frame.columns and not arrives_untimed(params):
         raw = frame[time_name]
     else:
-        if len(frame):
+        if len(frame) and not arrives_untimed(params):
             logger.warning("source '%s': %d row(s) without a %r column; they will be quarantined", source, len(frame), time_name)
         raw = pd.Series(None, index=frame.index, dtype=object)
     local, unparseable = normalise_timestamps(raw, params["timezone"])
@@ -253,6 +279,10 @@ def ingest_sources(
         return empty_batch(params, batch_id), pending
     ingested = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     ingested = order_columns(uniform_column_types(ingested), [params["timestamp"], params["entity"]["column"]])
+    if arrives_untimed(params):
+        ingested[params["timestamp"]] = arrival_times(len(ingested), params["timezone"]).to_numpy()
+        pending["arrived_at"] = str(ingested[params["timestamp"]].iloc[0])
+        logger.info("%d row(s) without a time of their own take their arrival as event time: %s", len(ingested), pending["arrived_at"])
     return ingested, pending
 
 # %% ../../notebooks/11_ingestion.ipynb #16110423

@@ -603,14 +603,14 @@ def evaluation_window(
     params: dict,  # a training run's parameters (`window.train_end`, `window.evaluation_end`)
 ) -> str | None:   # "2011-03-01 … 2011-03-15" (days evaluated, end exclusive); None for runs that logged no window
     "The days a version was evaluated on: metrics of versions evaluated on different windows do not compare."
+    if params.get("window.split") == "random":  # data without a time of its own: a random share of the rows
+        return f"a random {float(params.get('window.evaluation_share') or 0):.0%} of the rows"
     start, end = params.get("window.train_end"), params.get("window.evaluation_end")
     return f"{str(start)[:10]} … {str(end)[:10]}" if start and end else None
 
 
 def _iso(milliseconds: int | None) -> str | None:
-    if milliseconds is None:
-        return None
-    return datetime.fromtimestamp(milliseconds / 1000, UTC).isoformat(timespec="seconds")
+    return None if milliseconds is None else datetime.fromtimestamp(milliseconds / 1000, UTC).isoformat(timespec="seconds")
 
 
 def status(

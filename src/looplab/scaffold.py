@@ -17,9 +17,9 @@ import yaml
 from .core import MERGE_MARKER, find_project_root, merge_config
 
 # %% auto #0
-__all__ = ['NAME_PATTERN', 'COLUMN_PATTERN', 'RESERVED_NAMES', 'CLASS_LIMIT', 'MAX_CATEGORIES', 'DATA_PREFIX', 'HEADER',
-           'InitError', 'read_table', 'infer_task', 'column_spec', 'training_window', 'relocated', 'relocated_catalog',
-           'dataset_blocks', 'environment_files', 'init_environment', 'next_steps']
+__all__ = ['NAME_PATTERN', 'COLUMN_PATTERN', 'RESERVED_NAMES', 'CLASS_LIMIT', 'MAX_CATEGORIES', 'DATA_PREFIX', 'ARRIVAL_COLUMN',
+           'HEADER', 'InitError', 'read_table', 'infer_task', 'column_spec', 'training_window', 'relocated',
+           'relocated_catalog', 'dataset_blocks', 'environment_files', 'init_environment', 'next_steps']
 
 # %% ../../notebooks/02_scaffold.ipynb #dae3063a
 class InitError(ValueError):
@@ -133,16 +133,20 @@ def relocated_catalog(catalog: dict, name: str) -> dict:
     return moved
 
 # %% ../../notebooks/02_scaffold.ipynb #244372e1
+ARRIVAL_COLUMN = "arrived_at"  # the time column of data without one: each row's arrival
+
+
 def dataset_blocks(
     frame: pd.DataFrame,         # the user's data
     name: str,                   # the environment, also the dataset's and the model's name
     target: str,                 # the column to predict
     task: str,                   # regression | classification
-    timestamp: str,              # the time column
+    timestamp: str | None,       # the time column; None: rows are timed by their arrival
     entity: str | None = None,   # the entity column; None: one entity for every row
     timezone: str = "UTC",       # the zone of naive times
 ) -> dict[str, dict]:            # the `data`, `training` and `evaluation` parameters, each replacing base's
     "The dataset's own parameters, inferred from the data: schema, feature group, model, window, metrics, baseline."
+    arrival = ARRIVAL_COLUMN if ARRIVAL_COLUMN not in frame.columns else f"{ARRIVAL_COLUMN}_{name.replace('-', '_')}"
     features = [column for column in frame.columns if column not in (target, timestamp, entity)]
     if not features:
         raise InitError("the data has no column besides the target, the time and the entity: nothing to learn from")
@@ -155,7 +159,8 @@ def dataset_blocks(
     data = {
         MERGE_MARKER: "replace",
         "dataset": name,
-        "timestamp": timestamp,
+        "timestamp": timestamp or arrival,
+        "event_time": "column" if timestamp else "arrival",
         "timezone": timezone,
         "entity": {"name": entity or "entity", "column": entity or "entity", "default": None if entity else "all"},
         "target": target,
@@ -192,12 +197,17 @@ def dataset_blocks(
         "model_name": name,
         "seed": 42,
         "threads": 1,
-        "window": training_window(frame[timestamp]),
+        "window": training_window(frame[timestamp]) if timestamp else {
+            "split": "random", "evaluation_share": 0.2, "start": None, "end": None,
+            "min_train_rows": max(10, min(200, int(len(frame) * 0.4))), "min_evaluation_rows": max(5, min(24, int(len(frame) * 0.1)))},
         "features": features,
         "categorical": categorical,
         "model": {
             "family": "hist_gradient_boosting",
-            "hist_gradient_boosting": {**({"loss": "poisson"} if counts else {}), "max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 31},
+            # small, noisy tables overfit scikit-learn's defaults: smaller steps and trees, and early stopping on a
+            # tenth of the training rows (seeded by random_state)
+            "hist_gradient_boosting": {**({"loss": "poisson"} if counts else {}), "max_iter": 300, "learning_rate": 0.05,
+                                       "max_leaf_nodes": 15, "early_stopping": True},
             "linear": {"alpha": 1.0},
         },
         "search": {"enabled": False, "folds": 3, "metric": "mae" if task == "regression" else "log_loss",
@@ -254,7 +264,7 @@ def init_environment(
     data: Path | str,               # the user's .csv or .parquet file
     target: str,                    # the column to predict
     task: str | None = None,        # regression | classification; inferred from the target when None
-    timestamp: str | None = None,   # the time column
+    timestamp: str | None = None,   # the time column; None: each row's arrival is its time, the split is random
     entity: str | None = None,      # the entity column; None: one entity
     timezone: str = "UTC",          # the zone of naive times
     root: Path | str | None = None, # the project; found when None
@@ -272,11 +282,12 @@ def init_environment(
     for option, column in (("--target", target), ("--timestamp", timestamp), ("--entity", entity)):
         if column is not None and column not in frame.columns:
             raise InitError(f"{option} {column!r} is not a column of {data}; its columns: {', '.join(map(str, frame.columns))}")
-    if timestamp is None:
-        raise InitError("--timestamp: name the data's time column (data without one is not supported yet)")
-    parsed = pd.to_datetime(frame[timestamp], errors="coerce")
-    if parsed.isna().mean() > 0.5:
-        raise InitError(f"--timestamp {timestamp!r}: most values are not times (e.g. {frame[timestamp].iloc[0]!r})")
+    if timestamp is not None:
+        parsed = pd.to_datetime(frame[timestamp].astype(str), errors="coerce", format="mixed")
+        if pd.api.types.is_numeric_dtype(frame[timestamp]):
+            raise InitError(f"--timestamp {timestamp!r} holds numbers, not times; leave --timestamp out for data without time")
+        if parsed.isna().mean() > 0.5:
+            raise InitError(f"--timestamp {timestamp!r}: most values are not times (e.g. {frame[timestamp].iloc[0]!r})")
     task = task or infer_task(frame[target])
     if task not in ("regression", "classification"):
         raise InitError(f"--task {task!r}: use regression or classification")
@@ -297,17 +308,20 @@ def init_environment(
     classes = sorted(frame[target].dropna().unique().tolist(), key=str) if task == "classification" else None
     return {"name": name, "task": task, "target": target, "rows": len(frame), "features": blocks["training"]["features"],
             "files": [f"conf/{name}/{file}" for file in files], "landing": str((landing / Path(data).name).relative_to(root)),
-            "classes": classes}
+            "classes": classes, "timestamp": timestamp}
 
 
 def next_steps(summary: dict) -> str:
     "What `looplab init` prints: what it wrote and the commands that take the data through the loop."
     name = summary["name"]
+    timing = ("split by time: the latest fifth of the rows evaluates" if summary["timestamp"] else
+              "no time column: each row is timed by its arrival, a random fifth of the rows evaluates")
     classes = f" ({len(summary['classes'])} classes: {', '.join(map(str, summary['classes'][:8]))})" if summary["classes"] else ""
     return "\n".join([
         f"wrote conf/{name}/: {', '.join(Path(file).name for file in summary['files'])}",
         f"copied the data to {summary['landing']} ({summary['rows']:,} rows)",
         f"task: {summary['task']}, target {summary['target']}{classes}; {len(summary['features'])} feature(s)",
+        f"window: {timing}",
         "next:",
         f"  kedro run --env {name}           # data → training → evaluation → registry → deployment",
         f"  looplab status --env {name}      # the registered model and its metrics",

@@ -413,6 +413,8 @@ def ingest_on_engine(
     root: Path | str | None = None,  # project root for relative paths; found when needed
 ) -> tuple[pd.DataFrame, dict]:      # (the ingested batch, the pending state), as `ingest_sources` returns them
     "The pipeline's ingestion: `ingest_sources`, or `ingest_on_dask` when `data.engine` is dask."
+    if data_engine(params) == "dask" and params.get("event_time") == "arrival":
+        raise ValueError("data.event_time: arrival (rows timed by their arrival) runs on the pandas engine; set data.engine: pandas")
     step = ingest_on_dask if data_engine(params) == "dask" else ingest_sources
     return step(demo_sources, params, root)
 

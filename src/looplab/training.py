@@ -30,9 +30,9 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'MODEL_FAMILIES', 'TASKS', 'TRAINING_OUTPUTS', 'PAPERMILL_VALUE_OPTIONS', 'TrainingDataError',
-           'training_windows', 'demo_training_project', 'model_columns', 'load_training_data', 'model_parameters',
-           'make_estimator', 'training_xy', 'fit_model', 'with_model_parameters', 'time_folds', 'search_model',
-           'train_model', 'train_evaluate_register', 'papermill_paths', 'papermill_output_path',
+           'training_windows', 'random_split', 'demo_training_project', 'model_columns', 'load_training_data',
+           'model_parameters', 'make_estimator', 'training_xy', 'fit_model', 'with_model_parameters', 'time_folds',
+           'search_model', 'train_model', 'train_evaluate_register', 'papermill_paths', 'papermill_output_path',
            'log_executed_notebook']
 
 # %% ../../notebooks/20_training.ipynb #9c46fb63
@@ -42,9 +42,20 @@ class TrainingDataError(ValueError):
 
 def training_windows(
     params_training: dict,  # the `training` parameters
-) -> dict[str, pd.Timestamp]:  # train_start, train_end (= start of the evaluation), evaluation_end; ends exclusive
-    "The training window and the evaluation window right after it."
+) -> dict[str, Any]:        # train_start, train_end (= start of the evaluation), evaluation_end; ends exclusive
+    "The training window and the evaluation window right after it; with `split: random`, the bounds of the rows to split."
     window = params_training["window"]
+    split = window.get("split") or "time"
+    if split not in ("time", "random"):
+        raise TrainingDataError(f"training.window.split: {split!r}; use time (train before end, evaluate after) or random")
+    if split == "random":
+        share = float(window.get("evaluation_share", 0.2))
+        if not 0 < share < 1:
+            raise TrainingDataError(f"training.window.evaluation_share must be between 0 and 1, got {window.get('evaluation_share')}")
+        start, end = (pd.Timestamp(window[key]) if window.get(key) else None for key in ("start", "end"))
+        if start is not None and end is not None and not start < end:
+            raise TrainingDataError(f"training.window: start {start} must be before end {end}")
+        return {"train_start": start, "train_end": end, "evaluation_end": end, "split": "random", "evaluation_share": share}
     train_start, train_end = pd.Timestamp(window["start"]), pd.Timestamp(window["end"])
     days = float(window["evaluation_days"])
     if not train_start < train_end:
@@ -52,6 +63,21 @@ def training_windows(
     if days <= 0:
         raise TrainingDataError(f"training.window.evaluation_days must be positive, got {window['evaluation_days']}")
     return {"train_start": train_start, "train_end": train_end, "evaluation_end": train_end + pd.Timedelta(days=days)}
+
+
+def random_split(
+    labels: pd.Series,  # the label of each row, in a fixed order
+    share: float,       # the share of rows to hold out
+    seed: int,          # `training.seed`
+    stratify: bool,     # hold out the share of each class (classification)
+) -> np.ndarray:        # True for the rows held out for evaluation
+    "A seeded random choice of evaluation rows: the same rows and seed always give the same choice."
+    rng = np.random.default_rng(seed)
+    held_out = np.zeros(len(labels), dtype=bool)
+    groups = labels.reset_index(drop=True).groupby(labels.astype(str).to_numpy()).indices.values() if stratify else [np.arange(len(labels))]
+    for positions in groups:
+        held_out[rng.choice(positions, size=int(round(len(positions) * share)), replace=False)] = True
+    return held_out
 
 # %% ../../notebooks/20_training.ipynb #1679f3b1
 def demo_training_project(
@@ -112,8 +138,10 @@ def _plain_dtypes(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _window_text(start: pd.Timestamp, end: pd.Timestamp) -> str:
-    return f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M})"
+def _window_text(start: pd.Timestamp | None, end: pd.Timestamp | None) -> str:
+    if start is None and end is None:
+        return "all rows"
+    return f"[{'…' if start is None else f'{start:%Y-%m-%d %H:%M}'}, {'…' if end is None else f'{end:%Y-%m-%d %H:%M}'})"
 
 
 def load_training_data(
@@ -143,18 +171,30 @@ def load_training_data(
     lineage = [column for column in validated.columns if str(column).startswith("_")]
     events = validated[[entity, time, *lineage]].rename(columns={time: EVENT_TIMESTAMP})
     events[EVENT_TIMESTAMP] = canonical_times(events[EVENT_TIMESTAMP], data_params["timezone"])
-    in_windows = (events[EVENT_TIMESTAMP] >= windows["train_start"]) & (events[EVENT_TIMESTAMP] < windows["evaluation_end"])
+    in_windows = pd.Series(True, index=events.index)
+    if windows["train_start"] is not None:
+        in_windows &= events[EVENT_TIMESTAMP] >= windows["train_start"]
+    if windows["evaluation_end"] is not None:
+        in_windows &= events[EVENT_TIMESTAMP] < windows["evaluation_end"]
     events = events[in_windows].sort_values([EVENT_TIMESTAMP, entity], kind="stable", ignore_index=True)
 
     joined = training_set(events, data_params, features=[*features, label], root=root)
-    splits = {
-        "training": (joined[EVENT_TIMESTAMP] < windows["train_end"], windows["train_start"], windows["train_end"], "min_train_rows"),
-        "evaluation": (joined[EVENT_TIMESTAMP] >= windows["train_end"], windows["train_end"], windows["evaluation_end"], "min_evaluation_rows"),
-    }
+    if windows.get("split") == "random":
+        held_out = random_split(joined[label], windows["evaluation_share"], int(training_params["seed"]),
+                                stratify=training_params.get("task") == "classification")
+        share = windows["evaluation_share"]
+        splits = {
+            "training": (~held_out, f"the training rows (a random {1 - share:.0%} of {_window_text(windows['train_start'], windows['train_end'])})", "min_train_rows"),
+            "evaluation": (held_out, f"the evaluation rows (a random {share:.0%} of {_window_text(windows['train_start'], windows['train_end'])})", "min_evaluation_rows"),
+        }
+    else:
+        splits = {
+            "training": (joined[EVENT_TIMESTAMP] < windows["train_end"], f"the training window {_window_text(windows['train_start'], windows['train_end'])}", "min_train_rows"),
+            "evaluation": (joined[EVENT_TIMESTAMP] >= windows["train_end"], f"the evaluation window {_window_text(windows['train_end'], windows['evaluation_end'])}", "min_evaluation_rows"),
+        }
     sets = []
-    for name, (rows, start, end, minimum_key) in splits.items():
-        part = joined[rows].reset_index(drop=True)
-        where = f"the {name} window {_window_text(start, end)}"
+    for rows, where, minimum_key in splits.values():
+        part = joined[np.asarray(rows)].reset_index(drop=True)
         labelled = part[label].notna()
         if len(part) and not labelled.any():
             raise TrainingDataError(
@@ -176,7 +216,7 @@ def load_training_data(
     train_set, evaluation_set = sets
     empty = [column for column in features if train_set[column].isna().all()]
     if empty:
-        raise TrainingDataError(f"training data: feature(s) {', '.join(empty)} have no value in the training window {_window_text(windows['train_start'], windows['train_end'])}")
+        raise TrainingDataError(f"training data: feature(s) {', '.join(empty)} have no value in {splits['training'][1]}")
     return train_set, evaluation_set
 
 # %% ../../notebooks/20_training.ipynb #88b94870
@@ -369,7 +409,13 @@ def train_model(
     if training_params.get("experiment"):  # an explicit experiment name (papermill's `experiment`) wins over conf
         mlflow.set_experiment(training_params["experiment"])
     name = training_params["model_name"]
-    window_text = f"{windows['train_start']:%Y-%m-%d}..{windows['train_end']:%Y-%m-%d}"
+    if windows.get("split") == "random":  # the bounds are the rows' own times: what the model saw ends there
+        times = pd.concat([train_set[EVENT_TIMESTAMP], evaluation_set[EVENT_TIMESTAMP]])
+        end = times.max() + pd.Timedelta(microseconds=1)
+        windows = {**windows, "train_start": times.min(), "train_end": end, "evaluation_end": end}
+        window_text = f"random {windows['evaluation_share']:.0%} held out of {_window_text(windows['train_start'], windows['train_end'])}"
+    else:
+        window_text = f"{windows['train_start']:%Y-%m-%d}..{windows['train_end']:%Y-%m-%d}"
     try:
         run = mlflow.start_run(run_name=f"{name} {training_params['model']['family']} {window_text}")
     except Exception as error:
@@ -380,6 +426,7 @@ def train_model(
             "seed": training_params["seed"], "task": training_params.get("task", "regression"),
             "window.train_start": str(windows["train_start"]), "window.train_end": str(windows["train_end"]),
             "window.evaluation_end": str(windows["evaluation_end"]),
+            **({"window.split": "random", "window.evaluation_share": windows["evaluation_share"]} if windows.get("split") == "random" else {}),
             "train_rows": len(train_set), "evaluation_rows": len(evaluation_set),
             "data.target": data_params["target"], "data.entity": data_params["entity"]["column"],
         })

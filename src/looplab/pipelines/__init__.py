@@ -20,6 +20,7 @@ def with_settings(function: Callable, *names: str) -> Callable:
 
     functools.update_wrapper(node, function)
     del node.__wrapped__  # Kedro checks a node's inputs against the signature: this one's, one input more
+    node.__annotations__ = {}  # the function's, in its module's names, do not describe this signature
     return node
 
 
@@ -31,4 +32,5 @@ def after_previous(function: Callable) -> Callable:
 
     functools.update_wrapper(node, function)
     del node.__wrapped__
+    node.__annotations__ = {}
     return node
