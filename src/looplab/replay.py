@@ -34,7 +34,7 @@ __all__ = ['MODES', 'replay_days', 'day_requests', 'InProcessServing', 'HttpServ
            'window_line', 'compare_policy', 'episodes', 'plot_replay', 'report_html', 'replay', 'write_report',
            'data_clock', 'days_left', 'generated_state', 'reset_project']
 
-# %% ../../notebooks/44_replay.ipynb #9a5273d5
+# %% ../../notebooks/44_replay.ipynb #972c55eb
 MODES = ("in_process", "http")
 
 
@@ -50,7 +50,7 @@ def replay_days(
         raise ValueError(f"replay: step must be at least one day, got {step_days!r}")
     return list(pd.date_range(start, end, freq=f"{int(step_days)}D"))
 
-
+# %% ../../notebooks/44_replay.ipynb #d122e0fa
 def day_requests(
     features: pd.DataFrame,      # the feature table (entity, event_timestamp, features…)
     first: pd.Timestamp,         # the step's first day
@@ -70,7 +70,7 @@ def day_requests(
         record[timestamp], record[entity] = when.isoformat(), str(key)
     return records
 
-# %% ../../notebooks/44_replay.ipynb #a12632b0
+# %% ../../notebooks/44_replay.ipynb #ad248b18
 class InProcessServing:
     "The serving app in this process."
 
@@ -104,7 +104,7 @@ class InProcessServing:
         if self.app.state.prediction_log is not None:
             self.app.state.prediction_log.flush()
 
-
+# %% ../../notebooks/44_replay.ipynb #b8014733
 class HttpServing:
     "A running gateway (or worker) over HTTP."
 
@@ -133,7 +133,7 @@ class HttpServing:
     def flush(self) -> None:
         return None  # the workers flush their logs on their own schedule and at shutdown
 
-# %% ../../notebooks/44_replay.ipynb #a8e05d31
+# %% ../../notebooks/44_replay.ipynb #c2b9521c
 def run_data_pipeline(root: Path, env: str | None, parameters: dict) -> Any:
     "Run the data pipeline once in this process; the catalog it wrote through."
     from kedro.io import DataCatalog
@@ -146,7 +146,7 @@ def run_data_pipeline(root: Path, env: str | None, parameters: dict) -> Any:
     SequentialRunner().run(create_pipeline(), catalog)
     return catalog
 
-
+# %% ../../notebooks/44_replay.ipynb #8f80a255
 @contextlib.contextmanager
 def quiet_kedro():
     "Kedro's per-node and per-dataset news off while inside: a day's run is one step of the replay."
@@ -167,7 +167,14 @@ def quiet_kedro():
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
-# %% ../../notebooks/44_replay.ipynb #2fe84a16
+# %% ../../notebooks/44_replay.ipynb #04924dae
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def window_line(window: dict[str, Any]) -> str:
     "One line on a monitored window, for the replay's output."
     start, end = pd.Timestamp(window["window_start"]), pd.Timestamp(window["window_end"]) - pd.Timedelta(days=1)
@@ -176,7 +183,7 @@ def window_line(window: dict[str, Any]) -> str:
     drift = f"drift on {window['drift_features']} feature(s)" if window.get("drift") else "no drift"
     return f"window {start:%m-%d}–{end:%m-%d}, version {window['model_version']}: {numbers}; {drift}"
 
-
+# %% ../../notebooks/44_replay.ipynb #cf1f6907
 def compare_policy(
     served: pd.DataFrame,       # event_time, entity, prediction (the policy), static (the static model)
     labels: pd.DataFrame,       # `due_labels` at the end
@@ -193,7 +200,7 @@ def compare_policy(
     table = joined.groupby("window_start").agg(rows=("label", "size"), policy_mae=("policy_error", "mean"), static_mae=("static_error", "mean"))
     return table.reset_index()
 
-
+# %% ../../notebooks/44_replay.ipynb #c1d18af9
 def episodes(windows: pd.DataFrame) -> list[dict[str, Any]]:
     "Drift episodes: runs of consecutive windows with drift."
     found, current = [], None
@@ -209,7 +216,7 @@ def episodes(windows: pd.DataFrame) -> list[dict[str, Any]]:
             current = None
     return found
 
-
+# %% ../../notebooks/44_replay.ipynb #79c6fb24
 def plot_replay(comparison: pd.DataFrame, decisions: pd.DataFrame):
     "MAE per window, policy against static, with the retrainings marked."
     import matplotlib
@@ -235,7 +242,7 @@ def plot_replay(comparison: pd.DataFrame, decisions: pd.DataFrame):
     figure.tight_layout()
     return figure
 
-
+# %% ../../notebooks/44_replay.ipynb #d2567d61
 def report_html(summary: dict, comparison: pd.DataFrame, decisions: pd.DataFrame, image_png: bytes) -> str:
     "The replay report as one self-contained HTML page."
     import base64
@@ -258,7 +265,7 @@ Champion at the start: version {summary['champion_start']}, at the end: version 
 <h2>Drift episodes</h2><ul>{episode_rows}</ul>
 <h2>Per window</h2>{table}</body></html>"""
 
-# %% ../../notebooks/44_replay.ipynb #dfdcbc98
+# %% ../../notebooks/44_replay.ipynb #9380f87a
 def replay(
     start: Any, end: Any,               # first and last day (inclusive)
     step_days: int | None = None,       # days per step; conf `replay.step_days` when None
@@ -351,7 +358,7 @@ def replay(
     summary["report"] = str(write_report(summary, comparison, decisions, root, env))
     return summary
 
-
+# %% ../../notebooks/44_replay.ipynb #aa646c1b
 def write_report(summary: dict, comparison: pd.DataFrame, decisions: pd.DataFrame, root: Path, env: str | None) -> Path:
     "Write the replay report under data/08_reporting/replay/ and log it to MLflow (experiment monitoring)."
     import json
@@ -377,14 +384,7 @@ def write_report(summary: dict, comparison: pd.DataFrame, decisions: pd.DataFram
         mlflow.log_artifact(str(folder / "comparison.csv"), "replay")
     return path
 
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-# %% ../../notebooks/44_replay.ipynb #49586900
+# %% ../../notebooks/44_replay.ipynb #c57b1aea
 def data_clock(
     data_params: dict,    # the `data` parameters (`validated_path`, `timestamp`)
     root: Path,           # project root
@@ -396,7 +396,7 @@ def data_clock(
     times = load_version(path)[data_params["timestamp"]]
     return pd.Timestamp(times.max()) if len(times) else None
 
-
+# %% ../../notebooks/44_replay.ipynb #5f32545e
 def days_left(
     start: Any, end: Any,  # the days asked for (inclusive)
     clock: Any,            # `data_clock`: the data holds every day up to this one
@@ -407,7 +407,7 @@ def days_left(
         first = max(first, pd.Timestamp(clock).normalize() + pd.Timedelta(days=1))
     return (first, last) if first <= last else None
 
-# %% ../../notebooks/44_replay.ipynb #84214817
+# %% ../../notebooks/44_replay.ipynb #556905cf
 def _inside(path: Path, root: Path) -> bool:
     return path != root and path.is_relative_to(root) and not path.is_relative_to(root / "conf")
 
@@ -422,7 +422,7 @@ def _store_path(uri: str | None) -> Path | None:
         return Path(uri.removeprefix("file://"))
     return None
 
-
+# %% ../../notebooks/44_replay.ipynb #879acfea
 def generated_state(
     root: Path | str | None = None,  # project root; found when None
     env: str | None = None,          # config environment (whose stores)
@@ -447,7 +447,7 @@ def generated_state(
     found.add(root / "mlruns")
     return sorted(path.resolve() for path in found if path.exists() and _inside(path.resolve(), root))
 
-
+# %% ../../notebooks/44_replay.ipynb #63445818
 def reset_project(
     root: Path | str | None = None,  # project root; found when None
     env: str | None = None,          # config environment
