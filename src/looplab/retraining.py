@@ -32,7 +32,7 @@ __all__ = ['RUNNERS', 'retraining_settings', 'signals', 'episode_start', 'decide
            'record_decision', 'log_decision', 'retraining_window', 'champion_data_end', 'local_kernel_manager',
            'run_training', 'failure_text', 'new_labelled_rows', 'retraining_trigger', 'handle_alert']
 
-# %% ../../notebooks/42_retraining.ipynb #b72faf7a
+# %% ../../notebooks/42_retraining.ipynb #8274ac1a
 RUNNERS = ("papermill", "direct")
 
 
@@ -67,7 +67,7 @@ def retraining_settings(
     settings["alert_dedup_minutes"] = float(settings.get("alert_dedup_minutes", 60))
     return settings
 
-
+# %% ../../notebooks/42_retraining.ipynb #a9359d96
 def signals(windows: pd.DataFrame, policy: dict) -> dict[str, str]:
     "Why the latest window(s) call for retraining, by kind (drift, performance); empty when they do not."
     if windows.empty:
@@ -86,7 +86,7 @@ def signals(windows: pd.DataFrame, policy: dict) -> dict[str, str]:
                                 f"{policy['degradation_windows']} window(s) ({', '.join(f'{value:+.0%}' for value in degradation)})")
     return found
 
-
+# %% ../../notebooks/42_retraining.ipynb #219308d4
 def episode_start(windows: pd.DataFrame, policy: dict) -> pd.Timestamp | None:
     "Where the current episode began: the first of the trailing windows with the same kinds of signal and model version."
     if windows.empty:
@@ -102,7 +102,7 @@ def episode_start(windows: pd.DataFrame, policy: dict) -> pd.Timestamp | None:
         start = pd.Timestamp(windows.iloc[index]["window_start"])
     return start
 
-
+# %% ../../notebooks/42_retraining.ipynb #9453a465
 def decide(
     windows: pd.DataFrame,     # the store's windows
     decisions: pd.DataFrame,   # the audit log so far
@@ -135,7 +135,7 @@ def decide(
     return {"fired": not blocked, "reasons": reasons, "blocked_by": blocked,
             "episode_start": None if start is None else str(start), "new_labelled_rows": int(new_labelled_rows)}
 
-# %% ../../notebooks/42_retraining.ipynb #041ad9bc
+# %% ../../notebooks/42_retraining.ipynb #6bb834b2
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -154,7 +154,7 @@ def lock_holder(path: Path) -> dict | None:
         return None
     return holder if _alive(int(holder.get("pid", -1))) else None
 
-
+# %% ../../notebooks/42_retraining.ipynb #e807aa1e
 @contextlib.contextmanager
 def retraining_lock(path: Path | str) -> Iterator[bool]:
     "Hold the retraining lock while inside; yields False (and holds nothing) when someone else holds it."
@@ -178,7 +178,7 @@ def retraining_lock(path: Path | str) -> Iterator[bool]:
         return
     yield False
 
-# %% ../../notebooks/42_retraining.ipynb #cdde77ce
+# %% ../../notebooks/42_retraining.ipynb #0525b9d0
 def _plain(value: Any) -> Any:
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
@@ -201,7 +201,7 @@ def record_decision(
         os.fsync(handle.fileno())
     return line
 
-
+# %% ../../notebooks/42_retraining.ipynb #fd99a21a
 def log_decision(decision: dict[str, Any]) -> str | None:
     "The decision as an MLflow run of the active experiment; its run id (None when the store is unreachable)."
     import mlflow
@@ -218,7 +218,7 @@ def log_decision(decision: dict[str, Any]) -> str | None:
         _logger.warning("retraining: decision %s not logged to MLflow: %s", decision["id"], str(error).splitlines()[0])
         return None
 
-# %% ../../notebooks/42_retraining.ipynb #82a93d3a
+# %% ../../notebooks/42_retraining.ipynb #5bdcf81f
 def retraining_window(
     now: Any,            # the clock, in event time
     delay_hours: float,  # the label delay
@@ -230,7 +230,7 @@ def retraining_window(
     start = end - pd.Timedelta(days=settings["train_days"])
     return {"window_start": f"{start:%Y-%m-%d}", "window_end": f"{end:%Y-%m-%d}", "evaluation_days": settings["evaluation_days"]}
 
-
+# %% ../../notebooks/42_retraining.ipynb #8ed228d6
 def champion_data_end(name: str, alias: str = "champion") -> tuple[str | None, pd.Timestamp | None]:
     "The champion's version and the end of the data it was trained and evaluated on (None, None without a champion)."
     from mlflow import MlflowClient
@@ -246,7 +246,7 @@ def champion_data_end(name: str, alias: str = "champion") -> tuple[str | None, p
     end = params.get("window.evaluation_end") or params.get("window.train_end")
     return version, (pd.Timestamp(end) if end else None)
 
-
+# %% ../../notebooks/42_retraining.ipynb #494007bb
 @functools.cache
 def local_kernel_manager() -> type:
     "Jupyter kernels on local sockets (IPC), not TCP ports: nothing listens on the network, and the kernel prints no plain-TCP warning into the replay's progress bar."
@@ -260,7 +260,7 @@ def local_kernel_manager() -> type:
 
     return IpcKernelManager
 
-
+# %% ../../notebooks/42_retraining.ipynb #c17d6554
 def run_training(
     window: dict[str, Any],          # `retraining_window`
     settings: dict,                  # `retraining_settings`
@@ -302,14 +302,14 @@ def _latest_training_run(notebook: Path) -> str | None:
     found = re.search(r"MLflow run ([0-9a-f]{32})", text)
     return found.group(1) if found else None
 
-# %% ../../notebooks/42_retraining.ipynb #5d00dc6f
+# %% ../../notebooks/42_retraining.ipynb #fd792f23
 def _context(root, env):
     root = Path(root) if root is not None else find_project_root()
     env = env or os.environ.get("KEDRO_ENV") or None
     parameters = load_config("parameters", env=env, root=root)
     return root, env, parameters
 
-
+# %% ../../notebooks/42_retraining.ipynb #b0888ff2
 def _execute(decision: dict, monitoring: dict, settings: dict, now: pd.Timestamp, root: Path, env: str | None) -> dict:
     "Run a fired decision's retraining under the lock and record its outcome."
     name, store = monitoring["model_name"], monitoring["store_path"]
@@ -338,7 +338,7 @@ def _execute(decision: dict, monitoring: dict, settings: dict, now: pd.Timestamp
         log_decision(decision)
         return record_decision(store, {"id": decision["id"], **update})
 
-
+# %% ../../notebooks/42_retraining.ipynb #eec13730
 def failure_text(error: BaseException) -> str:
     "One line on why a retraining failed; for a failed notebook, the error raised inside it."
     if hasattr(error, "ename") and hasattr(error, "evalue"):  # papermill's PapermillExecutionError
@@ -346,13 +346,13 @@ def failure_text(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
 
-
+# %% ../../notebooks/42_retraining.ipynb #98c164e9
 def new_labelled_rows(validated: pd.DataFrame, data_params: dict, now: Any, delay_hours: float, since: pd.Timestamp | None) -> int:
     "Labelled rows known at `now` after `since` (all known labels when `since` is None)."
     labels = due_labels(validated, data_params, now, delay_hours)
     return int(len(labels) if since is None else (labels["event_time"] >= since).sum())
 
-
+# %% ../../notebooks/42_retraining.ipynb #5b58d6a1
 def retraining_trigger(
     monitoring_report: dict,          # what `monitor_windows` did (its clock is used)
     validated: pd.DataFrame,          # the validated table (labels)
@@ -397,7 +397,7 @@ def retraining_trigger(
     _logger.info("retraining %s: champion %s -> %s", decision["outcome"], decision["champion_before"], decision["champion_after"])
     return decision
 
-# %% ../../notebooks/42_retraining.ipynb #f9580284
+# %% ../../notebooks/42_retraining.ipynb #e4f65007
 def _log_to_mlflow(decision: dict[str, Any], root: Path, env: str | None) -> str | None:
     "The decision as a run of the monitoring experiment; None (and a warning) when MLflow is unreachable: the audit log keeps it."
     try:
@@ -407,7 +407,7 @@ def _log_to_mlflow(decision: dict[str, Any], root: Path, env: str | None) -> str
         return None
     return log_decision(decision)
 
-
+# %% ../../notebooks/42_retraining.ipynb #83ee8c68
 def handle_alert(
     alert: dict,                     # Alertmanager's webhook payload (version 4)
     root: Path | str | None = None,  # project root
