@@ -18,14 +18,14 @@ __all__ = ['OPS_DEFAULTS', 'PREDICT_ROUTE', 'KUBERNETES_WEBHOOK', 'ANNOTATION', 
            'render_rules', 'serving_targets', 'render_prometheus_config', 'render_alertmanager_config',
            'render_prometheus_kubernetes', 'render_ingress', 'render_all']
 
-# %% ../../notebooks/45_ops_config.ipynb #382c515e
+# %% ../../notebooks/45_ops_config.ipynb #9bffdb23
 OPS_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 9108, "registry_refresh_seconds": 60, "alertmanager": "127.0.0.1:9093"}
 
 
 class OpsError(ValueError):
     "A bad ops setting or input; the message names it."
 
-
+# %% ../../notebooks/45_ops_config.ipynb #44766151
 def ops_settings(
     env: str | None = None,                 # config environment merged over base
     root: Path | str | None = None,         # project root; found from the working folder when None
@@ -48,7 +48,7 @@ def ops_settings(
     return {"ops": ops, "monitoring": monitoring, "retraining": dict(parameters.get("retraining") or {}),
             "serving": dict(serving), "gateway": dict(gateway), "root": root, "env": env}
 
-# %% ../../notebooks/45_ops_config.ipynb #e31a1b2d
+# %% ../../notebooks/45_ops_config.ipynb #0c65a786
 PREDICT_ROUTE = 'path=~"/v1/models/.+/predict"'
 
 
@@ -62,7 +62,7 @@ def _number(settings: dict, key: str, where: str, minimum: float = 0.0) -> float
 def _duration(minutes: float) -> str:
     return f"{int(minutes)}m" if float(minutes).is_integer() else f"{round(minutes * 60)}s"
 
-
+# %% ../../notebooks/45_ops_config.ipynb #f0a0a7aa
 def render_rules(
     monitoring: dict,    # the `monitoring` parameters (its `slo` block)
     retraining: dict,    # the `retraining` parameters (its `policy.degradation`)
@@ -122,14 +122,14 @@ def render_rules(
               "# parameters_retraining.yml (retraining.policy): edit the settings and render again, not this file.\n")
     return header + yaml.safe_dump(document, sort_keys=False, width=200)
 
-# %% ../../notebooks/45_ops_config.ipynb #7d8cf108
+# %% ../../notebooks/45_ops_config.ipynb #8a44b96d
 def serving_targets(serving: dict) -> list[str]:
     "host:port of each `looplab serve` worker."
     host = serving.get("host", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return [f"{host}:{int(serving.get('port', 8000)) + index}" for index in range(int(serving.get("workers", 1)))]
 
-
+# %% ../../notebooks/45_ops_config.ipynb #ccfc1d50
 def render_prometheus_config(
     settings: dict,                      # `ops_settings`
     rule_files: tuple[str, ...] = ("rules/looplab.rules.yml",),  # relative to the config file
@@ -150,7 +150,7 @@ def render_prometheus_config(
               "# workers and the ops server (monitoring store, registry, the gateway's access log).\n")
     return header + yaml.safe_dump(document, sort_keys=False)
 
-
+# %% ../../notebooks/45_ops_config.ipynb #a1d32189
 def render_alertmanager_config(
     settings: dict,             # `ops_settings`
     webhook_url: str | None = None,   # default: the ops server from conf
@@ -179,7 +179,7 @@ def render_alertmanager_config(
               "# Alerts labelled action=retrain go to looplab's webhook (POST /v1/alerts): the retraining policy decides.\n")
     return header + yaml.safe_dump(document, sort_keys=False)
 
-# %% ../../notebooks/45_ops_config.ipynb #5de24fb6
+# %% ../../notebooks/45_ops_config.ipynb #395714e2
 def render_prometheus_kubernetes(
     settings: dict,                      # `ops_settings`
     rule_files: tuple[str, ...] = ("rules/looplab.rules.yml",),
@@ -206,7 +206,7 @@ def render_prometheus_kubernetes(
 
 KUBERNETES_WEBHOOK = "http://looplab-ops:9108/v1/alerts"  # the ops Service, in Alertmanager's namespace
 
-# %% ../../notebooks/45_ops_config.ipynb #f0d1b8b4
+# %% ../../notebooks/45_ops_config.ipynb #2787640f
 ANNOTATION = "nginx.ingress.kubernetes.io/"
 
 
@@ -214,7 +214,7 @@ def _whole_seconds(value: Any, setting: str) -> str:
     seconds = _number({"v": value}, "v", setting)
     return str(max(1, math.ceil(seconds)))
 
-
+# %% ../../notebooks/45_ops_config.ipynb #aa13e12a
 def render_ingress(
     gateway: dict,    # the `gateway` settings
     serving: dict,    # the `serving` settings (the Service port)
@@ -263,7 +263,7 @@ def render_ingress(
               "# edit the settings and render again, not this file. Overlays patch the host.\n")
     return header + "---\n".join(yaml.safe_dump(document, sort_keys=False) for document in documents)
 
-# %% ../../notebooks/45_ops_config.ipynb #d1af61f5
+# %% ../../notebooks/45_ops_config.ipynb #c72db4d6
 RENDERED = {
     "deploy/monitoring/rules/looplab.rules.yml": lambda s: render_rules(s["monitoring"], s["retraining"]),
     "deploy/monitoring/prometheus.yml": render_prometheus_config,
