@@ -137,6 +137,8 @@ def test_every_row_is_validated_and_a_champion_beats_its_baseline(project, tool,
         version = next(v for v in model["versions"] if v["version"] == "1")
         assert version["metrics"][metric] < version["metrics"][f"baseline_{metric}"], (name, version["metrics"])
     assert "take their arrival as event time" in project["outputs"]["wine"]["run"]
+    wine = next(v for v in champion(tool, quiet_env, project["project"], "wine")["versions"] if v["version"] == "1")
+    assert json.loads(wine["tags"]["classes"]) == ["class_0", "class_1", "class_2"]  # the label mapping, on the version
 
 
 def test_a_regression_champion_is_served(project, tool, quiet_env):
@@ -148,6 +150,25 @@ def test_a_regression_champion_is_served(project, tool, quiet_env):
     assert answer.status_code == 200, answer.text
     predictions = answer.json()["predictions"]
     assert len(predictions) == 1 and 25 <= predictions[0] <= 346, predictions  # within the target's range
+
+
+def test_a_classifier_is_served_with_its_class_and_every_class_s_probability(project, tool, quiet_env):
+    port = free_port()
+    rows = pd.read_csv(project["folder"] / "cancer.csv")
+    records = rows.drop(columns="malignant").iloc[:40].to_dict("records")
+    with running_server([tool("looplab"), "serve", "--env", "cancer", "--workers", "1", "--port", str(port)],
+                        project["project"], quiet_env, f"http://127.0.0.1:{port}/ready", project["folder"] / "serve-cancer.log"):
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/models/cancer/predict", json={"records": records}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["classes"] == ["No", "Yes"] and len(body["predictions"]) == len(body["probabilities"]) == 40
+    for label, probabilities in zip(body["predictions"], body["probabilities"], strict=True):
+        assert abs(sum(probabilities) - 1) < 1e-9 and label == body["classes"][int(np.argmax(probabilities))]
+    agreement = np.mean(np.asarray(body["predictions"]) == rows["malignant"].iloc[:40].to_numpy())
+    assert agreement >= 0.9, agreement  # rows it learnt from, mostly: it answers in the labels' own words
+    logged = [json.loads(line) for path in (project["project"] / "data" / "cancer" / "07_model_output" / "predictions").glob("*.jsonl")
+              for line in path.read_text().splitlines()]
+    assert sorted({entry["prediction"] for entry in logged}) <= ["No", "Yes"] and len(logged) == 40
 
 
 def test_user_mistakes_get_one_line_errors(project, tool, quiet_env):
@@ -164,3 +185,18 @@ def test_user_mistakes_get_one_line_errors(project, tool, quiet_env):
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (project["project"] / "conf" / "grapes").exists()
+
+
+def test_data_that_does_not_fit_its_conf_ends_the_run_with_one_line(project, tool, quiet_env):
+    "A landing file without a column the schema names: the run stops with the column and the conf key, not exit 0."
+    data = project["folder"] / "wine.csv"
+    init = looplab(tool, quiet_env, project["project"], "init", "grapes", "--data", str(data), "--target", "cultivar")
+    assert init.returncode == 0, init.stderr
+    landing = project["project"] / "data" / "grapes" / "01_raw" / "landing" / "wine.csv"
+    pd.read_csv(landing).drop(columns="alcohol").to_csv(landing, index=False)
+    run = kedro_run(tool, quiet_env, project["project"], "--env", "grapes", "-p", "data", check=False)
+    assert run.returncode != 0, run.stdout[-2000:]
+    assert "none of its 178 row(s) has the column(s) alcohol that data.validation.schema.columns names" in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    quarantined = sorted((project["project"] / "data" / "grapes" / "03_primary").glob("rides_quarantine.parquet/*/*"))
+    assert quarantined and len(pd.read_parquet(quarantined[-1])) == 178  # every row kept, with its reason

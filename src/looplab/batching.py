@@ -20,7 +20,17 @@ from .deployment import ModelHolder, ServedModel
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['MicroBatcher']
+__all__ = ['model_output', 'MicroBatcher']
+
+# %% ../../notebooks/36_batching.ipynb #91e650d4
+def model_output(
+    model,               # a fitted model (a scikit-learn pipeline)
+    frame: pd.DataFrame, # its input rows
+) -> np.ndarray:         # float64: one prediction per row; for a classifier, rows × classes probabilities
+    "What a served model answers: a regressor's predictions, a classifier's class probabilities."
+    if getattr(model, "classes_", None) is not None and hasattr(model, "predict_proba"):
+        return np.asarray(model.predict_proba(frame), dtype=np.float64)
+    return np.asarray(model.predict(frame), dtype=np.float64).reshape(-1)
 
 # %% ../../notebooks/36_batching.ipynb #2df4d848
 _CONTROLLERS: dict[int, Any] = {}
@@ -139,8 +149,8 @@ class MicroBatcher:
         frame = pd.DataFrame(columns, copy=False)
         if large and self.large_batch_threads != self.threads:
             with _native_threads(self.large_batch_threads):
-                return np.asarray(served.model.predict(frame), dtype=np.float64).reshape(-1)
-        return np.asarray(served.model.predict(frame), dtype=np.float64).reshape(-1)
+                return model_output(served.model, frame)
+        return model_output(served.model, frame)
 
     def _deliver(self, batch: list, served: ServedModel, done: asyncio.Future) -> None:
         error = done.exception()

@@ -182,12 +182,14 @@ def window_performance(
 ) -> dict[str, Any]:             # volume, labelled, missing_labels, mae, rmse, bias, baseline_mae, prediction stats, latency
     "Error, bias, baseline, volume and latency of one window."
     joined = predictions.merge(labels, on=["entity", "event_time"], how="left")
-    scored = joined[joined["label"].notna() & joined["prediction"].notna()]
+    # a classifier's predictions are classes: no numbers to average (its error is not scored here yet)
+    numeric = pd.to_numeric(joined["prediction"], errors="coerce")
+    scored = joined.assign(prediction=numeric)[joined["label"].notna() & numeric.notna()]
     result: dict[str, Any] = {
         "predictions": len(joined), "labelled": len(scored), "missing_labels": int(joined["label"].isna().sum()),
         "mae": math.nan, "rmse": math.nan, "bias": math.nan, "baseline_mae": math.nan,
-        "prediction_mean": float(joined["prediction"].mean()) if len(joined) else math.nan,
-        "prediction_std": float(joined["prediction"].std(ddof=0)) if len(joined) else math.nan,
+        "prediction_mean": float(numeric.mean()) if len(joined) else math.nan,
+        "prediction_std": float(numeric.std(ddof=0)) if len(joined) else math.nan,
         "latency_p50_ms": math.nan, "latency_p99_ms": math.nan, "note": "",
     }
     if len(joined):

@@ -43,6 +43,11 @@ def _texts(values: Any) -> list[bytes]:
     return [cache[value] if value in cache else cache.setdefault(value, orjson.dumps(value)) for value in
             (values.tolist() if isinstance(values, np.ndarray) else values)]
 
+
+def _column(values: np.ndarray) -> Any:
+    "A column as orjson writes it whole: numbers as the array, anything else (class names, text) as a list."
+    return values if values.dtype.kind in "fiub" else values.tolist()
+
 # %% ../../notebooks/34_prediction_log.ipynb #2b6e818b
 BATCH_LINE_ROWS = 1000  # a request with at least this many rows is logged as one column-wise line
 
@@ -53,10 +58,10 @@ def format_entries(
     "One request's log lines: one per row, or one column-wise line for a request of `BATCH_LINE_ROWS` rows or more."
     rows = len(chunk["predictions"])
     if rows >= BATCH_LINE_ROWS:  # orjson writes whole columns: no Python work per value
-        inputs = {name: values.tolist() if values.dtype.kind not in "fiub" else values for name, values in chunk["columns"].items()}
+        inputs = {name: _column(values) for name, values in chunk["columns"].items()}
         return orjson.dumps({"request_id": chunk["request_id"], "rows": rows, "time": chunk["time"], "model_name": chunk["model_name"],
                              "model_version": chunk["model_version"], "entity": chunk["entities"], "event_time": chunk["event_times"],
-                             "latency_ms": chunk["latency_ms"], "inputs": inputs, "prediction": chunk["predictions"]}, option=_NUMPY) + b"\n"
+                             "latency_ms": chunk["latency_ms"], "inputs": inputs, "prediction": _column(chunk["predictions"])}, option=_NUMPY) + b"\n"
     head = b'{"request_id":%b,"row":' % orjson.dumps(chunk["request_id"])
     middle = b',"time":%b,"model_name":%b,"model_version":%b,"entity":' % (
         orjson.dumps(chunk["time"]), orjson.dumps(chunk["model_name"]), orjson.dumps(chunk["model_version"]))

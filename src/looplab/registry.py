@@ -420,7 +420,7 @@ def version_tags(
     run_info: dict,    # from `train_model`: run_id, git_commit, lock_hash, data_versions
     evaluation: dict,  # from `evaluate_model`; its "gate"
 ) -> dict[str, str]:   # tag -> value
-    "The tags a new model version carries: run, commit, lock, data versions (version and content hash), gate."
+    "The tags a new model version carries: run, commit, lock, data versions (version and content hash), a classifier's classes, gate."
     tags = {"run_id": run_info["run_id"], "git_commit": run_info.get("git_commit") or "unknown",
             "lock_hash": run_info.get("lock_hash") or "unknown"}
     if "git_dirty" in run_info:
@@ -428,6 +428,7 @@ def version_tags(
     for stage, record in dataset_records(run_info.get("data_versions")).items():
         tags[f"data.{stage}.version"] = record.get("version") or "not stored"
         tags[f"data.{stage}.hash"] = record.get("content_hash") or ""
+    tags.update({"classes": json.dumps(run_info["classes"])} if run_info.get("classes") is not None else {})  # a classifier's labels, in order
     gate = evaluation["gate"]
     tags.update(_flat_tags("gate", gate))
     tags["gate.passed"] = "true" if gate.get("passed") else "false"

@@ -112,7 +112,7 @@ class ServingMetrics:
 
     def observe_batch(self, rows: int, predictions: np.ndarray) -> None:
         self.batch_rows.observe(rows)
-        self.predictions.observe(predictions)
+        self.predictions.observe(predictions if predictions.ndim == 1 else predictions.max(axis=1))  # a classifier: its confidence
 
     def render(self, holder: ModelHolder) -> bytes:
         from prometheus_client import generate_latest
@@ -399,7 +399,9 @@ def create_app(
         model_name: str
         model_version: str
         request_id: str
-        predictions: list[float | None]
+        predictions: list[float | str | int | bool | None]
+        classes: list[str | int | bool] | None = None          # a classifier's classes, in the order of `probabilities`
+        probabilities: list[list[float]] | None = None          # a classifier's class probabilities, one list per row
 
     @app.get("/health", summary="The process is alive")
     async def health() -> dict:
@@ -433,11 +435,18 @@ def create_app(
         except RuntimeError as error:
             return _problem(503, str(error))
         request_id = uuid.uuid4().hex
+        answer, labels = {}, predictions
+        if predictions.ndim == 2:  # a classifier: the most probable class, and every class's probability
+            classes = np.asarray(used.model.classes_)
+            labels = classes[predictions.argmax(axis=1)]
+            labels = labels if labels.dtype.kind in "fiub" else labels.astype(object)
+            answer = {"classes": classes.tolist(), "probabilities": predictions}
         if prediction_log is not None:
             prediction_log.append_columns(request_id, datetime.now(UTC).isoformat(), round((time.perf_counter() - started) * 1000, 3),
-                                          used.name, used.version, columns, entities, times, predictions)
+                                          used.name, used.version, columns, entities, times, labels)
         return 200, orjson.dumps({"model_name": used.name, "model_version": used.version, "request_id": request_id,
-                                  "predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+                                  "predictions": labels if labels.dtype.kind in "fiub" else labels.tolist(), **answer},
+                                 option=orjson.OPT_SERIALIZE_NUMPY)
 
     @app.post(PREDICT_ROUTE, summary="Predict for records (or columns) of model inputs, or entity keys",
               response_model=PredictionResponse,

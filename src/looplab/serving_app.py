@@ -94,9 +94,12 @@ def model_input(
     return pd.DataFrame(columns)
 
 
-def predict_frame(champion: Champion, frame: pd.DataFrame) -> list[float]:
-    "The champion's predictions for the rows of `frame`."
-    return [float(value) for value in champion.model.predict(model_input(frame, champion.inputs))]
+def predict_frame(champion: Champion, frame: pd.DataFrame) -> list:
+    "The champion's predictions for the rows of `frame`: numbers, or a classifier's classes."
+    predicted = champion.model.predict(model_input(frame, champion.inputs))
+    if getattr(champion.model, "classes_", None) is not None:
+        return list(predicted.tolist() if hasattr(predicted, "tolist") else predicted)
+    return [float(value) for value in predicted]
 
 # %% ../../notebooks/37_serving_app.ipynb #8245280d
 def api_predict(
@@ -147,7 +150,7 @@ def prediction_html(
     try:
         value, source = predict_record(champion, record, api_url)
         return (f"<div style='font-size:1.6em'>Predicted {html.escape(target)}: "
-                f"<b class='looplab-value'>{value:.3f}</b></div>"
+                f"<b class='looplab-value'>{html.escape(f'{value:.3f}' if isinstance(value, float) else str(value))}</b></div>"
                 f"<small class='looplab-source'>{html.escape(source)}</small>")
     except Exception as error:  # shown to the user in one line; the app keeps running
         return f"<div style='color:#b00'>cannot predict: {html.escape(str(error))}</div>"

@@ -452,6 +452,7 @@ def train_model(
                               for record in records.values()},
             "window": {key: str(value) for key, value in windows.items()},
             "seed": int(training_params["seed"]),
+            "classes": np.asarray(model.classes_).tolist() if getattr(model, "classes_", None) is not None else None,
             "model_params": {**model_parameters(training_params), **(best["params"] if best else {})},
         }
     logger.info("training run %s: %s fitted on %d rows %s", run_info["run_id"], name, len(train_set), window_text)

@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'NOT_A', 'LINEAGE_KEPT', 'DEFAULT_SAMPLE_ROWS', 'REPORT_METRICS',
            'build_schema', 'coerce_batch', 'row_problems', 'canonical_rows', 'quarantine_rows', 'batch_problems',
-           'rejection_reasons', 'validate_batch', 'validation_report_html', 'log_validation_report',
-           'report_validation']
+           'rejection_reasons', 'validate_batch', 'validation_report_html', 'BatchStructureError', 'structural_failure',
+           'log_validation_report', 'report_validation']
 
 # %% ../../notebooks/12_validation.ipynb #0537277a
 DTYPES = ("int64", "float64", "str", "datetime64[ns]")  # the canonical dtypes a schema column can take
@@ -549,6 +549,29 @@ def validation_report_html(
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
 
+# %% ../../notebooks/12_validation.ipynb #9eb4ea7f
+class BatchStructureError(ValueError):
+    "A batch none of whose rows fits the configured structure: the conf and the data disagree."
+
+
+def structural_failure(
+    report: dict,   # a report from `validate_batch`
+    params: dict,   # the `data` parameters
+) -> str | None:    # what to fix, in one line; None when some row fits or the reasons are the values'
+    "Why no row of a batch could fit, when the reason is the batch's structure (columns, time, entity)."
+    rows, batch = report.get("rows_in") or 0, report.get("batch_id") or "?"
+    if not rows or report.get("rows_valid"):
+        return None
+    if missing := report.get("missing_columns"):
+        return (f"batch {batch}: none of its {rows} row(s) has the column(s) {', '.join(missing)} that "
+                "data.validation.schema.columns names; describe this data's columns there (looplab init writes them from a file)")
+    time, entity = params["timestamp"], params["entity"]["column"]
+    for column, key in ((time, "data.timestamp (or a source's timestamp_column; data.event_time: arrival for data without time)"),
+                        (entity, "data.entity.column, or data.entity.default for data without an entity")):
+        if (report.get("reasons") or {}).get(f"{column}: missing") == rows:
+            return f"batch {batch}: none of its {rows} row(s) has a {column!r}; check {key}"
+    return None
+
 # %% ../../notebooks/12_validation.ipynb #4f9d361e
 REPORT_METRICS = ("rows_in", "rows_valid", "rows_quarantined", "invalid_share")
 
@@ -589,6 +612,9 @@ def report_validation(
     root: Path | str | None = None,  # project root (Kedro: the run's settings)
     env: str | None = None,          # config environment of the MLflow settings (Kedro: the run's settings)
 ) -> str:                            # the HTML page, for the `validation_report_html` dataset
-    "The Kedro node: render the report as HTML and log it to MLflow."
+    "The Kedro node: render the report as HTML and log it to MLflow; a batch whose structure fits no row ends the run."
     log_validation_report(report, params, env=env, root=root)
-    return validation_report_html(report)
+    page = validation_report_html(report)
+    if problem := structural_failure(report, params):  # the report is stored and in MLflow: the run stops here
+        raise BatchStructureError(problem)
+    return page

@@ -198,8 +198,14 @@ def _shown(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _clipped(text: str, limit: int) -> str:
+    "`text`, cut to `limit` characters with an ellipsis when longer."
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
 def format_diff(
     difference: dict[str, Any],  # from `diff_frames` or `diff_versions`
+    width: int = 100,            # the statistics table fits in this many columns (values cut with …; --json has them whole)
 ) -> str:
     "A readable report of a diff: rows, schema changes, changed statistics."
     lines = []
@@ -219,6 +225,9 @@ def format_diff(
         for name, statistics in difference["statistics"].items() for statistic, values in statistics.items()
     ]
     if changed:
+        fixed = max(len("column"), *(len(row["column"]) for row in changed)) + max(len("statistic"), *(len(row["statistic"]) for row in changed)) + 6
+        limit = max(12, (width - fixed) // 2)
+        changed = [{**row, "before": _clipped(row["before"], limit), "after": _clipped(row["after"], limit)} for row in changed]
         lines += ["statistics that changed:", format_table(changed, ["column", "statistic", "before", "after"])]
     elif not difference["identical"]:
         lines.append("statistics: unchanged (values differ only where the summaries do not look)")
