@@ -428,7 +428,8 @@ def handle_alert(
     decisions = read_decisions(store_files(monitoring["store_path"])["decisions"])
     if len(decisions):
         same = decisions[decisions["source"] == "alert"]
-        same = same[[isinstance(detail, dict) and detail.get("group") == group for detail in same["detail"]]]
+        # a boolean mask as a Series: an empty plain list would select no *columns* (a log without alert decisions)
+        same = same[pd.Series([isinstance(detail, dict) and detail.get("group") == group for detail in same["detail"]], index=same.index, dtype=bool)]
         recent = same[pd.to_datetime(same["time"], utc=True) > pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=settings["alert_dedup_minutes"])]
         if len(recent):
             return {**recent.iloc[-1].to_dict(), "deduplicated": True}
