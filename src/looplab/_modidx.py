@@ -490,6 +490,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'looplab/request_schema.py'),
                                         'looplab.request_schema.field_error': ( 'request_schema.html#field_error',
                                                                                 'looplab/request_schema.py'),
+                                        'looplab.request_schema.nested_deeper_than': ( 'request_schema.html#nested_deeper_than',
+                                                                                       'looplab/request_schema.py'),
                                         'looplab.request_schema.parse_event_time': ( 'request_schema.html#parse_event_time',
                                                                                      'looplab/request_schema.py'),
                                         'looplab.request_schema.record_model': ( 'request_schema.html#record_model',

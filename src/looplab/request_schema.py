@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['INT_BOUNDS', 'MAX_ERRORS', 'column_type', 'record_model', 'entity_model', 'parse_event_time', 'field_error',
-           'validate_body', 'InputPlan', 'fast_columns', 'records_to_columns', 'fast_column_body',
-           'column_body_records', 'as_column_errors']
+__all__ = ['INT_BOUNDS', 'MAX_ERRORS', 'MAX_DEPTH', 'column_type', 'record_model', 'entity_model', 'parse_event_time',
+           'field_error', 'nested_deeper_than', 'validate_body', 'InputPlan', 'fast_columns', 'records_to_columns',
+           'fast_column_body', 'column_body_records', 'as_column_errors']
 
 # %% ../../notebooks/35_request_schema.ipynb #33fd4f91
 INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
@@ -84,6 +84,26 @@ MAX_ERRORS = 20
 
 def field_error(location: list, message: str, kind: str) -> dict[str, Any]:
     return {"loc": ["body", *location], "msg": message, "type": kind}
+
+# %% ../../notebooks/35_request_schema.ipynb #e1cf2765
+MAX_DEPTH = 32  # levels of arrays and objects a request body may nest: 3 are used, the rest is room
+
+
+def nested_deeper_than(
+    text: bytes,  # a JSON text as received (valid or not)
+    limit: int,   # levels of arrays and objects allowed
+) -> bool:        # True when arrays and objects nest more than `limit` levels
+    "Whether arrays and objects in `text` nest deeper than `limit` (brackets inside strings do not count)."
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False
+    text = text.replace(b"\\\\", b"").replace(b'\\"', b"")  # escaped backslashes, then escaped quotes: the quotes left delimit strings
+    data = np.frombuffer(text, dtype=np.uint8)
+    lifted = data | 32  # '[' and ']' become '{' and '}'
+    marks = lifted[np.flatnonzero((lifted == ord("{")) | (lifted == ord("}")) | (data == ord('"')))]
+    quotes = marks == ord('"')
+    outside = (np.cumsum(quotes) & 1) == 0  # an even number of quotes before: not inside a string
+    steps = ((marks == ord("{")).astype(np.int32) - (marks == ord("}")))[outside & ~quotes]
+    return bool(steps.size) and int(np.cumsum(steps).max()) > limit
 
 # %% ../../notebooks/35_request_schema.ipynb #b105b1c5
 def validate_body(
