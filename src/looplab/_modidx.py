@@ -582,6 +582,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'looplab.serving._lifespan': ('serving.html#_lifespan', 'looplab/serving.py'),
                                  'looplab.serving._openapi': ('serving.html#_openapi', 'looplab/serving.py'),
                                  'looplab.serving._problem': ('serving.html#_problem', 'looplab/serving.py'),
+                                 'looplab.serving._refused_media': ('serving.html#_refused_media', 'looplab/serving.py'),
                                  'looplab.serving.absolute_paths': ('serving.html#absolute_paths', 'looplab/serving.py'),
                                  'looplab.serving.app_factory': ('serving.html#app_factory', 'looplab/serving.py'),
                                  'looplab.serving.create_app': ('serving.html#create_app', 'looplab/serving.py'),

@@ -161,6 +161,27 @@ def _body_schema(columns: list[dict[str, Any]], entity: str | None, max_records:
                  "properties": {"columns": {"$ref": "#/components/schemas/FeatureColumns"}}}
     return {"oneOf": [by_record, by_column]}, components
 
+# %% ../../notebooks/31_serving.ipynb #8ad77ea0
+def _problem(status: int, detail: Any) -> tuple[int, bytes]:
+    "An error answer: (status, `{\"detail\": detail}` as JSON)."
+    try:
+        return status, orjson.dumps({"detail": detail})
+    except TypeError:  # a lone surrogate (or other text orjson will not write): the standard encoder escapes it
+        return status, json.dumps({"detail": detail}, default=str).encode()
+
+
+def _refused_media(
+    content_type: str | None,      # the request's Content-Type header, if any
+    content_encoding: str | None,  # its Content-Encoding header, if any
+) -> tuple[int, bytes] | None:     # a 415 answer, or None: the body is to be read as JSON
+    "A 415 for a predict body that is not plain JSON: another content type, or a compressed body."
+    if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
+        return _problem(415, f"content-encoding {content_encoding.strip()!r:.60} is not accepted: send the JSON body uncompressed")
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media and media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        return _problem(415, f"the body must be JSON (content-type: application/json), not {content_type.strip()!r:.80}")
+    return None
+
 # %% ../../notebooks/31_serving.ipynb #619bbd6d
 PREDICT_ROUTE = "/v1/models/{name}/predict"
 
@@ -168,8 +189,11 @@ PREDICT_ROUTE = "/v1/models/{name}/predict"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+_INTERNAL_ERROR = _problem(500, "internal error: this request could not be answered (the server logged why)")
+
+
 class _HotPath:
-    "ASGI layer before FastAPI: answers POST /v1/models/NAME/predict itself and times every request for the metrics."
+    "ASGI layer before FastAPI: answers POST /v1/models/NAME/predict itself, times and counts every request, answers every failure as JSON."
 
     def __init__(self, app, predict, metrics: "ServingMetrics"):
         self.app, self.predict, self.metrics = app, predict, metrics
@@ -187,32 +211,50 @@ class _HotPath:
                     return
                 chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
-            status, payload = await self.predict(path[11:-8], b"".join(chunks), started)
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]})
-            await send({"type": "http.response.body", "body": payload})
-            self.metrics.observe_request(PREDICT_ROUTE, "POST", status, time.perf_counter() - started)
+            content_type = content_encoding = None
+            for key, value in scope.get("headers", ()):
+                if key == b"content-type":
+                    content_type = value
+                elif key == b"content-encoding":
+                    content_encoding = value
+            status = 500
+            try:
+                refused = None if content_encoding is None and content_type in (None, b"application/json") else \
+                    _refused_media(content_type and content_type.decode("latin-1"), content_encoding and content_encoding.decode("latin-1"))
+                status, payload = refused or await self.predict(path[11:-8], b"".join(chunks), started)
+            except Exception:  # a bug, never the client's fault: a JSON 500, logged and counted like any answer
+                _logger.exception("the predict route failed on a request of %d bytes", sum(map(len, chunks)))
+                status, payload = _INTERNAL_ERROR
+            try:
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]})
+                await send({"type": "http.response.body", "body": payload})
+            finally:
+                self.metrics.observe_request(PREDICT_ROUTE, "POST", status, time.perf_counter() - started)
             return
-        status = 500
+        status, answered = 500, False
 
         async def sending(message):
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
+        except Exception:
+            if answered:  # too late for another answer: the server closes the connection
+                raise
+            _logger.exception("%s %s failed", scope["method"], path)
+            status = _INTERNAL_ERROR[0]
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(_INTERNAL_ERROR[1]))]})
+            await send({"type": "http.response.body", "body": _INTERNAL_ERROR[1]})
         finally:
             route = scope.get("route")
             self.metrics.observe_request(getattr(route, "path", "other"), scope["method"], status, time.perf_counter() - started)
 
 # %% ../../notebooks/31_serving.ipynb #0a979e39
-def _problem(status: int, detail: Any) -> tuple[int, bytes]:
-    "An error answer: (status, `{\"detail\": detail}` as JSON)."
-    return status, orjson.dumps({"detail": detail})
-
-
 def _feature_time(found: pd.DataFrame, key: str, timezone: str | None) -> str | None:
     "The hour the feature store's row for `key` is for, naive in the data's time zone; None when the store has no row."
     moment = found.loc[key, "event_timestamp"]
@@ -270,10 +312,14 @@ async def _checked_body(
             quick = request_schema.fast_column_body(body["columns"], plan, max_records, bools)
         if quick is not None:
             return (*quick, None)
-    # the exact path: the standard JSON parser (it keeps big integers exact) and a record-by-record check
+    # the exact path: the standard JSON parser (it keeps big integers exact) and a record-by-record check;
+    # it recurses once per level, so a body is measured first
+    if request_schema.nested_deeper_than(raw, request_schema.MAX_DEPTH):
+        return None, None, None, _problem(422, [request_schema.field_error(
+            [], f"the body is nested deeper than {request_schema.MAX_DEPTH} levels of arrays and objects", "json_too_deep")])
     try:
         body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         return None, None, None, _problem(422, [request_schema.field_error([], f"the body is not valid JSON: {error}", "json_invalid")])
     by_column = isinstance(body, dict) and "columns" in body and "records" not in body
     located = request_schema.as_column_errors if by_column else (lambda errors: errors)
@@ -450,11 +496,14 @@ def create_app(
 
     @app.post(PREDICT_ROUTE, summary="Predict for records (or columns) of model inputs, or entity keys",
               response_model=PredictionResponse,
-              responses={404: {"description": "unknown model"}, 422: {"description": "bad input, with the field"},
+              responses={404: {"description": "unknown model"}, 415: {"description": "the body is not plain JSON"},
+                         422: {"description": "bad input, with the field"},
                          503: {"description": "no model loaded yet, or the feature store is unavailable"}})
     async def predict(name: str, request: Request):
         # answered by `_HotPath` before FastAPI routes; this declares it in OpenAPI and serves any other mounting
-        status, payload = await predict_body(name, await request.body(), time.perf_counter())
+        body = await request.body()
+        refused = _refused_media(request.headers.get("content-type"), request.headers.get("content-encoding"))
+        status, payload = refused or await predict_body(name, body, time.perf_counter())
         return Response(payload, status_code=status, media_type="application/json")
 
     app.state.openapi_key = None
