@@ -21,9 +21,9 @@ from typing import Any
 from .core import load_config
 
 # %% auto #0
-__all__ = ['NGINX_CANDIDATES', 'API_KEY_PATTERN', 'ADDRESS_PATTERN', 'SIZE_PATTERN', 'ERRORS', 'GatewayError', 'nginx_binary',
-           'serving_workers', 'resolve_settings', 'load_gateway_settings', 'render_nginx_config', 'check_reachable',
-           'Gateway']
+__all__ = ['NGINX_CANDIDATES', 'API_KEY_PATTERN', 'ADDRESS_PATTERN', 'SIZE_PATTERN', 'ERROR_PREFIX', 'ANSWERED_AS', 'ERRORS',
+           'GatewayError', 'nginx_binary', 'serving_workers', 'resolve_settings', 'load_gateway_settings',
+           'render_nginx_config', 'check_reachable', 'Gateway']
 
 # %% ../../notebooks/32_gateway.ipynb #dc59edd8
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
@@ -125,9 +125,17 @@ def _api_keys(keys: Any) -> list[str]:
     return keys
 
 # %% ../../notebooks/32_gateway.ipynb #e99b0ee2
+ERROR_PREFIX = "/_looplab/error/"  # the internal locations of the JSON error pages
+
+
+ANSWERED_AS = {494: 400}  # nginx's private code for headers too large; clients get the 400 nginx would send
+
+
 def _json_error(status: int, detail: str) -> str:
-    body = json.dumps({"detail": detail, "status": status}).replace("'", "\\'")
-    return f"    location @error_{status} {{\n        default_type application/json;\n        return {status} '{body}';\n    }}\n"
+    answered = ANSWERED_AS.get(status, status)  # nginx's private codes go out as the standard one
+    body = json.dumps({"detail": detail, "status": answered}).replace("'", "\\'")
+    return (f"    location = {ERROR_PREFIX}{status} {{\n        internal;\n        default_type application/json;\n"
+            f"        return {answered} '{body}';\n    }}\n")
 
 
 def _upstream(name: str, workers: list[str], balancing: str, settings: dict) -> str:
@@ -145,14 +153,19 @@ def _upstream(name: str, workers: list[str], balancing: str, settings: dict) -> 
 
 # %% ../../notebooks/32_gateway.ipynb #50e64ced
 ERRORS = {
+    400: "bad request: not a well-formed HTTP request",
     401: "missing or wrong API key (header X-API-Key)",
     404: "not found",
+    405: "method not allowed",
+    408: "the request was not sent in time",
     413: "request body too large",
+    414: "request URI too long",
     429: "too many requests: rate limit exceeded",
     500: "gateway error",
     502: "no serving worker could answer",
     503: "service unavailable",
     504: "a serving worker took too long to answer",
+    494: "request headers too large",
 }
 
 
@@ -240,7 +253,7 @@ def render_nginx_config(
                     f"    proxy_connect_timeout {connect};\n    proxy_send_timeout {read};\n    proxy_read_timeout {read};\n")
     server = [
         f"server {{\n    listen {listen};\n",
-        *(f"    error_page {status} @error_{status};\n" for status in ERRORS),
+        *(f"    error_page {status} {ERROR_PREFIX}{status};\n" for status in ERRORS),
         "\n    location = /gateway/health {\n        access_log off;\n        return 200 '{\"status\": \"ok\"}';\n    }\n\n",
         "    location / {\n        if ($looplab_key_ok = 0) {\n            return 401;\n        }\n",
         f"        limit_req zone=looplab_rate{f' burst={burst} nodelay' if burst else ''};\n",
