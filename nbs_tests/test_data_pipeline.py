@@ -96,11 +96,32 @@ def test_a_failing_source_stops_the_run_and_keeps_the_watermark(project, tool, q
     before = state.read_bytes()
     landing = project / params["sources"]["landing"]["path"]
     (landing / "rides_broken.csv").write_bytes(b"timestamp,season,hr\n2011-05-01 00:00,1,")
-    (landing / "rides_broken.csv").write_bytes(b"")  # an empty file: refused with its name
-    result = kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test", check=False)
+    (landing / "rides_broken.csv").write_bytes(b"")  # an empty file: refused with its name when bad files fail the run
+    result = kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test", "--params", "data.on_bad_file=fail", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "error: source 'landing': file rides_broken.csv is empty (0 bytes)" in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in output and "│" not in result.stderr, "a known error ends the run with its message, no stack trace"
     assert state.read_bytes() == before, "a failed ingestion must not advance the watermark"
     (landing / "rides_broken.csv").unlink()
+
+
+def test_a_file_that_cannot_be_read_is_moved_aside_and_the_run_goes_on(project, tool, quiet_env):
+    from looplab.ingestion import StateStore
+    from looplab.sources import replay_day
+
+    params = load_config(env="test", root=project)["data"]
+    landing = project / params["sources"]["landing"]["path"]
+    replay_day(params, "2011-01-26", root=project)  # a good day's file
+    (landing / "rides_2011-01-27.csv").write_bytes(b"timestamp,season,hr\n2011-01-27 00:00:00,1")  # truncated mid-row
+    result = kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
+    assert "rides_2011-01-27.csv line 2 has 2 field(s)" in result.stderr and "moved to" in result.stderr, result.stderr[-3000:]
+    rejected = landing.parent / "rejected"
+    assert (rejected / "rides_2011-01-27.csv").is_file() and (rejected / "rides_2011-01-27.csv.reason.json").is_file()
+    taken = {entry.split("@")[0] for entry in StateStore(project / params["state_path"]).taken_files("landing")}
+    assert "rides_2011-01-26.csv" in taken and "rides_2011-01-27.csv" not in taken
+    validated = load_version(project / params["validated_path"])
+    sent = len(pd.read_csv(landing / "rides_2011-01-26.csv"))  # (the bike data has gaps: not always 24 hours)
+    assert (validated["timestamp"].dt.strftime("%Y-%m-%d") == "2011-01-26").sum() == sent > 0, "the good file's rows are stored"
+    committed = json.loads((project / "data" / "08_reporting" / "committed_watermarks.json").read_text())
+    assert [record["file"] for record in committed["sources"]["landing"]["rejected"]] == ["rides_2011-01-27.csv"]

@@ -113,7 +113,7 @@ def test_a_failing_source_leaves_the_state_unchanged_and_the_rerun_succeeds(para
     replay_day(params, "2011-01-10")
     (tmp_path / "landing" / "rides_2011-01-11.csv").write_bytes("timestamp,hr\n2011-01-11 00:00:00,0\n".encode("utf-16"))
     with pytest.raises(SourceError, match=r"source 'landing': file rides_2011-01-11.csv is UTF-16"):
-        ingest_sources({}, params)
+        ingest_sources({}, {**params, "on_bad_file": "fail"})  # bad files fail the run (the default moves them aside)
     assert StateStore(params["state_path"]).snapshot() == before
 
     params["sources"]["history"]["table"] = "no_such_table"
@@ -180,7 +180,7 @@ def test_http_source_times_and_types_are_normalised(params, tmp_path, zoned_api)
     assert list(batch["hr"]) == ["1", "3", "8", "9"]  # mixed numbers and text: stored as text, as sent
     batch.to_parquet(tmp_path / "batch.parquet")  # one type per column: storable
     assert pending["sources"]["api"] == {"kind": "http", "rows": 4, "watermark": "2011-07-01T12:00:00+00:00",
-                                         "previous_watermark": None, "files": []}
+                                         "previous_watermark": None, "files": [], "rejected": []}
     commit_watermarks(pending, batch, params)
     assert StateStore(params["state_path"]).watermark("api") == "2011-07-01T12:00:00+00:00"
 

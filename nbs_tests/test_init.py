@@ -200,3 +200,26 @@ def test_data_that_does_not_fit_its_conf_ends_the_run_with_one_line(project, too
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     quarantined = sorted((project["project"] / "data" / "grapes" / "03_primary").glob("rides_quarantine.parquet/*/*"))
     assert quarantined and len(pd.read_parquet(quarantined[-1])) == 178  # every row kept, with its reason
+
+
+def test_the_rest_of_the_loop_takes_the_environment(project, tool, quiet_env, root):
+    "`looplab reproduce`, `looplab data versions` and a papermill training run, each given the environment."
+    reproduced = looplab(tool, quiet_env, project["project"], "reproduce", "wine@champion", "--env", "wine")
+    assert reproduced.returncode == 0 and "reproduced: every metric matches" in reproduced.stdout, reproduced.stdout + reproduced.stderr
+    versions = looplab(tool, quiet_env, project["project"], "data", "versions", "--env", "diabetes", "--json")
+    assert versions.returncode == 0, versions.stderr
+    assert json.loads(versions.stdout)["validated_rides"]["versions"][0]["rows"] == 442
+    output = project["folder"] / "train-diabetes.ipynb"
+    run = subprocess.run([tool("papermill"), str(root / "notebooks" / "runs" / "train.ipynb"), str(output), "-k", "looplab",
+                          "-p", "env", "diabetes", "-p", "root", str(project["project"]), "-p", "model_family", "linear"],
+                         cwd=project["project"], env=quiet_env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    tracking = f"sqlite:///{project['project'] / 'mlflow.db'}"
+    client = MlflowClient(tracking, registry_uri=tracking)
+    experiment = client.get_experiment_by_name("diabetes-training")  # the environment's own experiment (its mlflow.yml)
+    families = [r.data.params.get("training.model.family") for r in client.search_runs([experiment.experiment_id])]
+    assert sorted(families) == ["hist_gradient_boosting", "linear"], families
+    model = champion(tool, quiet_env, project["project"], "diabetes")
+    assert [v["version"] for v in model["versions"]] == ["1"], "an exploratory run leaves the registry alone"

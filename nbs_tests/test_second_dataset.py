@@ -159,7 +159,7 @@ def write_sources(project: Path, data: pd.DataFrame) -> dict:
     stream["measured_at"] = stream["measured_at"].astype(object)
     stream.loc[stream.index[120], "measured_at"] = "yesterday noon"  # no time
     stream.loc[stream.index[150], "sensor"] = None                   # no entity
-    stream = pd.concat([stream.iloc[:201], stream.iloc[[200]], stream.iloc[201:]])  # a row sent twice: both copies held
+    stream = pd.concat([stream.iloc[:201], stream.iloc[[200]], stream.iloc[201:]])  # a row sent twice: the later copy is kept
     landing = project / "data" / "01_raw" / "incoming"
     landing.mkdir(parents=True)
     local_day = pd.to_datetime(stream["measured_at"], utc=True, errors="coerce").dt.tz_convert(TIMEZONE).dt.strftime("%Y-%m-%d")
@@ -167,7 +167,7 @@ def write_sources(project: Path, data: pd.DataFrame) -> dict:
     for day, rows in stream.groupby(local_day):
         rows.to_csv(landing / f"readings_{day}.csv", index=False)
     (landing / "README.txt").write_text("not data: matches no pattern, ignored with a warning\n")
-    return {"archive_rows": len(archive), "stream_rows": len(stream), "invalid_rows": 2 + 4 + 2}
+    return {"archive_rows": len(archive), "stream_rows": len(stream), "invalid_rows": 2 + 4 + 1}
 
 
 def use_second_dataset(project: Path) -> None:
@@ -248,7 +248,8 @@ def test_quarantine_holds_the_invalid_rows_with_reasons(runs):
                      "pm25='12,5' is not a finite number", "measured_at='yesterday noon' is not a valid time",
                      "sensor is missing", "duplicate key"):
         assert expected in reasons, (expected, reasons)
-    assert (quarantine["_reason"].str.contains("duplicate key")).sum() == 2
+    duplicates = quarantine["_reason"][quarantine["_reason"].str.contains("duplicate key")]
+    assert len(duplicates) == 1 and duplicates.iloc[0].endswith("of the batch kept (validation.duplicates: last)"), duplicates
     assert set(quarantine["_source"]) == {"archive", "stream"}
     assert {"_row", "_reason", "_batch_id", *params["validation"]["schema"]["columns"]} <= set(quarantine.columns)
 

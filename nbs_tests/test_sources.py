@@ -247,10 +247,37 @@ GOOD_CSV = "timestamp,hr,bikers\n2011-03-01 00:00:00,0,5\n2011-03-01 01:00:00,1,
 def landing_error(folder: Path, name: str, content: bytes, patterns=("*.csv", "*.parquet")) -> str:
     (folder / name).write_bytes(content)
     with pytest.raises(SourceError) as raised:
-        FileSource("landing", folder, list(patterns)).read()
+        FileSource("landing", folder, list(patterns), on_bad_file="fail").read()
     message = str(raised.value)
     assert message.startswith("source 'landing': ") and name in message and "\n" not in message, message
     return message
+
+
+def test_a_file_that_cannot_be_read_is_moved_aside_and_the_rest_is_read(tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "rides_2011-03-01.csv").write_text(GOOD_CSV)
+    (landing / "rides_2011-03-02.csv").write_bytes(GOOD_CSV.encode()[:-5])       # truncated
+    (landing / "rides_2011-03-03.csv").write_bytes(GOOD_CSV.encode("utf-16"))    # another encoding
+    (landing / "rides_2011-03-04.parquet").write_bytes(b"PAR1 not really")      # corrupt Parquet
+    batch = FileSource("landing", landing).read()
+    assert batch.rows == 3 and [entry.split("@")[0] for entry in batch.files] == ["rides_2011-03-01.csv"]
+    reasons = {record["file"]: record["reason"] for record in batch.rejected}
+    assert "truncated or malformed" in reasons["rides_2011-03-02.csv"] and "UTF-16" in reasons["rides_2011-03-03.csv"]
+    assert "not a readable Parquet file" in reasons["rides_2011-03-04.parquet"]
+    for name in reasons:
+        assert (tmp_path / "rejected" / name).is_file() and (tmp_path / "rejected" / f"{name}.reason.json").is_file()
+    assert [path.name for path in landing.iterdir()] == ["rides_2011-03-01.csv"]
+    # fixed and put back, the file is read; a second rejection of the same name keeps both copies
+    (landing / "rides_2011-03-02.csv").write_text(GOOD_CSV.replace("2011-03-01", "2011-03-02"))
+    again = FileSource("landing", landing).read(taken_files=set(batch.files))
+    assert again.rows == 3 and not again.rejected
+    (landing / "rides_2011-03-05.csv").write_bytes(b"")
+    (landing / "rides_2011-03-02.csv").rename(landing / "rides_2011-03-02.csv.done")  # (ignored: matches no pattern)
+    FileSource("landing", landing).read(taken_files=set(batch.files))
+    (landing / "rides_2011-03-05.csv").write_bytes(b"")
+    FileSource("landing", landing).read(taken_files=set(batch.files))
+    assert len(list((tmp_path / "rejected").glob("rides_2011-03-05*.csv"))) == 2
 
 
 def test_empty_landing_file(tmp_path):

@@ -167,15 +167,33 @@ def test_unparseable_and_zone_aware_timestamps(params):
     assert validated["timestamp"].tolist() == clean_batch(3)["timestamp"].tolist()
 
 
-def test_duplicate_keys_quarantine_every_row_of_the_key(params):
+def test_a_repeated_key_keeps_one_row_by_the_rule_and_quarantines_the_others(params):
     batch = clean_batch(20)
     batch.loc[[4, 8], "timestamp"] = batch.loc[2, "timestamp"]
-    validated, quarantine, report = validate_batch(batch, params)
+    validated, quarantine, report = validate_batch(batch, params)  # duplicates: last (base conf)
     assert_split(batch, validated, quarantine, report)
-    assert quarantine["_row"].tolist() == [2, 4, 8]
-    assert set(quarantine["_reason"]) == {"duplicate key (region='dc', timestamp=2011-03-01 02:00:00) in 3 rows"}
-    assert report["reasons"] == {"duplicate key": 3}
-    assert validated["timestamp"].is_unique
+    assert quarantine["_row"].tolist() == [2, 4]
+    assert set(quarantine["_reason"]) == {"duplicate key (region='dc', timestamp=2011-03-01 02:00:00) in 3 rows: "
+                                          "row 8 of the batch kept (validation.duplicates: last)"}
+    assert report["reasons"] == {"duplicate key": 2} and not report["rejected"]
+    assert validated["timestamp"].is_unique and batch.loc[8, "hr"] in validated["hr"].tolist()
+    first = {**params, "validation": {**params["validation"], "duplicates": "first"}}
+    assert validate_batch(batch, first)[1]["_row"].tolist() == [4, 8]
+    none = {**params, "validation": {**params["validation"], "duplicates": "none", "max_invalid_share": 0.5}}
+    _, quarantine, report = validate_batch(batch, none)
+    assert quarantine["_row"].tolist() == [2, 4, 8] and report["reasons"] == {"duplicate key": 3}
+    with pytest.raises(ValueError, match="data.validation.duplicates must be one of last, first, none"):
+        validate_batch(batch, {**params, "validation": {**params["validation"], "duplicates": "newest"}})
+
+
+def test_one_bad_file_never_takes_another_file_s_rows_with_it(params):
+    good, bad = clean_batch(10).assign(_file="good.csv"), clean_batch(20).iloc[10:].assign(_file="bad.csv")
+    bad.loc[bad.index[:5], "hr"] = 99  # half the file invalid: over max_invalid_share for this file alone
+    validated, quarantine, report = validate_batch(pd.concat([good, bad], ignore_index=True), params)
+    assert len(validated) == 10 and set(validated["timestamp"]) == set(good["timestamp"])
+    assert len(quarantine) == 10 and quarantine["_reason"].str.startswith("file bad.csv rejected: 50.0% of rows invalid").all()
+    assert report["rejected_units"] == {"file bad.csv": ["50.0% of rows invalid, over max_invalid_share 20.0%"]}
+    assert not report["rejected"]  # the batch as a whole was not
 
 
 def test_missing_columns_reject_the_batch(params):

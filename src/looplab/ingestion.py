@@ -244,6 +244,8 @@ def empty_batch(params: dict, batch_id: str) -> pd.DataFrame:
 def read_source(name: str, settings: dict, store: StateStore, params: dict, root=None) -> SourceBatch:
     "One source's new rows, any failure as a `SourceError` naming it."
     settings = {"timestamp_column": params["timestamp"], **settings}  # files and APIs default to the canonical name
+    if settings.get("kind") == "files":  # what a landing file that cannot be read does: `data.on_bad_file`, or the source's own
+        settings = {"on_bad_file": params.get("on_bad_file") or "reject", **settings}
     source = make_source(name, settings, root)
     try:
         return source.read(store.watermark(name), store.taken_files(name))
@@ -272,9 +274,10 @@ def ingest_sources(
             frames.append(normalise_batch(batch.frame, name, batch_id, params, timestamp_column))
         pending["sources"][name] = {
             "kind": settings.get("kind"), "rows": batch.rows, "watermark": batch.watermark,
-            "previous_watermark": store.watermark(name), "files": list(batch.files),
+            "previous_watermark": store.watermark(name), "files": list(batch.files), "rejected": list(batch.rejected),
         }
-        logger.info("source '%s': %d new row(s)%s", name, batch.rows, f" from {len(batch.files)} file(s)" if batch.files else "")
+        logger.info("source '%s': %d new row(s)%s%s", name, batch.rows, f" from {len(batch.files)} file(s)" if batch.files else "",
+                    f"; {len(batch.rejected)} file(s) rejected, moved to {Path(batch.rejected[0]['moved_to']).parent}" if batch.rejected else "")
     if not frames:
         return empty_batch(params, batch_id), pending
     ingested = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -301,7 +304,8 @@ def commit_watermarks(
                 store.set_watermark(name, entry["watermark"])
             if entry.get("files"):
                 store.mark_files(name, entry["files"])
-            committed[name] = {"watermark": store.watermark(name), "files": list(entry.get("files") or []), "rows": entry.get("rows", 0)}
+            committed[name] = {"watermark": store.watermark(name), "files": list(entry.get("files") or []), "rows": entry.get("rows", 0),
+                               "rejected": list(entry.get("rejected") or [])}
     logger.info("committed the state of batch %s: %s", pending.get("batch_id"),
                 ", ".join(f"{name} → {entry['watermark']}" for name, entry in committed.items()))
     return {"batch_id": pending.get("batch_id"), "committed_at": utc_now(), "sources": committed}

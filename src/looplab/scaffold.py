@@ -168,11 +168,16 @@ def dataset_blocks(
         **{key: f"${{globals:paths.{path}}}" for key, path in (
             ("ingested_path", "ingested"), ("validated_path", "validated"), ("features_path", "features"),
             ("feast_source_path", "feast_source"), ("feature_store_path", "feature_store"), ("versions_log", "versions_log"))},
-        "sources": {"landing": {"kind": "files", "path": f"{DATA_PREFIX}{name}/01_raw/landing", "patterns": ["*.csv", "*.parquet"]}},
+        "sources": {"landing": {"kind": "files", "path": f"{DATA_PREFIX}{name}/01_raw/landing", "patterns": ["*.csv", "*.parquet"],
+                                "encoding": "utf-8"}},
+        "on_bad_file": "reject",
+        "max_future": "1 day",
+        "min_time": None,
         "demo": {"enabled": False},
         "validation": {
             "max_invalid_share": 0.2,
             "extra_columns": "reject",
+            "duplicates": "last",
             "schema": {
                 "columns": schema,
                 "checks": {},

@@ -17,13 +17,13 @@ import pandas as pd
 from .features import EVENT_TIMESTAMP, build_features, feature_inputs
 from .ingestion import empty_batch, ingest_sources, new_batch_id, normalise_batch, order_columns, read_source, state_store, uniform_column_types
 from .sources import SourceBatch, SourceError, describe, file_entry, make_source, newest_time
-from .validation import DEFAULT_SAMPLE_ROWS, batch_problems, build_schema, canonical_rows, coerce_batch, quarantine_rows, rejection_reasons, validate_batch
+from .validation import DEFAULT_SAMPLE_ROWS, batch_problems, build_schema, canonical_rows, quarantine_rows, rejection_reasons, validate_batch
 
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'ENGINES', 'DASK_DEFAULTS', 'SCHEDULER_SCHEMES', 'POSITION', 'PARTITION_KEY', 'data_engine', 'dask_settings',
-           'pandas_params', 'dask_client', 'read_files_on_dask', 'normalise_on_dask', 'ingest_on_dask',
+__all__ = ['logger', 'ENGINES', 'DASK_DEFAULTS', 'SCHEDULER_SCHEMES', 'POSITION', 'PARTITION_KEY', 'NO_FILE', 'data_engine',
+           'dask_settings', 'pandas_params', 'dask_client', 'read_files_on_dask', 'normalise_on_dask', 'ingest_on_dask',
            'validate_on_dask', 'features_on_dask', 'ingest_on_engine', 'validate_on_engine', 'features_on_engine']
 
 # %% ../../notebooks/15_scale.ipynb #ca118eac
@@ -114,8 +114,16 @@ def _client(settings: dict) -> Iterator:
         yield client
 
 # %% ../../notebooks/15_scale.ipynb #fafd1b70
-def _read_file(source, path: Path) -> pd.DataFrame:
-    return source.read_file(path)
+def _read_file(source, path: Path) -> pd.DataFrame | str:
+    "The file as a frame, or why it cannot be read (the controller rejects it, or stops, as `FileSource.read` would)."
+    try:
+        return source.read_file(path)
+    except SourceError as error:
+        return error.reason
+
+
+def _refusal(frame) -> str | None:
+    return frame if isinstance(frame, str) else None
 
 
 def _columns(frame: pd.DataFrame) -> list:
@@ -145,6 +153,17 @@ def read_files_on_dask(
     if not paths:
         return SourceBatch(source.name, pd.DataFrame(), None, []), False
     frames = client.map(_read_file, [source] * len(paths), paths, pure=False)
+    refusals = client.gather(client.map(_refusal, frames))
+    rejected = []
+    for path, reason in zip(paths, refusals, strict=True):
+        if reason is not None:
+            if source.on_bad_file == "fail":
+                raise SourceError(source.name, reason)
+            rejected.append(source.reject(path, reason))
+    kept = [index for index, reason in enumerate(refusals) if reason is None]
+    frames, entries = [frames[index] for index in kept], [entries[index] for index in kept]
+    if not frames:
+        return SourceBatch(source.name, pd.DataFrame(), None, [], rejected), False
     if normalise is not None:
         columns = client.gather(client.map(_columns, frames))
         # Same columns in every file: normalising file by file equals normalising their concatenation
@@ -154,11 +173,11 @@ def read_files_on_dask(
             watermark = newest_time(pd.concat(times, ignore_index=True)) if times else None
             parts = client.gather(client.map(normalise_batch, frames, **normalise))
             frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-            return SourceBatch(source.name, frame, watermark, entries), True
+            return SourceBatch(source.name, frame, watermark, entries, rejected), True
     parts = client.gather(frames)
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     watermark = newest_time(frame[source.timestamp_column]) if source.timestamp_column in frame else None
-    return SourceBatch(source.name, frame, watermark, entries), False
+    return SourceBatch(source.name, frame, watermark, entries, rejected), False
 
 
 def normalise_on_dask(frame: pd.DataFrame, source: str, batch_id: str, params: dict, timestamp_column: str | None, partitions: int) -> pd.DataFrame:
@@ -191,7 +210,8 @@ def ingest_on_dask(
             timestamp_column = settings.get("timestamp_column", params["timestamp"])
             normalised = False
             if settings.get("kind") == "files":
-                source = make_source(name, {"timestamp_column": params["timestamp"], **settings}, root)
+                source = make_source(name, {"timestamp_column": params["timestamp"], "on_bad_file": params.get("on_bad_file") or "reject",
+                                            **settings}, root)
                 arguments = {"source": name, "batch_id": batch_id, "params": pandas_params(params), "timestamp_column": timestamp_column}
                 try:
                     batch, normalised = read_files_on_dask(client, source, store.taken_files(name), arguments)
@@ -206,7 +226,7 @@ def ingest_on_dask(
                               normalise_on_dask(batch.frame, name, batch_id, pandas_params(params), timestamp_column, partitions))
             pending["sources"][name] = {
                 "kind": settings.get("kind"), "rows": batch.rows, "watermark": batch.watermark,
-                "previous_watermark": store.watermark(name), "files": list(batch.files),
+                "previous_watermark": store.watermark(name), "files": list(batch.files), "rejected": list(batch.rejected),
             }
             logger.info("source '%s': %d new row(s)%s (dask)", name, batch.rows, f" from {len(batch.files)} file(s)" if batch.files else "")
     if not frames:
@@ -216,6 +236,7 @@ def ingest_on_dask(
 
 # %% ../../notebooks/15_scale.ipynb #05b068dd
 POSITION, PARTITION_KEY = "_dask_position", "_dask_key"
+NO_FILE = ""  # the unit of the rows that came from no landing file
 
 
 def _entity_text(values: pd.Series) -> pd.Series:
@@ -235,7 +256,8 @@ def _check_partition(part: pd.DataFrame, params: dict) -> dict:
     batch = part.drop(columns=[POSITION, PARTITION_KEY]).reset_index(drop=True)
     schema = build_schema(params)
     names = list(schema.columns)
-    coerced, own, counts = batch_problems(batch, schema)  # the pandas path's own checks, on this partition
+    # the pandas path's own checks, on this partition; a key's rows share it (split by entity, in batch order)
+    coerced, own, counts = batch_problems(batch, schema, params, positions)
     quarantined = sorted(own)
     valid = sorted(set(range(len(batch))) - set(quarantined))
     validated = canonical_rows(coerced.iloc[valid], batch.iloc[valid], schema)
@@ -245,7 +267,21 @@ def _check_partition(part: pd.DataFrame, params: dict) -> dict:
     quarantine["_row"] = positions[quarantined].astype("int64")
     present = [name for name in names if name in batch.columns]
     sources = batch["_source"].fillna("(none)").astype(str).value_counts().to_dict() if "_source" in batch.columns else {}
+    # per landing file (NO_FILE: rows from no file), what the rule of acceptance needs: `validate_batch`'s units
+    files = batch["_file"].astype(object).where(batch["_file"].notna(), NO_FILE) if "_file" in batch.columns else pd.Series(NO_FILE, index=batch.index)
+    others = [c for c in batch.columns if not str(c).startswith("_") and c not in schema.columns]
+    units = {}
+    for file, rows in files.groupby(files.to_numpy(), sort=False).indices.items():
+        part_rows = batch.iloc[rows]
+        units[file] = {
+            "rows": len(rows), "first": int(positions[rows].min()), "positions": positions[rows],
+            "invalid": sum(int(row) in own for row in rows),
+            "nulls": {name: int(part_rows[name].isna().sum()) for name in present},
+            "filled": {c for c in others if part_rows[c].notna().any()},
+            "sources": set(part_rows["_source"].dropna().astype(str)) if "_source" in batch.columns else set(),
+        }
     return {
+        "units": units,
         "rows": len(batch), "validated": validated, "quarantine": quarantine,
         "own": {int(positions[row]): reasons for row, reasons in own.items()},
         "counts": {key: len(rows) for key, rows in counts.items()},
@@ -255,16 +291,24 @@ def _check_partition(part: pd.DataFrame, params: dict) -> dict:
     }
 
 
-def _reject_partition(part: pd.DataFrame, params: dict, prefix: str, own: dict[int, list[str]]) -> pd.DataFrame:
-    "Every row of one partition quarantined with the batch's rejection and the row's own reasons."
+def _reject_partition(part: pd.DataFrame, params: dict, prefixes: dict[str, str], own: dict[int, list[str]]) -> pd.DataFrame:
+    "The rows of one partition whose unit (landing file) was rejected, quarantined with its rejection and their own reasons."
     part = part.sort_values(POSITION, kind="stable")
+    files = part["_file"].astype(object).where(part["_file"].notna(), NO_FILE) if "_file" in part.columns else pd.Series(NO_FILE, index=part.index)
+    part = part[files.isin(list(prefixes)).to_numpy()]
+    files = files[files.isin(list(prefixes))].to_numpy()
     positions = part[POSITION].to_numpy()
     batch = part.drop(columns=[POSITION, PARTITION_KEY]).reset_index(drop=True)
     rows = list(range(len(batch)))
-    reasons = {row: "; ".join([prefix, *own.get(int(positions[row]), [])]) for row in rows}
+    reasons = {row: "; ".join([prefixes[files[row]], *own.get(int(positions[row]), [])]) for row in rows}
     quarantine = quarantine_rows(batch, rows, reasons, list(build_schema(params).columns))
     quarantine["_row"] = positions.astype("int64")
     return quarantine
+
+
+def _stack_index(frames: list[pd.DataFrame]) -> np.ndarray:
+    "The batch positions of `_stack(frames)`'s rows, in its order (the partitions' validated rows are indexed by position)."
+    return np.sort(np.concatenate([frame.index.to_numpy() for frame in frames])) if frames else np.array([], dtype="int64")
 
 
 def _stack(frames: list[pd.DataFrame], order: str | None = None) -> pd.DataFrame:
@@ -330,18 +374,45 @@ def validate_on_dask(
             for key, count in result["sources"].items():
                 sources[key] = sources.get(key, 0) + count
 
-        rejection = rejection_reasons(rows_in, missing, extra, policy, present, schema, null_fractions, max_null_fraction,
-                                      invalid_share, max_invalid_share)  # the same rule as the pandas path
-        rejected = bool(rejection)
+        # the unit of acceptance is the landing file, as on the pandas path (`acceptance_units`)
+        units: dict[str, dict] = {}
+        for result in results:
+            for file, stats in result["units"].items():
+                unit = units.setdefault(file, {"rows": 0, "first": stats["first"], "invalid": 0, "nulls": dict.fromkeys(present, 0),
+                                               "filled": set(), "sources": set(), "positions": []})
+                unit["rows"] += stats["rows"]
+                unit["first"] = min(unit["first"], stats["first"])
+                unit["invalid"] += stats["invalid"]
+                unit["filled"] |= stats["filled"]
+                unit["sources"] |= stats["sources"]
+                unit["positions"].append(stats["positions"])
+                for name, count in stats["nulls"].items():
+                    unit["nulls"][name] += count
+        names_of = {file: f"file {file}" if file != NO_FILE else
+                    (f"rows of {', '.join(sorted(unit['sources']))}" if unit["sources"] else "rows without a file")
+                    for file, unit in units.items()}
+        rejected_units = {}
+        for file, unit in sorted(units.items(), key=lambda item: item[1]["first"]):
+            reasons_here = rejection_reasons(
+                unit["rows"], missing, [column for column in extra if column in unit["filled"]], policy, present, schema,
+                {name: count / unit["rows"] for name, count in unit["nulls"].items()}, max_null_fraction,
+                unit["invalid"] / unit["rows"], max_invalid_share)  # the same rule as the pandas path
+            if reasons_here:
+                rejected_units[file] = reasons_here
+        whole = len(units) <= 1
+        rejection = next(iter(rejected_units.values())) if whole and rejected_units else [
+            f"{names_of[file]} rejected: {'; '.join(reasons_here)}" for file, reasons_here in rejected_units.items()]
+        rejected = bool(rejected_units) and len(rejected_units) == len(units)
 
-        if rejected:
-            prefix = "batch rejected: " + "; ".join(rejection)
-            quarantine = _stack(client.compute([dask.delayed(_reject_partition)(piece, params, prefix, own) for piece in pieces], sync=True), "_row")
-            empty = frame._meta.drop(columns=[POSITION, PARTITION_KEY])
-            validated = canonical_rows(coerce_batch(empty, schema)[0], empty, schema)
-        else:
-            validated = _stack([result["validated"] for result in results])
-            quarantine = _stack([result["quarantine"] for result in results], "_row")
+        validated = _stack([result["validated"] for result in results])
+        quarantine = _stack([result["quarantine"] for result in results], "_row")
+        if rejected_units:
+            prefixes = {file: ("batch rejected: " if whole else f"{names_of[file]} rejected: ") + "; ".join(reasons_here)
+                        for file, reasons_here in rejected_units.items()}
+            out = np.concatenate([np.concatenate(units[file]["positions"]) for file in rejected_units])
+            kept = client.compute([dask.delayed(_reject_partition)(piece, params, prefixes, own) for piece in pieces], sync=True)
+            validated = validated[~pd.Index(_stack_index([result["validated"] for result in results])).isin(out)].reset_index(drop=True)
+            quarantine = _stack([quarantine[~quarantine["_row"].isin(out)], *kept], "_row")
         del shuffled
 
     if rows_in != len(validated) + len(quarantine):
@@ -362,6 +433,7 @@ def validate_on_dask(
         "invalid_share": invalid_share,
         "rejected": rejected,
         "rejection_reasons": rejection,
+        "rejected_units": {names_of[file]: reasons_here for file, reasons_here in rejected_units.items()},
         "reasons": dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))),
         "null_fractions": null_fractions,
         "missing_columns": missing,
@@ -374,9 +446,9 @@ def validate_on_dask(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "engine": "dask",
     }
-    log = logger.warning if rejected else logger.info
+    log = logger.warning if rejected_units else logger.info
     log("validation of batch %s on dask: %d rows in, %d valid, %d quarantined%s", report["batch_id"], rows_in,
-        len(validated), len(quarantine), f" (rejected: {'; '.join(rejection)})" if rejected else "")
+        len(validated), len(quarantine), f" (rejected: {'; '.join(rejection)})" if rejected_units else "")
     return validated, quarantine, report
 
 # %% ../../notebooks/15_scale.ipynb #09c65af8

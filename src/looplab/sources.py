@@ -5,13 +5,17 @@
 # %% ../../notebooks/10_sources.ipynb #c3730ad8
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
 import io
+import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import MISSING, dataclass, field, fields
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -23,12 +27,13 @@ from .core import file_sha256, find_project_root, resolve_store_uri
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'BIKESHARE_COLUMNS', 'MONTHS', 'CALENDAR_COLUMNS_REPLACED', 'CSV_SUFFIXES', 'PARQUET_SUFFIXES', 'UTF16_BOMS',
-           'RETRIED_STATUS', 'SOURCE_KINDS', 'NOT_SOURCE_SETTINGS', 'LANDING_FILE_NAME', 'TIME_FORMAT',
-           'bikeshare_timestamps', 'file_lines', 'bikeshare_to_rides', 'one_line', 'describe', 'SourceError',
-           'SourceBatch', 'file_entry', 'newest_time', 'SqlSource', 'read_landing_csv', 'read_landing_parquet',
-           'FileSource', 'is_url', 'HttpSource', 'resolve_path', 'resolve_url', 'make_source', 'demo_rides',
-           'with_text_times', 'write_atomically', 'demo_sources', 'table_rows', 'seed_demo_sources', 'replay_day']
+__all__ = ['logger', 'BIKESHARE_COLUMNS', 'MONTHS', 'CALENDAR_COLUMNS_REPLACED', 'BAD_FILE_POLICIES', 'CSV_SUFFIXES',
+           'PARQUET_SUFFIXES', 'UTF16_BOMS', 'RETRIED_STATUS', 'SOURCE_KINDS', 'NOT_SOURCE_SETTINGS',
+           'LANDING_FILE_NAME', 'TIME_FORMAT', 'bikeshare_timestamps', 'file_lines', 'bikeshare_to_rides', 'one_line',
+           'describe', 'SourceError', 'SourceBatch', 'file_entry', 'newest_time', 'SqlSource', 'read_landing_csv',
+           'read_landing_parquet', 'FileSource', 'is_url', 'HttpSource', 'resolve_path', 'resolve_url', 'make_source',
+           'demo_rides', 'with_text_times', 'write_atomically', 'demo_sources', 'table_rows', 'seed_demo_sources',
+           'replay_day']
 
 # %% ../../notebooks/10_sources.ipynb #c798c778
 BIKESHARE_COLUMNS = (
@@ -115,6 +120,7 @@ class SourceBatch:
     frame: pd.DataFrame                             # the rows, as the source sent them
     watermark: str | None = None                    # time of the newest row read; None when nothing new
     files: list[str] = field(default_factory=list)  # landing files taken, as `name@sha256`
+    rejected: list[dict] = field(default_factory=list)  # files that could not be read, moved aside (`FileSource.reject`)
 
     @property
     def rows(self) -> int: return len(self.frame)
@@ -213,26 +219,30 @@ class SqlSource:
         return SourceBatch(self.name, frame, new_watermark)
 
 # %% ../../notebooks/10_sources.ipynb #b2f1a877
+BAD_FILE_POLICIES = ("reject", "fail")  # `data.on_bad_file`: what a file that cannot be read does
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def read_landing_csv(
-    path: Path,   # a CSV file, UTF-8 (a UTF-8 byte-order mark is allowed)
-    source: str,  # the source's name, for messages
-) -> pd.DataFrame:  # the rows as pandas reads them, plus `_line`
-    "A landing CSV file, refused with the file and line when it is not UTF-8 or is truncated or malformed."
+    path: Path,              # a CSV file, UTF-8 (a UTF-8 byte-order mark is allowed) unless `encoding` says otherwise
+    source: str,             # the source's name, for messages
+    encoding: str = "utf-8", # the source's `encoding` (Python's names: utf-8, latin-1, cp1252, utf-16, ...)
+) -> pd.DataFrame:           # the rows as pandas reads them, plus `_line`
+    "A landing CSV file, refused with the file and line when it is not in its encoding or is truncated or malformed."
     data = path.read_bytes()
     if not data:
         raise SourceError(source, f"file {path.name} is empty (0 bytes)")
-    if data.startswith(UTF16_BOMS):
-        raise SourceError(source, f"file {path.name} is UTF-16 text (byte-order mark); landing CSV files must be UTF-8")
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    if utf8 and data.startswith(UTF16_BOMS):
+        raise SourceError(source, f"file {path.name} is UTF-16 text (byte-order mark); set the source's encoding: utf-16, or send UTF-8")
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig" if utf8 else encoding)
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise SourceError(source, f"file {path.name} is not UTF-8 text: byte 0x{data[error.start]:02x} on line {line} cannot be decoded") from None
+        name = "UTF-8" if utf8 else encoding
+        raise SourceError(source, f"file {path.name} is not {name} text: byte 0x{data[error.start]:02x} on line {line} cannot be decoded") from None
 
     # pandas fills a short last row with NaN without a word: count the fields of every record first.
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -281,6 +291,16 @@ class FileSource:
     path: str | Path                             # the landing folder
     patterns: list[str] = field(default_factory=lambda: ["*.csv", "*.parquet"])  # which files are data
     timestamp_column: str = "timestamp"          # column holding each row's time (for the watermark)
+    encoding: str = "utf-8"                      # of its CSV files
+    on_bad_file: str = "reject"                  # reject: a file that cannot be read goes to rejected/; fail: the run stops
+
+    def __post_init__(self):
+        if self.on_bad_file not in BAD_FILE_POLICIES:
+            raise SourceError(self.name, f"on_bad_file {self.on_bad_file!r}: use {' or '.join(BAD_FILE_POLICIES)}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise SourceError(self.name, f"encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, latin-1, cp1252)") from None
 
     def matching_files(self) -> list[Path]:
         "Data files in the folder, by name; files matching no pattern are named in a warning."
@@ -302,7 +322,7 @@ class FileSource:
         "One landing file as a frame, with `_file` and `_line`."
         suffix = path.suffix.lower()
         if suffix in CSV_SUFFIXES:
-            frame = read_landing_csv(path, self.name)
+            frame = read_landing_csv(path, self.name, self.encoding)
         elif suffix in PARQUET_SUFFIXES:
             frame = read_landing_parquet(path, self.name)
         else:
@@ -316,7 +336,7 @@ class FileSource:
         taken_files: set[str] | frozenset = frozenset(),  # `name@sha256` of the files already taken
     ) -> SourceBatch:
         "Rows of every matching file not taken yet, file by file in name order."
-        frames, entries = [], []
+        frames, entries, rejected = [], [], []
         for path in self.matching_files():
             try:
                 entry = file_entry(path)
@@ -324,13 +344,40 @@ class FileSource:
                 raise SourceError(self.name, f"file {path.name} cannot be read: {describe(error)}") from None
             if entry in taken_files:
                 continue
-            frames.append(self.read_file(path))
+            try:
+                frames.append(self.read_file(path))
+            except SourceError as error:
+                if self.on_bad_file == "fail":
+                    raise
+                rejected.append(self.reject(path, error.reason))
+                continue
             entries.append(entry)
         if not frames:
-            return SourceBatch(self.name, pd.DataFrame(), None, [])
+            return SourceBatch(self.name, pd.DataFrame(), None, [], rejected)
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         watermark = newest_time(frame[self.timestamp_column]) if self.timestamp_column in frame else None
-        return SourceBatch(self.name, frame, watermark, entries)
+        return SourceBatch(self.name, frame, watermark, entries, rejected)
+
+    def rejected_folder(self) -> Path:
+        "Where files that cannot be read go: `rejected/` beside the landing folder."
+        return Path(self.path).parent / "rejected"
+
+    def reject(self, path: Path, reason: str) -> dict:
+        "Move an unreadable file whole to `rejected/`, with `<name>.reason.json` beside it; what was recorded."
+        folder = self.rejected_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / path.name
+        if target.exists():  # a file of that name was rejected before: keep both
+            target = folder / f"{path.stem}.{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}{path.suffix}"
+        data = path.read_bytes()
+        record = {"file": path.name, "source": self.name, "reason": reason, "moved_to": str(target),
+                  "rejected_at": datetime.now(UTC).isoformat(timespec="seconds"), "bytes": len(data),
+                  "lines": data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0),
+                  "sha256": hashlib.sha256(data).hexdigest()}
+        shutil.move(path, target)
+        (folder / f"{target.name}.reason.json").write_text(json.dumps(record, indent=2) + "\n")
+        logger.warning("source '%s': %s; the file was moved to %s (the run goes on without it)", self.name, reason, target)
+        return record
 
 # %% ../../notebooks/10_sources.ipynb #cf931d2d
 RETRIED_STATUS = 429  # "too many requests": the one client error that waiting can fix

@@ -25,9 +25,10 @@ if TYPE_CHECKING:  # pandera takes most of a second to import: only where a sche
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'NOT_A', 'LINEAGE_KEPT', 'DEFAULT_SAMPLE_ROWS', 'REPORT_METRICS',
-           'build_schema', 'coerce_batch', 'row_problems', 'canonical_rows', 'quarantine_rows', 'batch_problems',
-           'rejection_reasons', 'validate_batch', 'validation_report_html', 'BatchStructureError', 'structural_failure',
+__all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'NOT_A', 'LINEAGE_KEPT', 'DEFAULT_SAMPLE_ROWS', 'DUPLICATE_RULES',
+           'REPORT_METRICS', 'build_schema', 'coerce_batch', 'row_problems', 'canonical_rows', 'quarantine_rows',
+           'batch_problems', 'rejection_reasons', 'acceptance_units', 'keep_one_duplicate', 'impossible_times',
+           'validate_batch', 'validation_report_html', 'BatchStructureError', 'structural_failure',
            'log_validation_report', 'report_validation']
 
 # %% ../../notebooks/12_validation.ipynb #0537277a
@@ -350,8 +351,18 @@ def quarantine_rows(
 def batch_problems(
     batch: pd.DataFrame,  # the rows to check, indexed 0 … n-1
     schema,               # `build_schema(params)`
+    params: dict | None = None,  # the `data` parameters: with them, the repeated-key rule and the time limits apply too
+    positions=None,       # each row's position in the whole batch (a part of a batch: the Dask path), for messages
 ) -> tuple[pd.DataFrame, dict[int, list[str]], dict[str, set[int]]]:  # (coerced batch, row -> its reasons, check -> rows failing it)
     "Every problem of every row: the types first, then the row checks on what coerced (a value that failed its type is not checked again)."
+    coerced, reasons, counts = _schema_problems(batch, schema)
+    if params is not None:
+        keep_one_duplicate(coerced, reasons, counts, schema, (params.get("validation") or {}).get("duplicates", "last"), positions)
+        impossible_times(coerced, params, reasons, counts)
+    return coerced, reasons, {key: rows for key, rows in counts.items() if rows}
+
+
+def _schema_problems(batch: pd.DataFrame, schema) -> tuple[pd.DataFrame, dict[int, list[str]], dict[str, set[int]]]:
     coerced, problems = coerce_batch(batch, schema)
     skip = {(row, key.split(": ")[0]) for row, _, key, _ in problems}
     problems += row_problems(coerced, schema, skip)
@@ -388,11 +399,72 @@ def _percent(share: float) -> str:
     return f"{100 * share:.1f}%"
 
 
+DUPLICATE_RULES = ("last", "first", "none")  # `validation.duplicates`: which row of a repeated key is kept
+
+
+def acceptance_units(batch: pd.DataFrame) -> dict[str, list[int]]:
+    "The units a batch is accepted or rejected by: each landing file (`_file`), and the rows that came from no file; positions in `batch`."
+    if not len(batch):
+        return {}
+    files = batch["_file"] if "_file" in batch.columns else pd.Series(None, index=batch.index, dtype=object)
+    without = files.isna().to_numpy()
+    if without.any():  # an SQL batch, an API's pages: accepted or rejected together
+        sources = sorted(batch.loc[without, "_source"].dropna().astype(str).unique()) if "_source" in batch.columns else []
+        name = f"rows of {', '.join(sources)}" if sources else "rows without a file"
+    units = np.where(without, name if without.any() else "", "file " + files.astype(str).to_numpy())
+    return {unit: list(np.flatnonzero(units == unit)) for unit in dict.fromkeys(units)}
+
+
+def keep_one_duplicate(
+    coerced: pd.DataFrame, reasons: dict[int, list[str]], counts: dict[str, set[int]], schema, rule: str,
+    positions=None,  # each row's position in the whole batch, for the message (a part of a batch: the Dask path)
+) -> None:
+    "Of rows that share a key and have nothing else wrong, keep the last (or first) valid; the others say which row was kept."
+    if rule not in DUPLICATE_RULES:
+        raise ValueError(f"data.validation.duplicates must be one of {', '.join(DUPLICATE_RULES)}, got {rule!r}")
+    candidates = [row for row in sorted(counts.get("duplicate key", ())) if len(reasons.get(row, [])) == 1]
+    if rule == "none" or not candidates:
+        return
+    key = list(schema.unique)
+    frame = coerced.loc[candidates, key]
+    chosen = frame.groupby(key, sort=False, dropna=False).tail(1) if rule == "last" else frame.groupby(key, sort=False, dropna=False).head(1)
+    kept = {tuple(values): row for row, values in zip(chosen.index, chosen.itertuples(index=False), strict=True)}
+    for row, values in zip(frame.index, frame.itertuples(index=False), strict=True):
+        winner = kept[tuple(values)]
+        if row == winner:
+            del reasons[row]
+            counts["duplicate key"].discard(row)
+        else:
+            shown = winner if positions is None else int(positions[winner])
+            reasons[row] = [f"{reasons[row][0]}: row {shown} of the batch kept (validation.duplicates: {rule})"]
+
+
+def impossible_times(
+    coerced: pd.DataFrame, params: dict, reasons: dict[int, list[str]], counts: dict[str, set[int]],
+) -> None:
+    "Rows later than now + `data.max_future`, or before `data.min_time`, are invalid with that reason."
+    time = params["timestamp"]
+    if time not in coerced.columns:
+        return
+    times = pd.to_datetime(coerced[time], errors="coerce")
+    limits = []
+    if params.get("max_future"):
+        now = pd.Timestamp.now(tz=params.get("timezone") or "UTC").tz_localize(None)
+        latest = now + pd.Timedelta(params["max_future"])
+        limits.append((times > latest, f"{time}: later than now + {params['max_future']} (data.max_future)", "future"))
+    if params.get("min_time"):
+        limits.append((times < pd.Timestamp(params["min_time"]), f"{time}: before {params['min_time']} (data.min_time)", "too early"))
+    for outside, text, kind in limits:
+        for row in np.flatnonzero(outside.fillna(False).to_numpy()):
+            reasons.setdefault(int(row), []).append(f"{text}: {times.iloc[row]}")
+            counts.setdefault(f"{time}: {kind}", set()).add(int(row))
+
+
 def validate_batch(
     batch: pd.DataFrame,  # an ingested batch: canonical columns in any dtypes, lineage columns `_…`
     params: dict,         # the `data` parameters (`timestamp`, `entity`, `timezone`, `validation`, `dataset`)
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:  # (validated batch, quarantine, report)
-    "Split `batch` into valid rows (canonical dtypes) and quarantined rows with reasons; reject it whole when too much is wrong."
+    "Split `batch` into valid rows (canonical dtypes) and quarantined rows with reasons; reject a file (or the batch) whole when too much is wrong."
     import pandera.pandas as pa
 
     validation = params.get("validation") or {}
@@ -411,23 +483,33 @@ def validate_batch(
     extra = [str(c) for c in batch.columns if not str(c).startswith("_") and c not in schema.columns]
     present = [name for name in names if name in batch.columns]
 
-    coerced, own_reasons, reason_counts = batch_problems(batch, schema)
+    coerced, own_reasons, reason_counts = batch_problems(batch, schema, params)
     invalid_share = len(own_reasons) / rows_in if rows_in else 0.0
     null_fractions = {name: float(batch[name].isna().mean()) if rows_in else 0.0 for name in present}
 
-    rejection = rejection_reasons(rows_in, missing, extra, policy, present, schema, null_fractions, max_null_fraction,
-                                  invalid_share, max_invalid_share)
-    rejected = bool(rejection)
+    # The unit of acceptance is the file (or a source's rows): one bad file never takes another's rows with it.
+    units = acceptance_units(batch)
+    rejected_units: dict[str, list[str]] = {}
+    for unit, positions in units.items():
+        part = batch.iloc[positions]
+        reasons_here = rejection_reasons(
+            len(positions), missing, [column for column in extra if part[column].notna().any()], policy, present, schema,
+            {name: float(part[name].isna().mean()) for name in present}, max_null_fraction,
+            sum(position in own_reasons for position in positions) / len(positions), max_invalid_share)
+        if reasons_here:
+            rejected_units[unit] = reasons_here
+    whole = len(units) <= 1
+    rejection = next(iter(rejected_units.values())) if whole and rejected_units else [
+        f"{unit} rejected: {'; '.join(reasons_here)}" for unit, reasons_here in rejected_units.items()]
+    rejected = bool(rejected_units) and len(rejected_units) == len(units)
 
-    if rejected:
-        prefix = "batch rejected: " + "; ".join(rejection)
-        quarantined = list(range(rows_in))
-        reasons = {row: "; ".join([prefix, *own_reasons.get(row, [])]) for row in quarantined}
-        valid = []
-    else:
-        quarantined = sorted(own_reasons)
-        reasons = {row: "; ".join(own_reasons[row]) for row in quarantined}
-        valid = sorted(set(range(rows_in)) - set(quarantined))
+    rejected_rows: dict[int, str] = {}
+    for unit, reasons_here in rejected_units.items():
+        prefix = ("batch rejected: " if whole else f"{unit} rejected: ") + "; ".join(reasons_here)
+        rejected_rows.update(dict.fromkeys(units[unit], prefix))
+    quarantined = sorted(set(own_reasons) | set(rejected_rows))
+    reasons = {row: "; ".join([*([rejected_rows[row]] if row in rejected_rows else []), *own_reasons.get(row, [])]) for row in quarantined}
+    valid = sorted(set(range(rows_in)) - set(quarantined))
 
     validated = canonical_rows(coerced.iloc[valid], batch.iloc[valid], schema)
     quarantine = quarantine_rows(batch, quarantined, reasons, names)
@@ -453,6 +535,7 @@ def validate_batch(
         "invalid_share": invalid_share,
         "rejected": rejected,
         "rejection_reasons": rejection,
+        "rejected_units": rejected_units,
         "reasons": {key: len(rows) for key, rows in sorted(reason_counts.items(), key=lambda item: (-len(item[1]), item[0]))},
         "null_fractions": null_fractions,
         "missing_columns": missing,
@@ -464,9 +547,9 @@ def validate_batch(
         "quarantine_sample": quarantine.head(sample_rows).to_dict("records"),  # text or null, `_row` an int
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    log = logger.warning if rejected else logger.info
+    log = logger.warning if rejected_units else logger.info
     log("validation of batch %s: %d rows in, %d valid, %d quarantined%s", report["batch_id"], rows_in,
-        len(validated), len(quarantine), f" (rejected: {'; '.join(rejection)})" if rejected else "")
+        len(validated), len(quarantine), f" (rejected: {'; '.join(rejection)})" if rejected_units else "")
     return validated, quarantine, report
 
 # %% ../../notebooks/12_validation.ipynb #5ea97ff1
