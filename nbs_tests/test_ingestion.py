@@ -16,7 +16,7 @@ from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import ParquetDataset
 
 from looplab.core import load_config
-from looplab.ingestion import StateStore, append_validated, commit_watermarks, ingest_sources
+from looplab.ingestion import StateStore, append_validated, commit_watermarks, ingest_sources, read_revisions
 from looplab.sources import SourceError, replay_day, seed_demo_sources
 
 from conftest import free_port
@@ -209,7 +209,8 @@ def test_append_validated_upserts_by_key(params, tmp_path):
         ParquetDataset(filepath=params["validated_path"], version=Version(None, version)).save(table)
 
     table, report = append_validated(rows({"2011-01-01 00:00": 1, "2011-01-01 01:00": 2}), params)
-    assert report == {"rows_before": 0, "added": 2, "updated": 0, "unchanged": 0, "rows_after": 2, "batch_rows": 2, "version_read": None}
+    assert report == {"rows_before": 0, "added": 2, "updated": 0, "unchanged": 0, "kept_stored": 0, "rows_after": 2, "batch_rows": 2,
+                      "version_read": None, "revisions": {"rows": 0, "rule": "update", "kept_in": None}}
     assert "_file" not in table.columns
     store(table, "2026-01-01T00.00.00.000Z")
     for _ in range(2):  # the same batch again and again: no new rows
@@ -218,5 +219,7 @@ def test_append_validated_upserts_by_key(params, tmp_path):
     table, report = append_validated(rows({"2011-01-01 01:00": 7, "2010-12-31 23:00": 5}), params)
     assert (report["added"], report["updated"], report["unchanged"], report["rows_after"]) == (1, 1, 0, 3)
     assert table["bikers"].tolist() == [5, 1, 7] and table["timestamp"].is_monotonic_increasing
+    assert report["revisions"]["rows"] == 1 and report["revisions"]["kept_in"]  # the revised value: 2 before, 7 now
+    assert read_revisions(params)["bikers"].tolist() == [2]
     with pytest.raises(ValueError, match="lacks the key column"):
         append_validated(rows({"2011-01-01 00:00": 1}).drop(columns="region"), params)

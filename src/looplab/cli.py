@@ -15,6 +15,9 @@ from looplab.core import DATA_LAYERS, load_config, project_paths
 # 0.2 s instead of the second or more that importing serving, the registry and the replay takes.
 
 
+_ENV_OPTION = click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version("looplab"), prog_name="looplab")
 def cli() -> None:
@@ -171,6 +174,61 @@ def data_diff(before: str, after: str, dataset: str, env: str | None, as_json: b
     click.echo(json.dumps(difference, indent=2) if as_json else format_diff(difference))
 
 
+def _refused_setup(env: str | None) -> tuple[dict, Path, Path]:
+    "The `data` parameters, the quarantine dataset's folder and the project root."
+    from looplab.core import catalog_config
+
+    root = project_paths().root
+    try:
+        return load_config("parameters", env=env, root=root)["data"], Path(catalog_config(env, root)["rides_quarantine"]["filepath"]), root
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise click.ClickException(f"cannot read the data configuration: {error}") from error
+
+
+@data.command("quarantine")
+@_ENV_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+def data_quarantine(env: str | None, as_json: bool) -> None:
+    """What the data layer refused: landing files it could not read, and quarantined rows by reason."""
+    from looplab.ingestion import refused
+
+    params, quarantine, root = _refused_setup(env)
+    facts = refused(params, quarantine, root)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    click.echo(f"rejected files: {len(facts['rejected_files'])}")
+    for record in facts["rejected_files"]:
+        click.echo(f"  {record['file']}  ({record['source']}, {record.get('rejected_at', '?')}): {record['reason']}")
+    click.echo(f"quarantined rows: {facts['quarantined_rows']}")
+    for kind, count in facts["reasons"].items():
+        click.echo(f"  {count:>7,}  {kind}")
+    if facts["rejected_files"] or facts["quarantined_rows"]:
+        click.echo("after a fix: looplab data retry --file NAME | --reason TEXT, then kedro run -p data")
+
+
+@data.command("retry")
+@_ENV_OPTION
+@click.option("--file", "file", default=None, help="A rejected file (fixed in place in rejected/) to put back into its landing folder.")
+@click.option("--reason", default=None, help="Send the quarantined rows whose reason contains this text back through the data layer.")
+def data_retry(env: str | None, file: str | None, reason: str | None) -> None:
+    """Send refused data through ingestion and validation again, after a fix (one of --file or --reason)."""
+    from looplab.ingestion import retry_file, retry_rows
+
+    if (file is None) == (reason is None):
+        raise click.UsageError("give one of --file NAME or --reason TEXT (looplab data quarantine lists them)")
+    params, quarantine, root = _refused_setup(env)
+    try:
+        if file is not None:
+            click.echo(f"{file} is back in {retry_file(params, file, root).parent}")
+        else:
+            path, count = retry_rows(params, quarantine, reason, root)
+            click.echo(f"{count:,} quarantined row(s) written to {path}")
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"next: kedro run -p data{f' --env {env}' if env else ''}  (valid rows are stored once; the others are quarantined again)")
+
+
 # --- model registry ---------------------------------------------------------------------------
 def _registry(env: str | None) -> dict:
     "Point MLflow at the project's store (from conf) and check it can be reached; the settings used."
@@ -194,9 +252,6 @@ def _registry_call(action, *args, **kwargs):
         return action(*args, **kwargs)
     except (RegistryError, ValueError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
-
-
-_ENV_OPTION = click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
 
 
 @cli.command()

@@ -5,8 +5,10 @@
 # %% ../../notebooks/11_ingestion.ipynb #0e842b0b
 from __future__ import annotations
 
+import json
 import logging
 import re
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
@@ -23,9 +25,11 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'STATE_SCHEMA', 'AWARE_TIME', 'EVENT_TIME_MODES', 'LINEAGE_PREFIX', 'KEPT_LINEAGE', 'SCHEMA_DTYPES',
-           'utc_now', 'StateStore', 'normalise_timestamps', 'uniform_column_types', 'arrives_untimed', 'arrival_times',
-           'order_columns', 'normalise_batch', 'new_batch_id', 'state_store', 'empty_batch', 'read_source',
-           'ingest_sources', 'commit_watermarks', 'latest_version_file', 'append_validated']
+           'CONFLICT_RULES', 'utc_now', 'StateStore', 'normalise_timestamps', 'uniform_column_types', 'arrives_untimed',
+           'arrival_times', 'order_columns', 'normalise_batch', 'new_batch_id', 'state_store', 'empty_batch',
+           'read_source', 'ingest_sources', 'later_watermark', 'commit_watermarks', 'latest_version_file',
+           'revisions_path', 'keep_revisions', 'read_revisions', 'append_validated', 'reason_kind', 'quarantined_rows',
+           'rejected_files', 'refused', 'retry_file', 'retry_rows']
 
 # %% ../../notebooks/11_ingestion.ipynb #36e05a85
 STATE_SCHEMA = """
@@ -289,6 +293,20 @@ def ingest_sources(
     return ingested, pending
 
 # %% ../../notebooks/11_ingestion.ipynb #16110423
+def later_watermark(
+    stored: str | None,  # the committed watermark
+    new: str,            # this batch's newest time
+) -> str:                # the later of the two: a watermark never moves backwards (a re-sent old row must not rewind it)
+    "The later of two watermarks, compared as times (as text when they cannot be compared as times)."
+    if stored is None:
+        return new
+    try:
+        later = pd.Timestamp(new) > pd.Timestamp(stored)
+    except (TypeError, ValueError):  # zone-aware against naive, or not a time: compare the text
+        later = str(new) > str(stored)
+    return new if later else stored
+
+
 def commit_watermarks(
     pending: dict,                  # what `ingest_sources` returned as pending
     validated_rides: pd.DataFrame,  # the stored table; only here so Kedro commits after storing it
@@ -301,7 +319,10 @@ def commit_watermarks(
     with store.transaction():
         for name, entry in pending.get("sources", {}).items():
             if entry.get("watermark") is not None:
-                store.set_watermark(name, entry["watermark"])
+                kept = later_watermark(store.watermark(name), entry["watermark"])
+                if kept != entry["watermark"]:
+                    logger.info("source '%s': its watermark stays at %s (this batch's newest row, %s, is older)", name, kept, entry["watermark"])
+                store.set_watermark(name, kept)
             if entry.get("files"):
                 store.mark_files(name, entry["files"])
             committed[name] = {"watermark": store.watermark(name), "files": list(entry.get("files") or []), "rows": entry.get("rows", 0),
@@ -322,12 +343,48 @@ def latest_version_file(
     return versions[-1] / path.name if versions else None
 
 
+CONFLICT_RULES = ("update", "keep")  # `data.on_conflict`: a stored row re-sent with other values
+
+
+def revisions_path(params: dict, root: Path | str | None = None) -> Path:
+    "The folder of revisions: `data.revisions_path`, else `revisions/` beside the validated table."
+    configured = params.get("revisions_path")
+    return resolve_path(configured, root) if configured else resolve_path(params["validated_path"], root).parent / "revisions"
+
+
+def keep_revisions(
+    previous: pd.DataFrame,  # the stored rows being replaced, indexed by key
+    current: pd.DataFrame,   # their new values, indexed by key
+    params: dict, root: Path | str | None = None,
+) -> str:                    # the file written
+    "Keep the previous values of revised rows: one Parquet file per batch in the revisions folder, never overwritten."
+    folder = revisions_path(params, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    batch_id = str(current["_batch_id"].iloc[0]) if "_batch_id" in current.columns else new_batch_id()
+    rows = previous.reset_index().assign(_revised_at=utc_now(), _revised_by_batch=batch_id)
+    changed = [c for c in current.columns if not str(c).startswith(LINEAGE_PREFIX) and c in previous.columns
+               and not ((previous[c] == current[c]) | (previous[c].isna() & current[c].isna())).all()]
+    rows["_changed_columns"] = ", ".join(map(str, changed))
+    path = folder / f"revisions-{batch_id}.parquet"
+    if path.exists():
+        path = folder / f"revisions-{batch_id}-{uuid.uuid4().hex[:6]}.parquet"
+    rows.to_parquet(path, index=False)
+    return str(path)
+
+
+def read_revisions(params: dict, root: Path | str | None = None) -> pd.DataFrame:
+    "Every kept revision (previous values, when and by which batch they were replaced); empty when there is none."
+    folder = revisions_path(params, root)
+    files = sorted(folder.glob("revisions-*.parquet")) if folder.is_dir() else []
+    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True) if files else pd.DataFrame()
+
+
 def append_validated(
     validated_batch: pd.DataFrame,  # this run's valid rows
     params: dict,                   # the `data` block: `validated_path`, `timestamp`, `entity`
     root: Path | str | None = None, # project root for relative paths; found when needed
 ) -> tuple[pd.DataFrame, dict]:     # (the whole validated table, the append report)
-    "Upsert the batch into the latest stored validated table by (entity, timestamp); identical rows are no-ops."
+    "Upsert the batch into the latest stored validated table by (entity, timestamp); identical rows are no-ops, revised ones kept."
     keys = [params["entity"]["column"], params["timestamp"]]
     stored_file = latest_version_file(resolve_path(params["validated_path"], root))
     if stored_file is None:
@@ -357,13 +414,106 @@ def append_validated(
     same = ((mine == theirs) | (mine.isna() & theirs.isna())).all(axis=1)
     updated, added = common[~same.to_numpy()], new.index.difference(old.index)
 
+    conflict = params.get("on_conflict") or "update"
+    if conflict not in CONFLICT_RULES:
+        raise ValueError(f"data.on_conflict must be one of {', '.join(CONFLICT_RULES)}, got {conflict!r}")
+    revised = {"rows": len(updated), "rule": conflict, "kept_in": None}
+    if len(updated) and conflict == "update":
+        revised["kept_in"] = keep_revisions(old.loc[updated], new.loc[updated], params, root)
+        logger.warning("%d stored row(s) re-sent with other values: the new values replace them (data.on_conflict: update); "
+                       "the previous ones are kept in %s", len(updated), revised["kept_in"])
+    elif len(updated):
+        logger.warning("%d stored row(s) re-sent with other values: the stored values stay (data.on_conflict: keep)", len(updated))
+        updated = updated[:0]
     parts = [part for part in (old.drop(index=updated), new.loc[updated.append(added)]) if len(part)]
     table = pd.concat(parts) if parts else new.iloc[:0]
     known = [*old.columns, *new.columns] if stored_file is not None else [*new.columns, *old.columns]  # stored order wins
     columns = [keys[1], keys[0], *dict.fromkeys(known)]
     table = table.reset_index().reindex(columns=columns).sort_values(keys, ignore_index=True)
     report = {"rows_before": len(stored), "added": len(added), "updated": len(updated),
-              "unchanged": int(same.sum()), "rows_after": len(table), "batch_rows": len(batch),
-              "version_read": stored_file.parent.name if stored_file else None}
-    assert report["added"] + report["updated"] + report["unchanged"] == len(batch), report  # every batch row accounted for
+              "unchanged": int(same.sum()), "kept_stored": revised["rows"] - len(updated), "revisions": revised,
+              "rows_after": len(table), "batch_rows": len(batch), "version_read": stored_file.parent.name if stored_file else None}
+    assert report["added"] + report["updated"] + report["unchanged"] + report["kept_stored"] == len(batch), report  # every batch row accounted for
     return table, report
+
+# %% ../../notebooks/11_ingestion.ipynb #e7d1ad54
+_VALUES = re.compile(r"=('[^']*'|\d{4}-\d\d-\d\d[ T][\d:.]+|[^\s,;)]+)")
+
+
+def reason_kind(reason: str) -> str:
+    "A quarantine reason without its values (and row numbers): what a thousand rows with one fault have in common."
+    kind = _VALUES.sub("", str(reason).split("; ")[0])
+    return re.sub(r"\b(row|in) \d+\b", r"\1 N", kind)
+
+
+def quarantined_rows(
+    path: Path | str,                # the quarantine dataset's folder (catalog: `rides_quarantine`)
+    root: Path | str | None = None,  # project root for a relative path
+) -> pd.DataFrame:                   # every quarantined row of every run, with `_version` (the run that kept it)
+    "All versions of the quarantine, one frame."
+    folder = resolve_path(path, root)
+    versions = sorted(version for version in folder.iterdir() if (version / folder.name).is_file()) if folder.is_dir() else []
+    frames = [pd.read_parquet(version / folder.name).assign(_version=version.name) for version in versions]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["_reason", "_version"])
+
+
+def rejected_files(params: dict, root: Path | str | None = None) -> list[dict]:
+    "Every landing file moved to a `rejected/` folder, with its recorded reason; oldest first."
+    records = []
+    for name, settings in (params.get("sources") or {}).items():
+        if settings.get("kind") == "files":
+            folder = resolve_path(settings["path"], root).parent / "rejected"
+            for reason in sorted(folder.glob("*.reason.json")) if folder.is_dir() else []:
+                records.append({**json.loads(reason.read_text()), "source": name, "path": str(reason.with_name(reason.name.removesuffix(".reason.json")))})
+    return sorted(records, key=lambda record: record.get("rejected_at") or "")
+
+
+def refused(params: dict, quarantine_path: Path | str, root: Path | str | None = None) -> dict:
+    "What the data layer refused: rejected files, and quarantined rows counted by reason."
+    rows = quarantined_rows(quarantine_path, root)
+    kinds = rows["_reason"].map(reason_kind).value_counts() if len(rows) else pd.Series(dtype=int)
+    return {"rejected_files": rejected_files(params, root), "quarantined_rows": len(rows),
+            "reasons": {str(kind): int(count) for kind, count in kinds.items()}}
+
+# %% ../../notebooks/11_ingestion.ipynb #99a22369
+def _landing(params: dict, root: Path | str | None = None) -> tuple[str, Path]:
+    "The first landing folder of the conf: (source name, folder)."
+    for name, settings in (params.get("sources") or {}).items():
+        if settings.get("kind") == "files" and settings.get("enabled", True):
+            return name, resolve_path(settings["path"], root)
+    raise ValueError("data.sources has no enabled files source: there is no landing folder to send anything back to")
+
+
+def retry_file(params: dict, file: str, root: Path | str | None = None) -> Path:
+    "Move a rejected file (fixed in place) back into its landing folder; where it went."
+    matches = [record for record in rejected_files(params, root) if Path(record["path"]).name == file or record["file"] == file]
+    if not matches:
+        known = ", ".join(Path(record["path"]).name for record in rejected_files(params, root)) or "none"
+        raise ValueError(f"no rejected file {file!r} (rejected files: {known})")
+    record = matches[-1]
+    source = params["sources"][record["source"]]
+    target = resolve_path(source["path"], root) / record["file"]
+    if target.exists():
+        raise ValueError(f"{target} exists: the landing folder already holds a file of that name")
+    shutil.move(record["path"], target)
+    Path(f"{record['path']}.reason.json").unlink(missing_ok=True)
+    logger.info("retry: %s is back in %s; the next data run takes it", record["file"], target.parent)
+    return target
+
+
+def retry_rows(params: dict, quarantine_path: Path | str, reason: str, root: Path | str | None = None) -> tuple[Path, int]:
+    "Write the quarantined rows whose reason contains `reason` as one CSV file into the landing folder; (file, rows)."
+    rows = quarantined_rows(quarantine_path, root)
+    chosen = rows[rows["_reason"].astype(str).str.contains(reason, regex=False)] if len(rows) else rows
+    if not len(chosen):
+        raise ValueError(f"no quarantined row has a reason containing {reason!r}; `looplab data quarantine` lists the reasons")
+    if chosen["_reason"].astype(str).str.contains("duplicate key").any():
+        raise ValueError("rows quarantined as a repeated key are not sent back: the row kept for that key would be overwritten")
+    drop = [c for c in chosen.columns if str(c).startswith(LINEAGE_PREFIX)]
+    if arrives_untimed(params):  # their times are arrival times: they arrive again
+        drop.append(params["timestamp"])
+    _, folder = _landing(params, root)
+    path = folder / f"retry-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.csv"
+    chosen.drop(columns=drop).to_csv(path, index=False)
+    logger.info("retry: %d quarantined row(s) written to %s; the next data run takes them", len(chosen), path)
+    return path, len(chosen)

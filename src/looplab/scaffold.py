@@ -173,6 +173,7 @@ def dataset_blocks(
         "on_bad_file": "reject",
         "max_future": "1 day",
         "min_time": None,
+        "on_conflict": "update",
         "demo": {"enabled": False},
         "validation": {
             "max_invalid_share": 0.2,

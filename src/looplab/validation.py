@@ -451,12 +451,12 @@ def impossible_times(
     if params.get("max_future"):
         now = pd.Timestamp.now(tz=params.get("timezone") or "UTC").tz_localize(None)
         latest = now + pd.Timedelta(params["max_future"])
-        limits.append((times > latest, f"{time}: later than now + {params['max_future']} (data.max_future)", "future"))
+        limits.append((times > latest, f"is later than now + {params['max_future']} (data.max_future)", "future"))
     if params.get("min_time"):
-        limits.append((times < pd.Timestamp(params["min_time"]), f"{time}: before {params['min_time']} (data.min_time)", "too early"))
+        limits.append((times < pd.Timestamp(params["min_time"]), f"is before {params['min_time']} (data.min_time)", "too early"))
     for outside, text, kind in limits:
         for row in np.flatnonzero(outside.fillna(False).to_numpy()):
-            reasons.setdefault(int(row), []).append(f"{text}: {times.iloc[row]}")
+            reasons.setdefault(int(row), []).append(f"{time}='{times.iloc[row]}' {text}")
             counts.setdefault(f"{time}: {kind}", set()).add(int(row))
 
 
