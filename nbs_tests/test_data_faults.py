@@ -13,6 +13,8 @@ import subprocess
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from looplab.core import load_config
 from looplab.sources import demo_rides
@@ -51,9 +53,11 @@ def run(root, tmp_path_factory, tool, quiet_env):
     future["timestamp"] = future["timestamp"] + pd.to_timedelta(range(3), unit="h")
     text(pd.concat([day("2011-02-07"), future], ignore_index=True)).to_csv(landing / "rides_2011-02-07.csv", index=False)
     text(day("2011-02-08").assign(firmware="v2")).to_csv(landing / "rides_2011-02-08.csv", index=False)  # a stray column
+    stored_row = day("2011-01-05").head(1)  # stored by the first run; re-sent corrected (a late correction)
+    text(stored_row.assign(bikers=stored_row["bikers"] + 2, casual=stored_row["casual"] + 2)).to_csv(landing / "rides_2011-02-09-fix.csv", index=False)
     second = kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
     third = kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
-    return {"project": project, "params": params, "landing": landing, "rides": rides, "good": good, "repeated": repeated,
+    return {"project": project, "params": params, "landing": landing, "rides": rides, "good": good, "repeated": repeated, "corrected": stored_row,
             "second": second.stdout + second.stderr, "third": third.stdout + third.stderr}
 
 
@@ -110,3 +114,56 @@ def test_a_rejected_file_comes_back_after_a_fix(run, tool, quiet_env):
     assert (table["timestamp"].dt.strftime("%Y-%m-%d") == "2011-02-05").sum() == len(day)
     again = looplab(tool, quiet_env, run["project"], "data", "retry", "--env", "test", "--file", "rides_2011-02-05.csv")
     assert again.returncode == 1 and "no rejected file 'rides_2011-02-05.csv'" in again.stderr
+
+
+def test_the_report_accounts_for_every_line_and_shows_files_and_revisions(run):
+    from looplab.ingestion import read_revisions
+
+    reports = run["project"] / "data" / "08_reporting"
+    versions = sorted((reports / "validation_report.json").glob("*/validation_report.json"))
+    report = json.loads(versions[1].read_text())  # the fixture's second run: the one with the faults
+    assert [record["file"] for record in report["rejected_files"]] == ["rides_2011-02-03.csv", "rides_2011-02-04.csv", "rides_2011-02-05.csv"]
+    assert report["rows_read"] == report["rows_in"] + report["lines_in_rejected_files"] > report["rows_in"]
+    assert report["rows_in"] == report["rows_valid"] + report["rows_quarantined"]
+    assert list(report["rejected_units"]) == ["file rides_2011-02-08.csv"]
+    revisions = read_revisions(run["params"], root=run["project"])
+    assert revisions["bikers"].tolist() == run["corrected"]["bikers"].tolist() and revisions["_changed_columns"][0] == "casual, bikers"
+    table = stored(run).set_index("timestamp")
+    assert table.loc[run["corrected"]["timestamp"].iloc[0], "bikers"] == run["corrected"]["bikers"].iloc[0] + 2
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(["good", "truncated", "empty", "utf16", "stray", "bad_rows"]), min_size=1, max_size=6))
+def test_any_mix_of_files_is_accounted_for_and_a_rerun_is_clean(root, tmp_path_factory, kinds):
+    "Rows read = stored + quarantined + lines of the files moved aside; then nothing is new."
+    from looplab.ingestion import normalise_batch
+    from looplab.sources import FileSource
+    from looplab.validation import count_rejected, validate_batch
+
+    params = load_config(env="test", root=root)["data"]
+    rides = demo_rides(params, root=root)
+    folder = tmp_path_factory.mktemp("mix") / "landing"
+    folder.mkdir()
+    readable = 0
+    for number, kind in enumerate(kinds):
+        frame = rides.iloc[24 * number: 24 * number + 24].copy()
+        frame["timestamp"] = frame["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S")
+        path = folder / f"rides_{number:02d}.csv"
+        if kind == "bad_rows":
+            frame.loc[frame.index[:12], "hr"] = 99
+        if kind == "stray":
+            frame["firmware"] = "v2"
+        data = frame.to_csv(index=False).encode()
+        data = {"truncated": data[:-9], "empty": b"", "utf16": frame.to_csv(index=False).encode("utf-16")}.get(kind, data)
+        path.write_bytes(data)
+        readable += len(frame) if kind in ("good", "stray", "bad_rows") else 0
+    source = FileSource("landing", folder)
+    batch = source.read()
+    frame = normalise_batch(batch.frame, "landing", "b1", params) if batch.rows else batch.frame
+    validated, quarantine, report = validate_batch(frame, params) if batch.rows else (frame, frame, {"rows_in": 0})
+    report = count_rejected(report, {"sources": {"landing": {"rejected": batch.rejected}}})
+    assert report["rows_in"] == readable == len(validated) + len(quarantine)
+    assert len(batch.rejected) == sum(kind in ("truncated", "empty", "utf16") for kind in kinds)
+    assert report["rows_read"] == readable + sum(record["lines"] for record in batch.rejected)
+    assert len(validated) == 24 * kinds.count("good")  # one file's faults never reach another file's rows
+    assert source.read(taken_files=set(batch.files)).rows == 0 and not source.read(taken_files=set(batch.files)).rejected

@@ -708,6 +708,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.validation.build_schema': ('validation.html#build_schema', 'looplab/validation.py'),
                                     'looplab.validation.canonical_rows': ('validation.html#canonical_rows', 'looplab/validation.py'),
                                     'looplab.validation.coerce_batch': ('validation.html#coerce_batch', 'looplab/validation.py'),
+                                    'looplab.validation.count_rejected': ('validation.html#count_rejected', 'looplab/validation.py'),
                                     'looplab.validation.impossible_times': ('validation.html#impossible_times', 'looplab/validation.py'),
                                     'looplab.validation.keep_one_duplicate': ( 'validation.html#keep_one_duplicate',
                                                                                'looplab/validation.py'),

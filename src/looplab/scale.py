@@ -17,7 +17,7 @@ import pandas as pd
 from .features import EVENT_TIMESTAMP, build_features, feature_inputs
 from .ingestion import empty_batch, ingest_sources, new_batch_id, normalise_batch, order_columns, read_source, state_store, uniform_column_types
 from .sources import SourceBatch, SourceError, describe, file_entry, make_source, newest_time
-from .validation import DEFAULT_SAMPLE_ROWS, batch_problems, build_schema, canonical_rows, quarantine_rows, rejection_reasons, validate_batch
+from .validation import DEFAULT_SAMPLE_ROWS, batch_problems, build_schema, canonical_rows, count_rejected, quarantine_rows, rejection_reasons, validate_batch
 
 logger = logging.getLogger(__name__)
 
@@ -494,10 +494,12 @@ def ingest_on_engine(
 def validate_on_engine(
     batch: pd.DataFrame,  # an ingested batch
     params: dict,         # the `data` block; `engine` picks pandas or Dask
+    pending: dict | None = None,  # `ingest_sources`' pending state: the report also counts the files it rejected
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:  # (validated batch, quarantine, report), as `validate_batch` gives them
     "The pipeline's validation: `validate_batch`, or `validate_on_dask` when `data.engine` is dask."
     step = validate_on_dask if data_engine(params) == "dask" else validate_batch
-    return step(batch, params)
+    validated, quarantine, report = step(batch, params)
+    return validated, quarantine, count_rejected(report, pending)
 
 
 def features_on_engine(

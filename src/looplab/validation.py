@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'NOT_A', 'LINEAGE_KEPT', 'DEFAULT_SAMPLE_ROWS', 'DUPLICATE_RULES',
            'REPORT_METRICS', 'build_schema', 'coerce_batch', 'row_problems', 'canonical_rows', 'quarantine_rows',
            'batch_problems', 'rejection_reasons', 'acceptance_units', 'keep_one_duplicate', 'impossible_times',
-           'validate_batch', 'validation_report_html', 'BatchStructureError', 'structural_failure',
+           'validate_batch', 'validation_report_html', 'BatchStructureError', 'structural_failure', 'count_rejected',
            'log_validation_report', 'report_validation']
 
 # %% ../../notebooks/12_validation.ipynb #0537277a
@@ -604,6 +604,22 @@ def validation_report_html(
     if rejected:
         parts.append("<h2>Why the batch was rejected</h2><p>Every row of this batch is in quarantine.</p><ul>"
                      + "".join(f"<li>{escape(str(reason))}</li>" for reason in report.get("rejection_reasons") or []) + "</ul>")
+    elif report.get("rejected_units"):
+        parts.append("<h2>Files rejected whole</h2><p>Their rows are in quarantine; the other files' rows were judged on their own.</p>"
+                     + _table(["file", "why"], [[unit, "; ".join(reasons)] for unit, reasons in report["rejected_units"].items()]))
+    unreadable = report.get("rejected_files") or []
+    if unreadable:
+        parts.append(f"<h2>Files that could not be read</h2><p>Moved whole to their <code>rejected/</code> folder with a reason; "
+                     f"{int(report.get('lines_in_rejected_files') or 0):,} line(s) in all. Rows read = rows in + those lines: "
+                     f"{int(report.get('rows_read') or rows_in):,}.</p>"
+                     + _table(["file", "source", "lines", "reason", "moved to"],
+                              [[r.get("file"), r.get("source"), r.get("lines"), r.get("reason"), r.get("moved_to")] for r in unreadable], {2}))
+    revisions = report.get("revisions") or {}
+    if revisions.get("rows"):
+        parts.append(f"<h2>Revisions</h2><p>{int(revisions['rows']):,} stored row(s) were re-sent with other values "
+                     f"(<code>data.on_conflict: {escape(str(revisions.get('rule')))}</code>)"
+                     + (f"; the previous values are kept in <code>{escape(str(revisions['kept_in']))}</code>" if revisions.get("kept_in") else "")
+                     + ".</p>")
     reasons = report.get("reasons") or {}
     parts.append("<h2>Reasons</h2>")
     parts.append(_table(["check", "rows", "share of batch"],
@@ -659,6 +675,17 @@ def structural_failure(
 REPORT_METRICS = ("rows_in", "rows_valid", "rows_quarantined", "invalid_share")
 
 
+def count_rejected(
+    report: dict,          # a report from `validate_batch`
+    pending: dict | None,  # `ingest_sources`' pending state: the files each source rejected
+) -> dict:                 # the report with `rejected_files`, `lines_in_rejected_files` and `rows_read`
+    "The whole account of a run: rows read = rows in (valid + quarantined) + the lines of the files that could not be read."
+    rejected = [{**record, "source": record.get("source", name)} for name, entry in ((pending or {}).get("sources") or {}).items()
+                for record in entry.get("rejected") or []]
+    lines = sum(int(record.get("lines") or 0) for record in rejected)
+    return {**report, "rejected_files": rejected, "lines_in_rejected_files": lines, "rows_read": int(report.get("rows_in") or 0) + lines}
+
+
 def log_validation_report(
     report: dict,                      # a report from `validate_batch`
     params: dict,                      # the `data` parameters (for the dataset's name)
@@ -692,10 +719,13 @@ def log_validation_report(
 def report_validation(
     report: dict,                    # the `validation_report` dataset
     params: dict,                    # the `data` parameters
+    append_report: dict | None = None,  # what storing the batch did (`append_validated`): its revisions join the page
     root: Path | str | None = None,  # project root (Kedro: the run's settings)
     env: str | None = None,          # config environment of the MLflow settings (Kedro: the run's settings)
 ) -> str:                            # the HTML page, for the `validation_report_html` dataset
     "The Kedro node: render the report as HTML and log it to MLflow; a batch whose structure fits no row ends the run."
+    if append_report and append_report.get("revisions"):
+        report = {**report, "revisions": append_report["revisions"]}
     log_validation_report(report, params, env=env, root=root)
     page = validation_report_html(report)
     if problem := structural_failure(report, params):  # the report is stored and in MLflow: the run stops here

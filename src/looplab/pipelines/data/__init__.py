@@ -28,13 +28,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 validate_on_engine,
-                ["ingested_batch", "params:data"],
+                ["ingested_batch", "params:data", "pending_watermarks"],
                 ["validated_batch", "rides_quarantine", "validation_report"],
                 name="validate_batch_node",
             ),
             Node(
                 with_settings(report_validation, "root", "env"),
-                ["validation_report", "params:data", "settings"],
+                ["validation_report", "params:data", "append_report", "settings"],
                 "validation_report_html",
                 name="report_validation_node",
             ),
