@@ -49,13 +49,16 @@ def test_data_pipeline_slice_on_an_in_memory_catalog(root):
     batch.insert(1, "region", "dc")
     batch["_source"], batch["_batch_id"] = "history", "b1"
     batch.loc[5, "hr"] = 27  # one bad row: quarantined, not lost
-    catalog = DataCatalog({"ingested_batch": MemoryDataset(batch), "params:data": MemoryDataset(parameters)})
+    pending = {"batch_id": "b1", "sources": {"history": {"kind": "sql", "rows": 48, "rejected": []}}}
+    catalog = DataCatalog({"ingested_batch": MemoryDataset(batch), "params:data": MemoryDataset(parameters),
+                           "pending_watermarks": MemoryDataset(pending)})
     pipeline = pipelines["data"].from_nodes("validate_batch_node").to_nodes("validate_batch_node")
     assert [node.name for node in pipeline.nodes] == ["validate_batch_node"]
     SequentialRunner().run(pipeline, catalog)
     validated, quarantine = catalog["validated_batch"].load(), catalog["rides_quarantine"].load()
     assert len(validated) == 47 and len(quarantine) == 1
     assert "27" in quarantine["_reason"].iloc[0]
+    assert catalog["validation_report"].load()["rows_read"] == 48
 
 
 def test_kedro_run_with_the_run_config(tool, quiet_env, project_copy):
