@@ -180,7 +180,7 @@ def test_http_source_times_and_types_are_normalised(params, tmp_path, zoned_api)
     assert list(batch["hr"]) == ["1", "3", "8", "9"]  # mixed numbers and text: stored as text, as sent
     batch.to_parquet(tmp_path / "batch.parquet")  # one type per column: storable
     assert pending["sources"]["api"] == {"kind": "http", "rows": 4, "watermark": "2011-07-01T12:00:00+00:00",
-                                         "previous_watermark": None, "files": [], "rejected": []}
+                                         "previous_watermark": None, "files": [], "rejected": [], "stamps": {}}
     commit_watermarks(pending, batch, params)
     assert StateStore(params["state_path"]).watermark("api") == "2011-07-01T12:00:00+00:00"
 

@@ -24,20 +24,22 @@ from .sources import SourceBatch, SourceError, describe, make_source, resolve_pa
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'STATE_SCHEMA', 'AWARE_TIME', 'EVENT_TIME_MODES', 'LINEAGE_PREFIX', 'KEPT_LINEAGE', 'SCHEMA_DTYPES',
-           'CONFLICT_RULES', 'utc_now', 'StateStore', 'normalise_timestamps', 'uniform_column_types', 'arrives_untimed',
-           'arrival_times', 'order_columns', 'normalise_batch', 'new_batch_id', 'state_store', 'empty_batch',
-           'read_source', 'ingest_sources', 'later_watermark', 'commit_watermarks', 'latest_version_file',
-           'revisions_path', 'keep_revisions', 'read_revisions', 'append_validated', 'reason_kind', 'quarantined_rows',
-           'rejected_files', 'refused', 'retry_file', 'retry_rows']
+__all__ = ['logger', 'STATE_SCHEMA', 'STAMP_COLUMNS', 'AWARE_TIME', 'EVENT_TIME_MODES', 'LINEAGE_PREFIX', 'KEPT_LINEAGE',
+           'SCHEMA_DTYPES', 'CONFLICT_RULES', 'utc_now', 'StateStore', 'normalise_timestamps', 'uniform_column_types',
+           'arrives_untimed', 'arrival_times', 'order_columns', 'normalise_batch', 'new_batch_id', 'state_store',
+           'empty_batch', 'read_source', 'ingest_sources', 'later_watermark', 'commit_watermarks',
+           'latest_version_file', 'revisions_path', 'keep_revisions', 'read_revisions', 'append_validated',
+           'reason_kind', 'quarantined_rows', 'rejected_files', 'refused', 'retry_file', 'retry_rows']
 
 # %% ../../notebooks/11_ingestion.ipynb #36e05a85
 STATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS watermarks (
     source TEXT PRIMARY KEY, watermark TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS taken_files (
-    source TEXT NOT NULL, file TEXT NOT NULL, taken_at TEXT NOT NULL, PRIMARY KEY (source, file));
+    source TEXT NOT NULL, file TEXT NOT NULL, taken_at TEXT NOT NULL, size INTEGER, mtime_ns INTEGER,
+    PRIMARY KEY (source, file));
 """
+STAMP_COLUMNS = ("size", "mtime_ns")  # added to a store written before they were recorded
 
 
 def utc_now() -> str:
@@ -56,6 +58,10 @@ class StateStore:
             with self.transaction() as connection:
                 for statement in filter(str.strip, STATE_SCHEMA.split(";")):
                     connection.execute(statement)  # not executescript: it would commit on its own
+                present = {row[1] for row in connection.execute("PRAGMA table_info(taken_files)")}
+                for column in STAMP_COLUMNS:
+                    if column not in present:
+                        connection.execute(f"ALTER TABLE taken_files ADD COLUMN {column} INTEGER")
         except (sqlite3.Error, OSError) as error:
             raise ValueError(f"ingestion state {self.path} cannot be used: {describe(error)}") from None
 
@@ -94,17 +100,26 @@ class StateStore:
                 (source, str(value), utc_now()),
             )
 
-    def taken_files(self, source: str) -> set[str]:
-        "The landing files `source` has taken, as `name@sha256`."
+    def taken_files(self, source: str) -> dict[str, list[int] | None]:
+        "The landing files `source` has taken: `name@sha256` → `[size, mtime_ns]` when taken (None if not recorded)."
         with self.transaction() as connection:
-            return {row[0] for row in connection.execute("SELECT file FROM taken_files WHERE source = ?", (source,))}
+            rows = connection.execute("SELECT file, size, mtime_ns FROM taken_files WHERE source = ?", (source,))
+            return {file: None if size is None or mtime is None else [size, mtime] for file, size, mtime in rows}
 
-    def mark_files(self, source: str, files: Iterable[str]) -> None:
-        "Remember `files` (`name@sha256`) as taken by `source`."
-        now = utc_now()
+    def mark_files(
+        self,
+        source: str,
+        files: Iterable[str],                     # `name@sha256` of the files taken
+        stamps: dict[str, list[int]] | None = None,  # `name@sha256` → `[size, mtime_ns]`, for these and re-stamped taken files
+    ) -> None:
+        "Remember `files` as taken by `source`, with their stamps; a taken file's stamp is updated, its `taken_at` kept."
+        now, stamps = utc_now(), stamps or {}
+        rows = [(source, file, now, *(stamps.get(file) or (None, None))) for file in dict.fromkeys([*files, *stamps])]
         with self.transaction() as connection:
-            connection.executemany("INSERT OR IGNORE INTO taken_files (source, file, taken_at) VALUES (?, ?, ?)",
-                                   [(source, file, now) for file in files])
+            connection.executemany(
+                "INSERT INTO taken_files (source, file, taken_at, size, mtime_ns) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (source, file) DO UPDATE SET size = coalesce(excluded.size, size), mtime_ns = coalesce(excluded.mtime_ns, mtime_ns)",
+                rows)
 
     def snapshot(self) -> dict:
         "Everything stored: {'watermarks': {source: value}, 'files': {source: [file, ...]}}."
@@ -279,6 +294,7 @@ def ingest_sources(
         pending["sources"][name] = {
             "kind": settings.get("kind"), "rows": batch.rows, "watermark": batch.watermark,
             "previous_watermark": store.watermark(name), "files": list(batch.files), "rejected": list(batch.rejected),
+            "stamps": dict(batch.stamps),
         }
         logger.info("source '%s': %d new row(s)%s%s", name, batch.rows, f" from {len(batch.files)} file(s)" if batch.files else "",
                     f"; {len(batch.rejected)} file(s) rejected, moved to {Path(batch.rejected[0]['moved_to']).parent}" if batch.rejected else "")
@@ -323,8 +339,8 @@ def commit_watermarks(
                 if kept != entry["watermark"]:
                     logger.info("source '%s': its watermark stays at %s (this batch's newest row, %s, is older)", name, kept, entry["watermark"])
                 store.set_watermark(name, kept)
-            if entry.get("files"):
-                store.mark_files(name, entry["files"])
+            if entry.get("files") or entry.get("stamps"):
+                store.mark_files(name, entry.get("files") or [], entry.get("stamps"))
             committed[name] = {"watermark": store.watermark(name), "files": list(entry.get("files") or []), "rows": entry.get("rows", 0),
                                "rejected": list(entry.get("rejected") or [])}
     logger.info("committed the state of batch %s: %s", pending.get("batch_id"),

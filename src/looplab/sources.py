@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, date, datetime
 from fnmatch import fnmatchcase
@@ -30,10 +31,10 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'BIKESHARE_COLUMNS', 'MONTHS', 'CALENDAR_COLUMNS_REPLACED', 'BAD_FILE_POLICIES', 'CSV_SUFFIXES',
            'PARQUET_SUFFIXES', 'UTF16_BOMS', 'RETRIED_STATUS', 'SOURCE_KINDS', 'NOT_SOURCE_SETTINGS',
            'LANDING_FILE_NAME', 'TIME_FORMAT', 'bikeshare_timestamps', 'file_lines', 'bikeshare_to_rides', 'one_line',
-           'describe', 'SourceError', 'SourceBatch', 'file_entry', 'newest_time', 'SqlSource', 'read_landing_csv',
-           'read_landing_parquet', 'FileSource', 'is_url', 'HttpSource', 'resolve_path', 'resolve_url', 'make_source',
-           'demo_rides', 'with_text_times', 'write_atomically', 'demo_sources', 'table_rows', 'seed_demo_sources',
-           'replay_day']
+           'describe', 'SourceError', 'SourceBatch', 'file_entry', 'file_stamp', 'unchanged_files', 'newest_time',
+           'SqlSource', 'read_landing_csv', 'read_landing_parquet', 'FileSource', 'is_url', 'HttpSource',
+           'resolve_path', 'resolve_url', 'make_source', 'demo_rides', 'with_text_times', 'write_atomically',
+           'demo_sources', 'table_rows', 'seed_demo_sources', 'replay_day']
 
 # %% ../../notebooks/10_sources.ipynb #c798c778
 BIKESHARE_COLUMNS = (
@@ -121,6 +122,7 @@ class SourceBatch:
     watermark: str | None = None                    # time of the newest row read; None when nothing new
     files: list[str] = field(default_factory=list)  # landing files taken, as `name@sha256`
     rejected: list[dict] = field(default_factory=list)  # files that could not be read, moved aside (`FileSource.reject`)
+    stamps: dict[str, list[int]] = field(default_factory=dict)  # `name@sha256` → [size, mtime_ns] to record, taken now or re-stamped
 
     @property
     def rows(self) -> int: return len(self.frame)
@@ -129,6 +131,21 @@ class SourceBatch:
 def file_entry(path: Path) -> str:
     "How the state store remembers a landing file: `name@sha256`."
     return f"{path.name}@{file_sha256(path)}"
+
+
+def file_stamp(path: Path) -> list[int]:
+    "What a file looks like without opening it: `[size in bytes, mtime in ns]`."
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
+def unchanged_files(
+    taken_files: Any,  # `name@sha256` entries; a mapping to each one's recorded `[size, mtime_ns]` (or None)
+) -> set[tuple[str, int, int]]:  # (name, size, mtime_ns) of every taken file that has a stamp
+    "The stamps of taken files: a file that still has its name, size and mtime is not hashed again."
+    if not isinstance(taken_files, Mapping):
+        return set()
+    return {(entry.rpartition("@")[0], *stamp) for entry, stamp in taken_files.items() if stamp}
 
 
 def newest_time(
@@ -333,16 +350,21 @@ class FileSource:
     def read(
         self,
         watermark: str | None = None,                     # unused: files are remembered one by one
-        taken_files: set[str] | frozenset = frozenset(),  # `name@sha256` of the files already taken
+        taken_files: Any = frozenset(),  # `name@sha256` of the files already taken; a mapping to their `[size, mtime_ns]` skips unchanged ones unhashed
     ) -> SourceBatch:
         "Rows of every matching file not taken yet, file by file in name order."
-        frames, entries, rejected = [], [], []
+        frames, entries, rejected, stamps = [], [], [], {}
+        unchanged = unchanged_files(taken_files)
         for path in self.matching_files():
             try:
+                stamp = file_stamp(path)
+                if (path.name, *stamp) in unchanged:
+                    continue  # taken, and not touched since: neither hashed nor read
                 entry = file_entry(path)
             except OSError as error:
                 raise SourceError(self.name, f"file {path.name} cannot be read: {describe(error)}") from None
             if entry in taken_files:
+                stamps[entry] = stamp  # the same content with a new mtime: hashed once, then known by its new stamp
                 continue
             try:
                 frames.append(self.read_file(path))
@@ -352,11 +374,12 @@ class FileSource:
                 rejected.append(self.reject(path, error.reason))
                 continue
             entries.append(entry)
+            stamps[entry] = stamp
         if not frames:
-            return SourceBatch(self.name, pd.DataFrame(), None, [], rejected)
+            return SourceBatch(self.name, pd.DataFrame(), None, [], rejected, stamps)
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         watermark = newest_time(frame[self.timestamp_column]) if self.timestamp_column in frame else None
-        return SourceBatch(self.name, frame, watermark, entries, rejected)
+        return SourceBatch(self.name, frame, watermark, entries, rejected, stamps)
 
     def rejected_folder(self) -> Path:
         "Where files that cannot be read go: `rejected/` beside the landing folder."
