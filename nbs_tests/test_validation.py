@@ -16,13 +16,8 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from looplab.core import load_config
-from looplab.validation import (
-    build_schema,
-    log_validation_report,
-    report_validation,
-    validate_batch,
-    validation_report_html,
-)
+from looplab.validation import build_schema, validate_batch
+from looplab.validation_report import log_validation_report, report_validation, validation_report_html
 
 CANONICAL_DTYPES = {
     "timestamp": "datetime64[ns]", "region": "object", "season": "int64", "hr": "int64", "holiday": "int64",

@@ -12,7 +12,7 @@ from looplab.ingestion import append_validated, commit_watermarks
 from looplab.pipelines import with_settings
 from looplab.scale import features_on_engine, ingest_on_engine, validate_on_engine
 from looplab.sources import seed_demo_sources
-from looplab.validation import report_validation
+from looplab.validation_report import report_validation
 from looplab.versioning import record_data_versions
 
 
