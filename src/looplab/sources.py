@@ -8,12 +8,12 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import time
+from array import array
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, date, datetime
@@ -21,6 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .core import file_sha256, find_project_root, resolve_store_uri
@@ -29,12 +30,13 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'BIKESHARE_COLUMNS', 'MONTHS', 'CALENDAR_COLUMNS_REPLACED', 'BAD_FILE_POLICIES', 'CSV_SUFFIXES',
-           'PARQUET_SUFFIXES', 'UTF16_BOMS', 'RETRIED_STATUS', 'SOURCE_KINDS', 'NOT_SOURCE_SETTINGS',
-           'LANDING_FILE_NAME', 'TIME_FORMAT', 'bikeshare_timestamps', 'file_lines', 'bikeshare_to_rides', 'one_line',
-           'describe', 'SourceError', 'SourceBatch', 'file_entry', 'file_stamp', 'unchanged_files', 'newest_time',
-           'SqlSource', 'read_landing_csv', 'read_landing_parquet', 'FileSource', 'is_url', 'HttpSource',
-           'resolve_path', 'resolve_url', 'make_source', 'demo_rides', 'with_text_times', 'write_atomically',
-           'demo_sources', 'table_rows', 'seed_demo_sources', 'replay_day']
+           'PARQUET_SUFFIXES', 'UTF16_BOMS', 'READ_BLOCK_BYTES', 'RETRIED_STATUS', 'SOURCE_KINDS',
+           'NOT_SOURCE_SETTINGS', 'LANDING_FILE_NAME', 'TIME_FORMAT', 'bikeshare_timestamps', 'file_lines',
+           'bikeshare_to_rides', 'one_line', 'describe', 'SourceError', 'SourceBatch', 'file_entry', 'file_stamp',
+           'unchanged_files', 'newest_time', 'SqlSource', 'decodable_text', 'record_lines', 'read_landing_csv',
+           'read_landing_parquet', 'FileSource', 'is_url', 'HttpSource', 'resolve_path', 'resolve_url', 'make_source',
+           'demo_rides', 'with_text_times', 'write_atomically', 'demo_sources', 'table_rows', 'seed_demo_sources',
+           'replay_day']
 
 # %% ../../notebooks/10_sources.ipynb #c798c778
 BIKESHARE_COLUMNS = (
@@ -242,49 +244,84 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
+READ_BLOCK_BYTES = 1 << 24  # how much of a landing file is decoded at a time while its encoding is checked
+
+
+def decodable_text(
+    path: Path,              # a CSV file
+    source: str,             # the source's name, for messages
+    encoding: str = "utf-8", # the source's `encoding`
+    block_bytes: int = READ_BLOCK_BYTES,  # decoded at a time
+) -> str:                    # the codec to read the file's text with (`utf-8-sig` for UTF-8: a byte-order mark is allowed)
+    "Check, a block at a time, that every byte of `path` decodes; refused with the first bad byte and its line."
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    with path.open("rb") as file:
+        head = file.read(4)
+        if not head:
+            raise SourceError(source, f"file {path.name} is empty (0 bytes)")
+        if utf8 and head.startswith(UTF16_BOMS):
+            raise SourceError(source, f"file {path.name} is UTF-16 text (byte-order mark); set the source's encoding: utf-16, or send UTF-8")
+        file.seek(len(codecs.BOM_UTF8) if utf8 and head.startswith(codecs.BOM_UTF8) else 0)
+        decoder = codecs.getincrementaldecoder("utf-8" if utf8 else encoding)()
+        newlines = 0  # in the bytes before this block
+        while True:
+            block = file.read(block_bytes)
+            held = decoder.getstate()[0]  # the end of the last block, when it cut a character in two
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as error:
+                data = held + block  # what the error's position counts from
+                line = newlines - held.count(b"\n") + data[: error.start].count(b"\n") + 1
+                name = "UTF-8" if utf8 else encoding
+                raise SourceError(source, f"file {path.name} is not {name} text: byte 0x{data[error.start]:02x} on line {line} cannot be decoded") from None
+            if not block:
+                return "utf-8-sig" if utf8 else encoding
+            newlines += block.count(b"\n")
+
+
+def record_lines(
+    path: Path,     # a CSV file whose text decodes with `codec`
+    source: str,    # the source's name, for messages
+    codec: str,     # from `decodable_text`
+) -> np.ndarray:    # the line each record starts on (header = line 1), blank lines skipped
+    "Walk the records of a CSV file one at a time: refused with the line when one has another number of fields than the header or a quote is left open."
+    # pandas fills a short last row with NaN without a word: count the fields of every record first.
+    lines = array("q")
+    start = 1  # line on which the record being read starts
+    with path.open(encoding=codec, newline="") as text:
+        reader = csv.reader(text, strict=True)
+        try:
+            header = next((record for record in reader if record), None)
+            if header is None:
+                raise SourceError(source, f"file {path.name} has no header line (only blank lines)")
+            width = len(header)
+            start = reader.line_num + 1
+            for record in reader:
+                if record:  # a blank line is skipped, by pandas too
+                    if len(record) != width:
+                        raise SourceError(source, f"file {path.name} line {start} has {len(record)} field(s) where the header has {width}: the file is truncated or malformed")
+                    lines.append(start)
+                start = reader.line_num + 1
+        except csv.Error as error:
+            raise SourceError(source, f"file {path.name} line {start}: {error} (truncated or malformed CSV)") from None
+    return np.asarray(lines, dtype=np.int64)
+
+
 def read_landing_csv(
     path: Path,              # a CSV file, UTF-8 (a UTF-8 byte-order mark is allowed) unless `encoding` says otherwise
     source: str,             # the source's name, for messages
     encoding: str = "utf-8", # the source's `encoding` (Python's names: utf-8, latin-1, cp1252, utf-16, ...)
 ) -> pd.DataFrame:           # the rows as pandas reads them, plus `_line`
-    "A landing CSV file, refused with the file and line when it is not in its encoding or is truncated or malformed."
-    data = path.read_bytes()
-    if not data:
-        raise SourceError(source, f"file {path.name} is empty (0 bytes)")
-    utf8 = codecs.lookup(encoding).name == "utf-8"
-    if utf8 and data.startswith(UTF16_BOMS):
-        raise SourceError(source, f"file {path.name} is UTF-16 text (byte-order mark); set the source's encoding: utf-16, or send UTF-8")
+    "A landing CSV file, refused with the file and line when it is not in its encoding or is truncated or malformed; read as a stream, never whole into memory."
+    codec = decodable_text(path, source, encoding)
+    lines = record_lines(path, source, codec)
     try:
-        text = data.decode("utf-8-sig" if utf8 else encoding)
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        name = "UTF-8" if utf8 else encoding
-        raise SourceError(source, f"file {path.name} is not {name} text: byte 0x{data[error.start]:02x} on line {line} cannot be decoded") from None
-
-    # pandas fills a short last row with NaN without a word: count the fields of every record first.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    record_lines: list[int] = []
-    start = 1  # line on which the record being read starts
-    try:
-        header = next((record for record in reader if record), None)
-        if header is None:
-            raise SourceError(source, f"file {path.name} has no header line (only blank lines)")
-        start = reader.line_num + 1
-        for record in reader:
-            if record and len(record) != len(header):
-                raise SourceError(source, f"file {path.name} line {start} has {len(record)} field(s) where the header has {len(header)}: the file is truncated or malformed")
-            if record:  # a blank line is skipped, by pandas too
-                record_lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error as error:
-        raise SourceError(source, f"file {path.name} line {start}: {error} (truncated or malformed CSV)") from None
-    try:
-        frame = pd.read_csv(io.StringIO(text))
+        frame = pd.read_csv(path, encoding=codec)  # pandas' parser reads the file in blocks itself
     except Exception as error:  # pandas' ParserError names the line
         raise SourceError(source, f"file {path.name} cannot be read as CSV: {describe(error)}") from None
-    if len(frame) != len(record_lines):
-        raise SourceError(source, f"file {path.name}: pandas read {len(frame)} rows where the file has {len(record_lines)} records")
-    frame["_line"] = pd.array(record_lines, dtype="Int64")
+    if len(frame) != len(lines):
+        raise SourceError(source, f"file {path.name}: pandas read {len(frame)} rows where the file has {len(lines)} records")
+    frame["_line"] = pd.array(lines, dtype="Int64")
     return frame
 
 
