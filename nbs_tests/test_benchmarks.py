@@ -13,7 +13,7 @@ def test_bench_data_smoke(root, tmp_path, quiet_env):
     out = tmp_path / "data.json"
     completed = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "data" / "run.py"), "--sizes", str(ROWS), "--out", str(out),
-         "--workdir", str(tmp_path), "--regions-per-file", "1", "--entities-per-chunk", "2"],
+         "--workdir", str(tmp_path), "--regions-per-file", "1", "--entities-per-chunk", "2", "--stream-mb", "0"],
         cwd=root, env=quiet_env, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -37,6 +37,25 @@ def test_bench_data_smoke(root, tmp_path, quiet_env):
     assert size["rows_quarantined"] > 0 and size["rows_valid"] + size["rows_quarantined"] == ROWS
     assert size["feature_rows"] == size["rows_valid"]
     assert size["chunks"] == {"landing_files": 3, "feature_groups": 2, "entities": 3, "entities_per_feature_group": 2}
+    assert not list(tmp_path.glob("looplab-bench-data-*")), "temporary files are removed"
+
+
+def test_bench_data_stream_smoke(root, tmp_path, quiet_env):
+    "The big-file figures on a file of a few hundred kB: pyarrow alone, kedro run -p data taking it, then nothing new (no timing assertions)."
+    out = tmp_path / "data.json"
+    completed = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "data" / "run.py"), "--sizes", "9000", "--dask-sizes", "--out", str(out),
+         "--workdir", str(tmp_path), "--regions-per-file", "1", "--entities-per-chunk", "2", "--stream-mb", "0.2"],
+        cwd=root, env=quiet_env, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    stream = result["stream"]
+    assert stream["file"]["bytes"] >= 200_000 and stream["anchor_pyarrow"]["rows"] == stream["file"]["rows"]
+    for figure in (stream["anchor_pyarrow"], stream["data_run"], stream["noop_run"]):
+        assert figure["seconds"] > 0 and figure["peak_rss_mb"] > 0
+    assert set(stream["met"]) == {"peak_rss", "noop_seconds"} and stream["targets"]["noop_seconds_max"] == 5.0
+    assert " MB CSV: data run " in result["summary"] and "nothing new" in result["summary"]
     assert not list(tmp_path.glob("looplab-bench-data-*")), "temporary files are removed"
 
 

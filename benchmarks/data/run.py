@@ -27,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # benchmarks/, for the shared helpers
 from common import copy_project, machine, say, write_result  # noqa: E402
+from stream import stream  # noqa: E402
+from stream import summary as stream_summary  # noqa: E402
 
 DEFAULT_SIZES = (1_000_000, 10_000_000)
 DEFAULT_DASK_SIZES = (1_000_000,)   # the Dask row: the whole batch passes through the client (the Kedro path)
@@ -359,6 +361,8 @@ def summary(result: dict) -> str:
                      f"{', met' if met['time_ratio'] else ', MISSED'})")
     parts.append(f"peak RSS target ≤ {short_mb(targets['peak_rss_mb_max'])} at {short_rows(targets['peak_rss_at_rows'])} "
                  f"{'met' if met['peak_rss'] else 'MISSED'}")
+    if result.get("stream"):
+        parts.append(stream_summary(result["stream"]))
     return "data: " + " · ".join(parts)
 
 
@@ -377,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="sizes also run with data.engine: dask, against the pandas run of the same size (default: 1000000; none: skip)")
     parser.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     parser.add_argument("--dask-partitions", type=int, default=8, help="data.dask.partitions (default 8)")
+    parser.add_argument("--stream-mb", type=float, default=200,
+                        help="one landing CSV of about this many MB through kedro run -p data, then a run with nothing new (default 200; 0: skip)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary files go (default: the system's temp)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary files")
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -443,6 +449,14 @@ def main(argv: list[str] | None = None) -> int:
                            "dask_sizes": args.dask_sizes, "dask_workers": args.dask_workers, "dask_partitions": args.dask_partitions},
               "not_timed": NOT_TIMED,
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if args.stream_mb > 0:
+        say(f"[stream] one landing CSV of about {args.stream_mb:g} MB through kedro run -p data, then a run with nothing new")
+        temp = Path(tempfile.mkdtemp(prefix="looplab-bench-data-stream-", dir=args.workdir))
+        try:
+            result["stream"] = stream(args.stream_mb, temp, args.seed)
+        finally:
+            if not args.keep:
+                shutil.rmtree(temp, ignore_errors=True)
     result["summary"] = summary(result)
     return write_result(result, args.out)
 
