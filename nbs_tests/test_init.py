@@ -200,6 +200,10 @@ def test_data_that_does_not_fit_its_conf_ends_the_run_with_one_line(project, too
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     quarantined = sorted((project["project"] / "data" / "grapes" / "03_primary").glob("rides_quarantine.parquet/*/*"))
     assert quarantined and len(pd.read_parquet(quarantined[-1])) == 178  # every row kept, with its reason
+    from looplab.ingestion import StateStore
+
+    state = project["project"] / "data" / "grapes" / "02_intermediate" / "ingestion_state.db"
+    assert not StateStore(state).taken_files("landing"), "nothing is committed: once the conf is fixed, the next run takes the file again"
 
 
 def test_the_rest_of_the_loop_takes_the_environment(project, tool, quiet_env, root):

@@ -9,7 +9,7 @@ from kedro.pipeline import Node, Pipeline
 
 from looplab.features import materialize_features
 from looplab.ingestion import append_validated, commit_watermarks
-from looplab.pipelines import with_settings
+from looplab.pipelines import after_previous, with_settings
 from looplab.scale import features_on_engine, ingest_on_engine, validate_on_engine
 from looplab.sources import seed_demo_sources
 from looplab.validation_report import report_validation
@@ -57,9 +57,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "data_versions",
                 name="record_data_versions_node",
             ),
-            Node(
-                with_settings(commit_watermarks, "root"),
-                ["pending_watermarks", "validated_rides", "params:data", "settings"],
+            Node(  # after the report: a batch whose data does not fit its conf stops the run there, nothing committed
+                with_settings(after_previous(commit_watermarks), "root"),
+                ["validation_report_html", "pending_watermarks", "validated_rides", "params:data", "settings"],
                 "committed_watermarks",
                 name="commit_watermarks_node",
             ),
