@@ -137,17 +137,14 @@ def file_entry(path: Path) -> str:
 
 def file_stamp(path: Path) -> list[int]:
     "What a file looks like without opening it: `[size in bytes, mtime in ns]`."
-    status = path.stat()
-    return [status.st_size, status.st_mtime_ns]
+    return [(status := path.stat()).st_size, status.st_mtime_ns]
 
 
 def unchanged_files(
     taken_files: Any,  # `name@sha256` entries; a mapping to each one's recorded `[size, mtime_ns]` (or None)
 ) -> set[tuple[str, int, int]]:  # (name, size, mtime_ns) of every taken file that has a stamp
     "The stamps of taken files: a file that still has its name, size and mtime is not hashed again."
-    if not isinstance(taken_files, Mapping):
-        return set()
-    return {(entry.rpartition("@")[0], *stamp) for entry, stamp in taken_files.items() if stamp}
+    return {(entry.rpartition("@")[0], *stamp) for entry, stamp in taken_files.items() if stamp} if isinstance(taken_files, Mapping) else set()
 
 
 def newest_time(
