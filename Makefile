@@ -135,8 +135,10 @@ DURATION ?= 15
 
 bench: setup bench-data bench-training bench-serving bench-monitoring  ## run every benchmark
 
-bench-data: setup  ## data layer at 1M and 10M rows: rows/s, peak RSS, time ratio (SIZES="100000 1000000" to override)
-	$(BIN)/python benchmarks/data/run.py --sizes $(SIZES)
+STREAM_MB ?= 200
+
+bench-data: setup  ## data layer at 1M and 10M rows, and one STREAM_MB landing CSV beside pyarrow alone (SIZES, STREAM_MB=0 skips)
+	$(BIN)/python benchmarks/data/run.py --sizes $(SIZES) --stream-mb $(STREAM_MB)
 
 bench-training: setup  ## one training run direct / kedro run -p training / papermill: wall times, overheads (REPS=3)
 	$(BIN)/python benchmarks/training/run.py --repetitions $(REPS)

@@ -80,7 +80,8 @@ def info(env: str | None, as_json: bool) -> None:
 @click.option("--target", required=True, help="The column to predict.")
 @click.option("--task", type=click.Choice(["regression", "classification"]), default=None,
               help="Default: from the target (text, booleans and few distinct integers: classification).")
-@click.option("--timestamp", default=None, help="The time column (the window is split by it).")
+@click.option("--timestamp", default=None,
+              help="The time column (the window is split by it); without it each row is timed by its arrival and the split is random.")
 @click.option("--entity", default=None, help="The entity column (default: every row belongs to one entity).")
 @click.option("--timezone", default="UTC", show_default=True, help="The zone of the data's naive times.")
 @click.option("--force", is_flag=True, help="Write conf/NAME again if it exists.")
