@@ -157,9 +157,11 @@ bench-monitoring: setup  ## drift check of a 100k-row window, both backends (tar
 SERVE_WORKERS ?= 2
 
 # Ctrl-C stops both: the trap ignores further signals for the shell itself (`kill 0` signals the whole
-# group, the shell included: a trap that re-entered itself crashed bash), stops the group and waits for it.
+# group, the shell included: a trap that re-entered itself crashed bash), stops the group and waits for it;
+# a server still there after 5 s (a Ctrl-C that met it before it started, while it ignored TERM) is killed.
 serve: setup system-packages  ## serve the champion through the nginx gateway (127.0.0.1:8080); Ctrl-C stops both
-	@trap 'trap "" INT TERM; trap - EXIT; kill 0; wait' INT TERM EXIT; \
+	@trap 'trap "" INT TERM; trap - EXIT; kill 0; for i in 1 2 3 4 5 6 7 8 9 10; do [ -z "$$(jobs -pr)" ] && break; sleep 0.5; done; \
+		kill -9 $$(jobs -pr) 2>/dev/null; wait' INT TERM EXIT; \
 	$(BIN)/looplab serve --workers $(SERVE_WORKERS) & \
 	$(BIN)/looplab gateway & \
 	wait

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .features import EVENT_TIMESTAMP, build_features, feature_inputs
 from .ingestion import empty_batch, ingest_sources, new_batch_id, normalise_batch, order_columns, read_source, state_store, uniform_column_types
-from .sources import SourceBatch, SourceError, describe, file_entry, make_source, newest_time
+from .sources import SourceBatch, SourceError, describe, file_entry, file_stamp, make_source, newest_time, unchanged_files
 from .validation import DEFAULT_SAMPLE_ROWS, batch_problems, build_schema, canonical_rows, count_rejected, quarantine_rows, rejection_reasons, validate_batch
 
 logger = logging.getLogger(__name__)
@@ -141,17 +141,23 @@ def read_files_on_dask(
     normalise: dict | None = None,  # `normalise_batch`'s arguments after the frame: normalise on the workers too
 ) -> tuple[Any, bool]:           # (a `SourceBatch` like `FileSource.read`'s, whether its rows are normalised)
     "A landing folder's new files read on the cluster, one task per file; normalised there too when every file has the same columns."
-    paths, entries = [], []
+    paths, entries, stamps = [], [], {}
+    unchanged = unchanged_files(taken_files)  # as `FileSource.read`: a taken file not touched since is neither hashed nor read
     for path in source.matching_files():
         try:
+            stamp = file_stamp(path)
+            if (path.name, *stamp) in unchanged:
+                continue
             entry = file_entry(path)
         except OSError as error:
             raise SourceError(source.name, f"file {path.name} cannot be read: {describe(error)}") from None
-        if entry not in taken_files:
+        if entry in taken_files:
+            stamps[entry] = stamp
+        else:
             paths.append(path)
             entries.append(entry)
     if not paths:
-        return SourceBatch(source.name, pd.DataFrame(), None, []), False
+        return SourceBatch(source.name, pd.DataFrame(), None, [], [], stamps), False
     frames = client.map(_read_file, [source] * len(paths), paths, pure=False)
     refusals = client.gather(client.map(_refusal, frames))
     rejected = []
@@ -162,8 +168,9 @@ def read_files_on_dask(
             rejected.append(source.reject(path, reason))
     kept = [index for index, reason in enumerate(refusals) if reason is None]
     frames, entries = [frames[index] for index in kept], [entries[index] for index in kept]
+    stamps.update({entries[number]: file_stamp(paths[index]) for number, index in enumerate(kept)})
     if not frames:
-        return SourceBatch(source.name, pd.DataFrame(), None, [], rejected), False
+        return SourceBatch(source.name, pd.DataFrame(), None, [], rejected, stamps), False
     if normalise is not None:
         columns = client.gather(client.map(_columns, frames))
         # Same columns in every file: normalising file by file equals normalising their concatenation
@@ -173,11 +180,11 @@ def read_files_on_dask(
             watermark = newest_time(pd.concat(times, ignore_index=True)) if times else None
             parts = client.gather(client.map(normalise_batch, frames, **normalise))
             frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-            return SourceBatch(source.name, frame, watermark, entries, rejected), True
+            return SourceBatch(source.name, frame, watermark, entries, rejected, stamps), True
     parts = client.gather(frames)
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     watermark = newest_time(frame[source.timestamp_column]) if source.timestamp_column in frame else None
-    return SourceBatch(source.name, frame, watermark, entries, rejected), False
+    return SourceBatch(source.name, frame, watermark, entries, rejected, stamps), False
 
 
 def normalise_on_dask(frame: pd.DataFrame, source: str, batch_id: str, params: dict, timestamp_column: str | None, partitions: int) -> pd.DataFrame:
@@ -227,6 +234,7 @@ def ingest_on_dask(
             pending["sources"][name] = {
                 "kind": settings.get("kind"), "rows": batch.rows, "watermark": batch.watermark,
                 "previous_watermark": store.watermark(name), "files": list(batch.files), "rejected": list(batch.rejected),
+                "stamps": dict(batch.stamps),
             }
             logger.info("source '%s': %d new row(s)%s (dask)", name, batch.rows, f" from {len(batch.files)} file(s)" if batch.files else "")
     if not frames:
