@@ -141,6 +141,23 @@ def test_every_hostile_body_gets_a_json_4xx_and_the_worker_stays_up(served, thro
     assert not [line for line in metrics.splitlines() if line.startswith("looplab_requests_total") and 'status="5' in line], metrics
 
 
+@pytest.mark.parametrize("through", ["worker", "gateway"])
+def test_values_the_data_layer_refuses_are_refused_naming_the_rule(served, through):
+    "Well-typed but impossible values (an hour of 99, an unknown weather, a negative normalised temperature): 422, field and rule named."
+    record = served["record"]
+    odd = {"hr": 99, "weathersit": "bogus", "temp": -50.0}
+    assert set(odd) <= set(record), sorted(record)  # the demo's inputs
+    for field, value in odd.items():
+        response = requests.post(served[through] + PREDICT, json={"records": [record, {**record, field: value}]}, timeout=30)
+        assert response.status_code == 422, (field, response.status_code, response.text[:300])
+        detail = response.json()["detail"]
+        assert detail[0]["loc"] == ["body", "records", 1, field] and detail[0]["type"] == "out_of_range", detail
+        assert "data.validation.schema.columns." + field in detail[0]["msg"], detail
+    metrics = requests.get(served["worker"] + "/metrics", timeout=10).text
+    assert 'looplab_out_of_range_values_total{action="rejected",column="weathersit"}' in metrics
+    assert good_answer(served[through], record)
+
+
 def raw_request(url: str, request: bytes) -> tuple[int, dict, bytes]:
     "Send bytes as they are (no client library would send them) and read the whole answer."
     host, port = url.removeprefix("http://").rsplit(":", 1)

@@ -16,7 +16,7 @@ import pandas as pd
 # %% auto #0
 __all__ = ['INT_BOUNDS', 'MAX_ERRORS', 'MAX_DEPTH', 'column_type', 'record_model', 'entity_model', 'parse_event_time',
            'field_error', 'nested_deeper_than', 'validate_body', 'InputPlan', 'fast_columns', 'records_to_columns',
-           'fast_column_body', 'column_body_records', 'as_column_errors']
+           'fast_column_body', 'column_body_records', 'as_column_errors', 'learned_categories', 'ValueRules']
 
 # %% ../../notebooks/35_request_schema.ipynb #33fd4f91
 INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
@@ -397,3 +397,93 @@ def as_column_errors(errors: list[dict]) -> list[dict]:
             location = ["body", "columns", *location[2:]]
         moved.append({**error, "loc": location})
     return moved
+
+# %% ../../notebooks/35_request_schema.ipynb #4007d130
+def learned_categories(
+    model: Any,          # a fitted scikit-learn estimator or pipeline
+) -> dict[str, list]:    # input column → the categories its encoder saw in training
+    "The categories a fitted model's encoders learned, by input column (empty when it has none)."
+    found: dict[str, list] = {}
+
+    def visit(step: Any, names: list | None) -> None:
+        if hasattr(step, "transformers_"):  # a ColumnTransformer: each part sees its own columns
+            for _, part, columns in step.transformers_:
+                if isinstance(columns, (list, tuple)) and all(isinstance(column, str) for column in columns):
+                    visit(part, list(columns))
+        elif hasattr(step, "steps"):  # a Pipeline: every step sees the same columns
+            for _, inner in step.steps:
+                visit(inner, names)
+        elif names is not None and isinstance(getattr(step, "categories_", None), list) and len(step.categories_) == len(names):
+            for name, categories in zip(names, step.categories_, strict=True):
+                found[name] = [value.item() if hasattr(value, "item") else value for value in categories]
+
+    visit(model, None)
+    return found
+
+# %% ../../notebooks/35_request_schema.ipynb #a44bed47
+class ValueRules:
+    "The ranges and categories a served model's inputs may take, and the check of a request's columns against them."
+
+    def __init__(self, rules: dict[str, dict[str, Any]]):  # input column → {"min", "max", "allowed", "source"}
+        self.rules = {name: rule for name, rule in rules.items() if rule}
+
+    @classmethod
+    def from_schema(
+        cls,
+        names: list[str],                           # the model's input columns
+        schema_columns: dict[str, dict] | None,     # `data.validation.schema.columns` (min, max, allowed)
+        learned: dict[str, list] | None = None,     # `learned_categories` of the model
+    ) -> ValueRules:
+        rules: dict[str, dict[str, Any]] = {}
+        for name in names:
+            spec, rule = (schema_columns or {}).get(name) or {}, {}
+            for bound in ("min", "max"):
+                if spec.get(bound) is not None:
+                    rule[bound] = spec[bound]
+            if spec.get("allowed") is not None:
+                rule["allowed"], rule["source"] = list(spec["allowed"]), f"data.validation.schema.columns.{name}"
+            elif (learned or {}).get(name) is not None:
+                rule["allowed"], rule["source"] = list(learned[name]), "the categories seen in training"
+            if rule:
+                rule.setdefault("source", f"data.validation.schema.columns.{name}")
+                rules[name] = rule
+        return cls(rules)
+
+    def describe(self, name: str) -> str:
+        "The rule of one column, in words."
+        rule = self.rules[name]
+        if "allowed" in rule:
+            shown = ", ".join(repr(value) for value in rule["allowed"][:12]) + (", ..." if len(rule["allowed"]) > 12 else "")
+            return f"one of {shown} ({rule['source']})"
+        low, high = rule.get("min"), rule.get("max")
+        span = f"{low}..{high}" if low is not None and high is not None else (f">= {low}" if low is not None else f"<= {high}")
+        return f"in {span} ({rule['source']})"
+
+    def check(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        "Column → the positions of its rows out of range; only columns with such rows."
+        out = {}
+        for name, rule in self.rules.items():
+            values = columns.get(name)
+            if values is None or not len(values):
+                continue
+            bad = np.zeros(len(values), dtype=bool)
+            if "allowed" in rule:
+                allowed = set(rule["allowed"])
+                distinct = set(values.tolist()) if values.dtype.kind != "f" else set(values[~np.isnan(values)].tolist())
+                strangers = [value for value in distinct if value is not None and value not in allowed]
+                if strangers:
+                    bad |= np.isin(values, np.array(strangers, dtype=values.dtype))
+            if values.dtype.kind in "iuf":
+                if rule.get("min") is not None:
+                    bad |= values < rule["min"]
+                if rule.get("max") is not None:
+                    bad |= values > rule["max"]
+            if bad.any():
+                out[name] = np.flatnonzero(bad)
+        return out
+
+    def errors(self, columns: dict[str, np.ndarray], found: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        "FastAPI-style errors of the rows `check` found, located in records (`as_column_errors` moves them to columns)."
+        errors = [(int(row), name) for name, rows in found.items() for row in rows[:MAX_ERRORS]]
+        return [field_error(["records", row, name], f"{columns[name][row]!r} is out of range: {name} must be {self.describe(name)}",
+                            "out_of_range") for row, name in sorted(errors)[:MAX_ERRORS]]
