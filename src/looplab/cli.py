@@ -329,14 +329,15 @@ def serve(workers: int | None, port: int | None, host: str | None, env: str | No
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     from looplab.core import ENV_VARIABLE, find_project_root
+    from looplab.worker_http import read_timeouts, worker_command
 
     try:
         root = find_project_root()
         settings = load_config("serving", env=env, root=root)["serving"]
+        read_timeouts(settings)  # a bad timeout stops here, before any worker starts
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise click.ClickException(f"cannot read the serving configuration: {error}") from error
     workers = workers or int(settings.get("workers", 1))
@@ -356,11 +357,8 @@ def serve(workers: int | None, port: int | None, host: str | None, env: str | No
     # SIGINT too: a shell that starts us in the background would otherwise leave Ctrl-C ignored
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     def start_worker(index: int) -> subprocess.Popen:
-        command = [sys.executable, "-m", "uvicorn", "looplab.serving:app_factory", "--factory",
-                   "--host", host, "--port", str(port + index), "--no-access-log",
-                   # longer than the gateway's keep-alive to the workers, so nginx never reuses a connection being closed
-                   "--timeout-keep-alive", str(int(settings.get("keep_alive_seconds", 30)))]
-        return subprocess.Popen(command, cwd=root, env=child_env)
+        command, variables = worker_command(settings, host, port + index)  # uvicorn with read timeouts and the keep-alive
+        return subprocess.Popen(command, cwd=root, env={**child_env, **variables})
 
     restarts: list[float] = []  # when workers were restarted: a worker that keeps dying stops the whole server
     try:
