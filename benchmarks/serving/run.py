@@ -46,6 +46,9 @@ from common import copy_project, machine, say, write_result  # noqa: E402
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "serving.json"
 BIN = Path(sys.executable).parent
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+# The gateway is measured as it is configured by default: every request carries an API key it checks.
+API_KEY = "bench-key-0123456789abcdef"
+HEADERS = {"Content-Type": "application/json", "X-API-Key": API_KEY}
 MODEL = "bike-demand"
 RPS_RATIO_MIN = 10.0
 P99_MAX_MS = 25.0
@@ -106,7 +109,7 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
 def post(url: str, body: bytes, timeout: float = 30) -> tuple[int, bytes]:
     import urllib.error
     import urllib.request
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(url, data=body, headers=HEADERS, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -146,7 +149,7 @@ def ms(value: str, unit: str) -> float:
 
 def wrk(url: str, body: bytes, work: Path, name: str, duration: int, threads: int, connections: int) -> dict:
     script = work / f"{name}.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.headers["X-API-Key"] = "{API_KEY}"\n'
                       f"wrk.body = {json.dumps(body.decode())}\n", encoding="utf-8")
     command = [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
@@ -174,7 +177,7 @@ def batch(url: str, body: bytes, count: int) -> dict:
     try:
         for _ in range(count + 1):  # the first is a warm-up
             started = time.perf_counter()
-            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            connection.request("POST", path, body=body, headers=HEADERS)
             response = connection.getresponse()
             answer = response.read()
             if response.status != 200:
@@ -248,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         (project / "conf" / "local" / "serving.yml").write_text(f"serving:\n  port: {serving_port}\n  workers: 2\n")
         (project / "conf" / "local" / "gateway.yml").write_text(
             f"gateway:\n  listen: 127.0.0.1:{gateway_port}\n  run_dir: {run_dir}\n  max_body_size: 16m\n  body_buffer_size: 16m\n"
+            f"  api_keys: [{API_KEY}]\n"
             "  rate_limit:\n    requests_per_second: 1000000\n    burst: 100000\n")
         say(f"[looplab] looplab serve --workers 2 on :{serving_port}+i, looplab gateway on :{gateway_port}")
         serve = start([str(BIN / "looplab"), "serve", "--workers", "2"], project, work / "serve.log")
