@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,123 +19,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from looplab.core import load_config
-from looplab.versioning import load_version
-
-from conftest import free_port, project_with_models, stop_process, wait_until
+from conftest import good_record, ready, wait_until
 
 WRK = "/usr/bin/wrk"
 PREDICT = "/v1/models/bike-demand/predict"
 pytestmark = pytest.mark.skipif(not (os.path.exists("/usr/sbin/nginx") and os.path.exists(WRK)),
                                 reason="nginx or wrk is missing: run make system-packages")
-
-
-def ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/ready", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-class Stack:
-    "`looplab serve --workers 2` and `looplab gateway` on free loopback ports of a project copy."
-
-    def __init__(self, project: Path, tool, env: dict, logs: Path):
-        self.project, self.tool, self.env, self.logs = project, tool, {**env, "LOOPLAB_PROJECT_ROOT": str(project)}, logs
-        self.serving_port = free_port()
-        while not all(_free(port) for port in (self.serving_port, self.serving_port + 1)):
-            self.serving_port = free_port()
-        self.gateway_port = free_port()
-        while self.gateway_port in (self.serving_port, self.serving_port + 1):
-            self.gateway_port = free_port()
-        self.run_dir = tempfile.mkdtemp(prefix="looplab-gateway-")
-        os.chmod(self.run_dir, 0o755)  # nginx's workers run as an unprivileged user, who must enter it
-        (project / "conf" / "local" / "gateway.yml").write_text(
-            f"gateway:\n  listen: 127.0.0.1:{self.gateway_port}\n  run_dir: {self.run_dir}\n  fail_timeout_seconds: 2\n"
-            "  rate_limit:\n    requests_per_second: 100000\n    burst: 100000\n")
-        self.serve: subprocess.Popen | None = None
-        self.gateway: subprocess.Popen | None = None
-        self.runs = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
-
-    def worker_url(self, index: int) -> str:
-        return f"http://127.0.0.1:{self.serving_port + index}"
-
-    def start_serve(self, log_folder: Path) -> None:
-        "Start the workers, logging predictions into `log_folder`; wait until both answer."
-        self.stop_serve()
-        (self.project / "conf" / "local" / "serving.yml").write_text(
-            f"serving:\n  port: {self.serving_port}\n  workers: 2\n  prediction_log:\n    path: {log_folder}\n")
-        self.runs += 1
-        self.serve_log = self.logs / f"serve-{self.runs}.log"
-        with self.serve_log.open("w") as output:
-            self.serve = subprocess.Popen([self.tool("looplab"), "serve", "--workers", "2"], cwd=self.project, env=self.env,
-                                          stdout=output, stderr=subprocess.STDOUT)
-        for index in (0, 1):
-            wait_until(lambda index=index: self.serve.poll() is None and ready(self.worker_url(index)) or self._died(), 120,
-                       f"serving worker {index + 1}")
-
-    def _died(self):
-        assert self.serve.poll() is None, self.serve_log.read_text()[-3000:]
-        return False
-
-    def start_gateway(self) -> None:
-        with (self.logs / "gateway.log").open("w") as output:
-            self.gateway = subprocess.Popen([self.tool("looplab"), "gateway"], cwd=self.project, env=self.env,
-                                            stdout=output, stderr=subprocess.STDOUT)
-        wait_until(lambda: ready(self.url), 30, "the gateway")
-
-    def worker_pid(self, index: int) -> int:
-        "The pid of worker `index` (0-based) as `looplab serve` last reported it."
-        text = self.serve_log.read_text()
-        port = self.serving_port + index
-        found = re.findall(rf"worker {index + 1}: http://127\.0\.0\.1:{port}\s+\(pid (\d+)", text)
-        found += re.findall(rf"on port {port} exited .*; restarted it as pid (\d+)", text)
-        assert found, text[-2000:]
-        return int(found[-1])
-
-    def stop_serve(self) -> None:
-        "Graceful stop (SIGTERM): the workers flush their prediction logs."
-        if self.serve is not None:
-            stop_process(self.serve, timeout=60)
-            assert self.serve.returncode is not None
-            self.serve = None
-
-    def close(self) -> None:
-        self.stop_serve()
-        if self.gateway is not None:
-            stop_process(self.gateway)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-@pytest.fixture(scope="module")
-def stack(root, tmp_path_factory, tool, quiet_env):
-    project = project_with_models(root, tmp_path_factory.mktemp("load") / "project", tool, quiet_env)
-    stack = Stack(project, tool, quiet_env, tmp_path_factory.mktemp("load-logs"))
-    try:
-        yield stack
-    finally:
-        stack.close()
-
-
-def good_record(project: Path) -> dict:
-    features = load_config(env="test", root=project)["training"]["features"]
-    row = load_version(project / "data" / "05_model_input" / "evaluation_set.parquet")[features].dropna().iloc[0]
-    return {key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()}
 
 
 def malformed_bodies(good: dict) -> list[str]:
