@@ -189,3 +189,38 @@ def test_the_app_agrees_with_the_live_serving_api(page, api_url):
     assert shown_prediction(page) == pytest.approx(expected, abs=6e-4)
     source = page.locator(".looplab-source").inner_text()
     assert f"answered by the serving API at {api_url}" in source, source
+
+
+def test_the_api_docs_render_with_no_network_but_the_worker(browser, api_url):
+    "The worker's /docs (Swagger UI) and /redoc (ReDoc) list its operations in a browser that can reach nothing but 127.0.0.1."
+    from urllib.parse import urlsplit
+
+    summary = "Predict for records (or columns) of model inputs, or entity keys"  # the predict operation's, in the OpenAPI schema
+    outside, failed = [], []
+
+    def only_this_machine(route):
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 1100})
+    context.route("**/*", only_this_machine)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.on("requestfailed", lambda request: failed.append((request.url, request.failure)))
+        page.goto(api_url + "/docs")
+        page.locator(".opblock-summary-description", has_text=summary).wait_for()
+        operations = page.locator(".opblock-summary-description").all_inner_texts()
+        assert {summary, "The process is alive", "Prometheus metrics"} <= set(operations), operations
+        assert page.locator('[data-path="/v1/models/{name}/predict"]').count() >= 1
+        page.goto(api_url + "/redoc")
+        page.locator("h2", has_text=summary).wait_for()
+        assert page.locator("h2", has_text="The process is alive").count() == 1
+    finally:
+        context.close()
+    assert outside == [], outside  # nothing was asked of another machine: every script, style and image came from the worker
+    # and all of it arrived; the one outside image ReDoc names (Redocly's logo) the page's policy blocks before any request
+    assert all(urlsplit(url).hostname != "127.0.0.1" and "csp" in (failure or "").lower() for url, failure in failed), failed
