@@ -77,13 +77,10 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         return self.header_timeout if self._waiting == "headers" else self.body_timeout if self._waiting == "body" else None
 
     def _wait_for(self, what: str | None) -> None:
-        "Start waiting for `what` (None: nothing); the timer fires at the earliest moment that may be too late."
+        "Start waiting for `what` (None: nothing); the timer fires no later than the moment that may be too late."
         self._waiting = what
         timeout = self._timeout()
-        if timeout is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        if timeout is None:  # a timer still set finds nothing to wait for, and ends
             return
         self._since = self.loop.time()
         deadline = self._since + timeout
@@ -158,5 +155,8 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._wait_for(None)
+        self._waiting = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
