@@ -98,12 +98,14 @@ def run_dir():
 
 def base_settings(**changes) -> dict:
     settings = load_gateway_settings()
-    settings.update({"listen": f"127.0.0.1:{free_port()}", "challenger_workers": [], "api_keys": [],
+    settings.update({"listen": f"127.0.0.1:{free_port()}", "challenger_workers": [], "api_keys": [], "auth": "none",
                      "canary": {"enabled": False}, "shadow": {"enabled": False},
                      "rate_limit": {"requests_per_second": 10000, "burst": 1000}, "fail_timeout_seconds": 1,
                      # tests read the access log while nginx runs; bodies over 16k exercise nginx's temp files
                      "access_log_buffer": None, "body_buffer_size": "16k"})
     settings.update(changes)
+    if settings["api_keys"]:  # keys given: the default key check, as in a real install
+        settings["auth"] = "key"
     return settings
 
 
@@ -203,6 +205,21 @@ def test_api_keys(workers, run_dir):
     assert health.json() == {"status": "ok"}
     assert worker.count == 1, "refused requests must not reach a worker"
     assert "X-API-Key" not in worker.requests[0]["headers"], "the key is not passed on to the workers"
+
+
+def test_metrics_stay_inside_and_docs_are_public_only_when_said(workers, run_dir):
+    (worker,) = workers("w0")
+    for public in (False, True):
+        settings = base_settings(workers=[worker.address], api_keys=[KEY], docs_public=public)
+        with running(settings, run_dir) as (_, client):
+            metrics = client.get("/metrics", headers={"X-API-Key": KEY})
+            assert metrics.status_code == 404 and "Prometheus scrapes" in metrics.json()["detail"], metrics.text
+            for path in ("/docs", "/redoc", "/openapi.json", "/docs-assets/swagger-ui.css"):
+                answer = client.get(path)
+                assert answer.status_code == (200 if public else 401), (public, path, answer.status_code)
+            assert client.get("/v1/ping").status_code == 401  # everything else still needs the key
+            assert client.get("/docsx").status_code == 401 and client.get("/docs/../v1/ping").status_code == 401
+    assert all(request["path"] != "/metrics" for request in worker.requests), "a metrics request reached a worker"
 
 
 def test_rate_limit(workers, run_dir):

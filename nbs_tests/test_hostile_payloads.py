@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/nginx"), reason="n
 
 PREDICT = "/v1/models/bike-demand/predict"
 DEPTH = 10_000
+KEY = "hostile-test-key-0123456789"  # the gateway checks it; workers ignore it
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def served(root, tmp_path_factory, tool, quiet_env):
     run_dir = tempfile.mkdtemp(prefix="looplab-gateway-")
     os.chmod(run_dir, 0o755)  # nginx runs as an unprivileged user when started by root
     (project / "conf" / "local" / "gateway.yml").write_text(
-        f"gateway:\n  listen: 127.0.0.1:{gateway_port}\n  run_dir: {run_dir}\n  access_log_buffer: null\n")
+        f"gateway:\n  listen: 127.0.0.1:{gateway_port}\n  run_dir: {run_dir}\n  access_log_buffer: null\n  api_keys: [{KEY}]\n")
     logs = tmp_path_factory.mktemp("hostile-logs")
     env = {**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project)}
     processes = []
@@ -68,7 +69,7 @@ def a_record(project) -> dict:
 
 def good_answer(url: str, record: dict) -> bool:
     try:
-        return requests.post(url + PREDICT, json={"records": [record]}, timeout=10).status_code == 200
+        return requests.post(url + PREDICT, json={"records": [record]}, timeout=10, headers={"X-API-Key": KEY}).status_code == 200
     except requests.ConnectionError:
         return False
 
@@ -124,6 +125,7 @@ def test_every_hostile_body_gets_a_json_4xx_and_the_worker_stays_up(served, thro
     url = served[through] + PREDICT
     answers = {}
     with requests.Session() as session:
+        session.headers["X-API-Key"] = KEY
         for name, body, headers in corpus(served["record"]):
             response = session.post(url, data=body, headers=headers, timeout=60)
             answers[name] = response.status_code
@@ -148,7 +150,8 @@ def test_values_the_data_layer_refuses_are_refused_naming_the_rule(served, throu
     odd = {"hr": 99, "weathersit": "bogus", "temp": -50.0}
     assert set(odd) <= set(record), sorted(record)  # the demo's inputs
     for field, value in odd.items():
-        response = requests.post(served[through] + PREDICT, json={"records": [record, {**record, field: value}]}, timeout=30)
+        response = requests.post(served[through] + PREDICT, json={"records": [record, {**record, field: value}]}, timeout=30,
+                                 headers={"X-API-Key": KEY})
         assert response.status_code == 422, (field, response.status_code, response.text[:300])
         detail = response.json()["detail"]
         assert detail[0]["loc"] == ["body", "records", 1, field] and detail[0]["type"] == "out_of_range", detail

@@ -294,7 +294,7 @@ def test_gateway_numbers_come_from_the_real_nginx_access_log(ops_server):
     project = ops_server["project"]
     settings = load_gateway_settings(env="test", root=project)
     port = free_port()
-    settings.update(listen=f"127.0.0.1:{port}", workers=[f"127.0.0.1:{ops_server['port']}"], api_keys=[])
+    settings.update(listen=f"127.0.0.1:{port}", workers=[f"127.0.0.1:{ops_server['port']}"], api_keys=[], auth="none")
     run_dir = ops_server["gateway_dir"]  # = the project's gateway.run_dir (a link to it), where the ops server reads the log
     assert (project / settings.get("run_dir", "data/06_models/gateway")).resolve() == run_dir.resolve()
 

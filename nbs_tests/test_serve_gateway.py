@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -45,7 +46,11 @@ def served(root, tmp_path_factory, tool, quiet_env):
         for name, command in (("serve", [tool("looplab"), "serve", "--workers", "2"]), ("gateway", [tool("looplab"), "gateway"])):
             log = (logs / f"{name}.log").open("w")
             processes.append(subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT))
-        yield {"project": project, "url": f"http://127.0.0.1:{gateway_port}", "logs": logs, "env": env}
+        # secure by default: no key configured, so the gateway made one (conf/local/api_key, 0600) and printed it once
+        key_file = project / "conf" / "local" / "api_key"
+        wait_until(lambda: key_file.exists() and key_file.read_text().strip(), 60, "the gateway's API key")
+        yield {"project": project, "url": f"http://127.0.0.1:{gateway_port}", "logs": logs, "env": env,
+               "key": key_file.read_text().strip(), "key_file": key_file}
     finally:
         for process in processes:
             stop_process(process)
@@ -65,7 +70,7 @@ def test_promote_and_rollback_through_the_gateway_fail_no_request(served, tool):
 
     def answers():
         try:
-            response = requests.post(url, json=body, timeout=5)
+            response = requests.post(url, json=body, timeout=5, headers={"X-API-Key": served["key"]})
             return response if response.status_code == 200 else None
         except requests.ConnectionError:
             return None
@@ -77,6 +82,7 @@ def test_promote_and_rollback_through_the_gateway_fail_no_request(served, tool):
 
     def traffic():
         with requests.Session() as session:
+            session.headers["X-API-Key"] = served["key"]
             while not stop.is_set() and len(results) < 20000:
                 response = session.post(url, json=body, timeout=10)
                 results.append((response.status_code, response.json().get("model_version")))
@@ -107,6 +113,24 @@ def test_promote_and_rollback_through_the_gateway_fail_no_request(served, tool):
 
 def test_the_gateway_refuses_bad_input_with_the_servings_422(served):
     response = requests.post(f"{served['url']}/v1/models/bike-demand/predict",
-                             json={"records": [{"hr": "noon"}]}, timeout=10)
+                             json={"records": [{"hr": "noon"}]}, timeout=10, headers={"X-API-Key": served["key"]})
     assert response.status_code == 422
     assert "hr" in response.text
+
+
+def test_a_default_install_exposes_nothing_without_the_key(served):
+    "No key configured: the gateway made one, printed it once, and answers nothing but its own health check without it."
+    key, url = served["key"], served["url"]
+    assert stat.S_IMODE(served["key_file"].stat().st_mode) == 0o600
+    assert (served["logs"] / "gateway.log").read_text().count(key) == 1  # shown once, in the gateway's output
+    wait_until(lambda: requests.get(f"{url}/ready", headers={"X-API-Key": key}, timeout=5).status_code == 200, 90, "the champion")
+    for path in ("/ready", "/health", "/docs", "/openapi.json", "/v1/models/bike-demand/predict"):
+        refused = requests.get(url + path, timeout=10)
+        assert refused.status_code == 401 and refused.json()["status"] == 401, (path, refused.status_code, refused.text[:200])
+        assert requests.get(url + path, timeout=10, headers={"X-API-Key": key + "x"}).status_code == 401, path
+    assert requests.get(f"{url}/gateway/health", timeout=10).status_code == 200
+    metrics = requests.get(f"{url}/metrics", timeout=10, headers={"X-API-Key": key})  # never on the public port, key or not
+    assert metrics.status_code == 404 and "Prometheus" in metrics.json()["detail"], metrics.text[:300]
+    docs = requests.get(f"{url}/docs", timeout=10, headers={"X-API-Key": key})
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert requests.get(f"{url}/openapi.json", timeout=10, headers={"X-API-Key": key}).json()["paths"]

@@ -414,11 +414,15 @@ def gateway(env: str | None, run_dir: Path | None, listen: str | None, print_con
     """
     import signal
 
-    from looplab.gateway import Gateway, GatewayError, load_gateway_settings, render_nginx_config
+    from looplab.gateway import Gateway, GatewayError, api_keys_for, load_gateway_settings, render_nginx_config
 
     try:
         settings = load_gateway_settings(env=env)
         settings["listen"] = listen or settings.get("listen", "127.0.0.1:8080")
+        settings["api_keys"], made = api_keys_for(settings, project_paths().root)
+        if made:  # shown this once: it is kept only in the key file
+            click.echo(f"gateway: made an API key, kept in {settings.get('api_key_file', 'conf/local/api_key')} (mode 0600). "
+                       f"Clients send it as the header X-API-Key: {made}", err=True)
         folder = (run_dir or project_paths().root / settings.get("run_dir", "data/06_models/gateway")).resolve()
         if print_config:
             click.echo(render_nginx_config(settings, folder), nl=False)

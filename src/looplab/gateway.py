@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -22,8 +23,9 @@ from .core import load_config
 
 # %% auto #0
 __all__ = ['NGINX_CANDIDATES', 'API_KEY_PATTERN', 'ADDRESS_PATTERN', 'SIZE_PATTERN', 'ERROR_PREFIX', 'ANSWERED_AS', 'ERRORS',
-           'GatewayError', 'nginx_binary', 'serving_workers', 'resolve_settings', 'load_gateway_settings',
-           'render_nginx_config', 'check_reachable', 'Gateway']
+           'METRICS_ELSEWHERE', 'DOCS_PAGES', 'DOCS_ASSETS_PREFIX', 'GatewayError', 'nginx_binary', 'serving_workers',
+           'resolve_settings', 'load_gateway_settings', 'api_keys_for', 'render_nginx_config', 'check_reachable',
+           'Gateway']
 
 # %% ../../notebooks/32_gateway.ipynb #dc59edd8
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
@@ -124,6 +126,39 @@ def _api_keys(keys: Any) -> list[str]:
             )
     return keys
 
+# %% ../../notebooks/32_gateway.ipynb #417f38b2
+def api_keys_for(
+    settings: dict,                 # the `gateway` settings
+    root: Path | str,               # project root (`api_key_file` is relative to it)
+    generate: bool = True,          # make a key when none is configured; False: a `GatewayError` instead
+) -> tuple[list[str], str | None]:  # (the keys the gateway accepts, a key generated now or None)
+    "The API keys of the gateway: `api_keys`, else the key file, else a new key written to it; none with `auth: none`."
+    auth = settings.get("auth", "key")
+    if auth not in ("key", "none"):
+        raise GatewayError(f"gateway.auth: {auth!r} is neither key nor none")
+    keys = _api_keys(settings.get("api_keys"))
+    if auth == "none":
+        if keys:
+            raise GatewayError("gateway.auth is none but gateway.api_keys lists keys: remove the keys, or set auth: key")
+        return [], None
+    if keys:
+        return keys, None
+    path = Path(root) / settings.get("api_key_file", "conf/local/api_key")
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise GatewayError(f"{path} holds the gateway's API key but others may read it (mode {mode:04o}): chmod 600 {path}")
+        return _api_keys([path.read_text(encoding="utf-8").strip()]), None
+    if not generate:
+        raise GatewayError(f"the gateway has no API key yet: `looplab gateway` makes one into {path}, "
+                           "or list yours in gateway.api_keys (conf/local/gateway.yml)")
+    key = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never over a file another process just wrote
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(key + "\n")
+    return [key], key
+
 # %% ../../notebooks/32_gateway.ipynb #e99b0ee2
 ERROR_PREFIX = "/_looplab/error/"  # the internal locations of the JSON error pages
 
@@ -169,6 +204,21 @@ ERRORS = {
 }
 
 
+METRICS_ELSEWHERE = ("metrics are not served on the public port: Prometheus scrapes the /metrics of each serving worker "
+                     "on its own address (serving.host, port + i)")
+DOCS_PAGES = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # the API's documentation, public with docs_public
+DOCS_ASSETS_PREFIX = "/docs-assets/"  # their scripts and styles (looplab.serving.DOCS_ASSETS)
+
+
+def _public_docs(settings: dict, proxy_common: str) -> str:
+    "Locations that let the documentation pages through without a key (`docs_public: true`)."
+    proxied = ("        add_header X-Request-ID $request_id always;\n        limit_req zone=looplab_rate;\n"
+               + "".join("    " + line + "\n" for line in proxy_common.splitlines()) + "        proxy_pass http://looplab_champion;\n")
+    pages = "|".join(re.escape(page.lstrip("/")) for page in DOCS_PAGES)
+    return (f"    location ~ ^/({pages})$ {{\n{proxied}    }}\n\n"
+            f"    location ^~ {DOCS_ASSETS_PREFIX} {{\n{proxied}    }}\n\n")
+
+
 def render_nginx_config(
     settings: dict,          # resolved `gateway` settings (see `resolve_settings`): workers filled in
     run_dir: Path | str,     # folder for the pid file, temp files and logs
@@ -191,6 +241,14 @@ def render_nginx_config(
         raise GatewayError(f"gateway.canary.challenger_weight: {weight} is not a percentage in 0..100")
     balancing = settings.get("balancing", "least_conn")
     keys = _api_keys(settings.get("api_keys"))
+    auth = settings.get("auth", "key")
+    if auth not in ("key", "none"):
+        raise GatewayError(f"gateway.auth: {auth!r} is neither key nor none")
+    if auth == "key" and not keys:
+        raise GatewayError("gateway.auth is key but no API key is configured: `looplab gateway` makes one into conf/local/api_key "
+                           "(see looplab.gateway.api_keys_for); or list yours in gateway.api_keys, or set gateway.auth: none for open access")
+    if auth == "none" and keys:
+        raise GatewayError("gateway.auth is none but gateway.api_keys lists keys: remove the keys, or set auth: key")
     rate = settings.get("rate_limit") or {}
     burst = rate.get("burst", 0)
     if not isinstance(burst, int) or burst < 0:
@@ -254,7 +312,13 @@ def render_nginx_config(
     server = [
         f"server {{\n    listen {listen};\n",
         *(f"    error_page {status} {ERROR_PREFIX}{status};\n" for status in ERRORS),
-        "\n    location = /gateway/health {\n        access_log off;\n        return 200 '{\"status\": \"ok\"}';\n    }\n\n",
+        # a request refused before its body is read (no key) has the body discarded; when that body is broken, the
+        # 400 it causes comes after the 401's error page: without this it would get nginx's HTML page
+        "    recursive_error_pages on;\n",
+        "\n    location = /gateway/health {\n        access_log off;\n        return 200 '{\"status\": \"ok\"}';\n    }\n",
+        # the workers' metrics are for Prometheus, which scrapes the workers themselves (127.0.0.1), never the public port
+        "\n    location = /metrics {\n        return 404 '" + json.dumps({"detail": METRICS_ELSEWHERE, "status": 404}) + "';\n    }\n\n",
+        _public_docs(settings, proxy_common) if settings.get("docs_public") else "",
         "    location / {\n        if ($looplab_key_ok = 0) {\n            return 401;\n        }\n",
         f"        limit_req zone=looplab_rate{f' burst={burst} nodelay' if burst else ''};\n",
         "        add_header X-Request-ID $request_id always;\n        add_header X-Looplab-Variant $looplab_variant always;\n",

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .core import DATA_LAYERS, Settings, catalog_config, configure_mlflow, find_project_root, load_config, mlflow_settings
 from .evaluation import figure_png, json_ready
+from .gateway import GatewayError, api_keys_for
 from .monitoring import due_labels, load_store, monitor_windows, monitoring_settings, window_of
 from .pipelines.data import create_pipeline
 from .registry import alias_version, load_model
@@ -112,7 +113,10 @@ class HttpServing:
         import httpx
 
         self.settings = serving_settings(env, root)
-        keys = (load_config("gateway", env=env, root=root).get("gateway") or {}).get("api_keys") or []
+        try:  # a gateway checks keys (its own or the one `looplab gateway` made); a worker's own address needs none
+            keys, _ = api_keys_for(load_config("gateway", env=env, root=root).get("gateway") or {}, root, generate=False)
+        except (GatewayError, FileNotFoundError):
+            keys = []
         self.client = httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": str(keys[0])} if keys else {})
 
     def __enter__(self):

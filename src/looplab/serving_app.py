@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import registry
 from .core import find_project_root, load_config
+from .gateway import GatewayError, api_keys_for
 
 # %% auto #0
 __all__ = ['app_settings', 'Champion', 'load_champion', 'model_input', 'predict_frame', 'api_predict', 'predict_record',
@@ -28,7 +29,7 @@ def app_settings(
     env: str | None = None,          # config environment; `local` when None
     root: Path | str | None = None,  # project root; found when None
     api_url: str | None = None,      # the serving API's address given to the app; None: conf's `serving.app_api_url`
-) -> dict[str, Any]:                 # {root, model_name, alias, target, evaluation, data, api_url}
+) -> dict[str, Any]:                 # {root, model_name, alias, target, evaluation, data, api_url, api_key}
     "What the serving app answers with and shows, from conf."
     root = find_project_root(root)
     parameters = load_config("parameters", env=env, root=root)
@@ -39,10 +40,14 @@ def app_settings(
         model_name, alias = serving.get("model_name", model_name), serving.get("alias", alias)
     except (FileNotFoundError, KeyError):
         pass  # no serving config: the champion of the training model
+    try:  # the gateway's key (configured, or the one `looplab gateway` made); a worker's own address needs none
+        api_key = (api_keys_for(load_config("gateway", env=env, root=root).get("gateway") or {}, root, generate=False)[0] or [None])[0]
+    except (GatewayError, FileNotFoundError):
+        api_key = None
     return {"root": root, "model_name": model_name, "alias": alias,
             "target": parameters.get("data", {}).get("target", "target"),
             "evaluation": parameters.get("evaluation", {}), "data": parameters.get("data", {}),
-            "api_url": (api_url or serving.get("app_api_url") or "").rstrip("/")}
+            "api_url": (api_url or serving.get("app_api_url") or "").rstrip("/"), "api_key": api_key}
 
 # %% ../../notebooks/37_serving_app.ipynb #833aed96
 @dataclass(frozen=True)
@@ -106,13 +111,14 @@ def api_predict(
     api_url: str,     # the serving API, e.g. http://127.0.0.1:8080
     model_name: str,  # the model it serves
     record: dict,     # one record of model inputs
+    api_key: str | None = None,  # sent as X-API-Key (the gateway checks it; a worker ignores it)
 ) -> tuple[float, str]:  # (prediction, the model version that answered)
     "(prediction, model version) from the serving API; OSError or ValueError saying why not."
     import urllib.error
     import urllib.request
 
     request = urllib.request.Request(f"{api_url}/v1/models/{model_name}/predict", method="POST",
-                                     data=json.dumps({"records": [record]}).encode(), headers={"Content-Type": "application/json"})
+                                     data=json.dumps({"records": [record]}).encode(), headers={"Content-Type": "application/json", **({"X-API-Key": api_key} if api_key else {})})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             answer = json.loads(response.read())
@@ -125,12 +131,13 @@ def predict_record(
     champion: Champion,  # the model the app loaded
     record: dict,        # the widgets' record
     api_url: str = "",   # the serving API; "": predict in the app
+    api_key: str | None = None,  # the gateway's key, when `api_url` is the gateway
 ) -> tuple[float, str]:  # (prediction, where it came from, in words)
     "The prediction for one record: the serving API's answer when there is an API that answers, else the app's own model's."
     source = "predicted in the app"
     if api_url:
         try:
-            value, served = api_predict(api_url, champion.name, record)
+            value, served = api_predict(api_url, champion.name, record, api_key)
             source = f"answered by the serving API at {api_url} (version {served})"
         except (OSError, ValueError, KeyError) as error:
             value = predict_frame(champion, pd.DataFrame([record]))[0]
@@ -145,10 +152,11 @@ def prediction_html(
     record: dict,        # the widgets' record
     target: str,         # what is predicted (`data.target`)
     api_url: str = "",   # the serving API; "": predict in the app
+    api_key: str | None = None,  # the gateway's key, when `api_url` is the gateway
 ) -> str:                # the prediction and its source, or why there is none
     "The page's prediction for the widgets' record; a failure is one line saying why (the app keeps running)."
     try:
-        value, source = predict_record(champion, record, api_url)
+        value, source = predict_record(champion, record, api_url, api_key)
         return (f"<div style='font-size:1.6em'>Predicted {html.escape(target)}: "
                 f"<b class='looplab-value'>{html.escape(f'{value:.3f}' if isinstance(value, float) else str(value))}</b></div>"
                 f"<small class='looplab-source'>{html.escape(source)}</small>")
