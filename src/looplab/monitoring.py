@@ -35,6 +35,7 @@ WINDOW_COLUMNS = [
     "mae", "rmse", "bias", "baseline_mae", "evaluation_mae", "degradation", "prediction_mean", "prediction_std",
     "drift", "drift_features", "drift_backend", "latency_p50_ms", "latency_p99_ms", "duplicates",
     "log_lines", "late_entries", "rescored",  # lines scored on, lines that came after the first scoring, re-scorings
+    "out_of_range",  # predictions served with inputs outside the dataset's rules (serving.out_of_range: flag)
     "note", "monitored_at",
 ]
 DRIFT_COLUMNS = ["window_start", "window_end", "feature", "test", "p_value", "distance", "drift", "model_version"]
@@ -119,7 +120,7 @@ def logged_predictions(
     "The prediction log as a table of model inputs and outputs, one row per entity and hour."
     log = read_prediction_log(log_path) if Path(log_path).exists() else pd.DataFrame()
     counts = {"lines": len(log), "without_event_time": 0, "duplicates": 0}
-    columns = ["event_time", "entity", "model_name", "model_version", "prediction", "latency_ms", "time", "request_id"]
+    columns = ["event_time", "entity", "model_name", "model_version", "prediction", "latency_ms", "time", "request_id", "out_of_range"]
     if log.empty:
         return pd.DataFrame(columns=[*columns, "log_lines"]), counts
     for column in columns:
@@ -191,6 +192,7 @@ def window_performance(
         "prediction_mean": float(numeric.mean()) if len(joined) else math.nan,
         "prediction_std": float(numeric.std(ddof=0)) if len(joined) else math.nan,
         "latency_p50_ms": math.nan, "latency_p99_ms": math.nan, "note": "",
+        "out_of_range": int(joined["out_of_range"].notna().sum()) if "out_of_range" in joined else 0,
     }
     if len(joined):
         per_request = joined.groupby("request_id")["latency_ms"].first() if "request_id" in joined else joined["latency_ms"]

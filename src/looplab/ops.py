@@ -42,6 +42,7 @@ WINDOW_GAUGES = {  # column of windows.parquet → (metric, help)
     "drift_features": ("looplab_monitoring_drift_features", "features with drift in the latest window"),
     "prediction_mean": ("looplab_monitoring_prediction_mean", "mean prediction in the latest window"),
     "latency_p99_ms": ("looplab_monitoring_window_latency_p99_ms", "p99 server latency (ms) in the latest window"),
+    "out_of_range": ("looplab_monitoring_window_out_of_range", "predictions in the latest window served with inputs out of range (flagged)"),
 }
 
 # %% ../../notebooks/43_ops.ipynb #08d5b100

@@ -60,24 +60,32 @@ def format_entries(
 ) -> bytes:                 # its JSON lines
     "One request's log lines: one per row, or one column-wise line for a request of `BATCH_LINE_ROWS` rows or more."
     rows = len(chunk["predictions"])
+    flags = chunk.get("out_of_range") or {}  # column → positions of its rows out of range (serving.out_of_range: flag)
     if rows >= BATCH_LINE_ROWS:  # orjson writes whole columns: no Python work per value
         inputs = {name: _column(values) for name, values in chunk["columns"].items()}
+        marked = {"out_of_range": {name: np.asarray(positions).tolist() for name, positions in flags.items()}} if flags else {}
         return orjson.dumps({"request_id": chunk["request_id"], "rows": rows, "time": chunk["time"], "model_name": chunk["model_name"],
                              "model_version": chunk["model_version"], "entity": chunk["entities"], "event_time": chunk["event_times"],
-                             "latency_ms": chunk["latency_ms"], "inputs": inputs, "prediction": _column(chunk["predictions"])}, option=_NUMPY) + b"\n"
+                             "latency_ms": chunk["latency_ms"], "inputs": inputs, "prediction": _column(chunk["predictions"]), **marked},
+                            option=_NUMPY) + b"\n"
     head = b'{"request_id":%b,"row":' % orjson.dumps(chunk["request_id"])
     middle = b',"time":%b,"model_name":%b,"model_version":%b,"entity":' % (
         orjson.dumps(chunk["time"]), orjson.dumps(chunk["model_name"]), orjson.dumps(chunk["model_version"]))
     names = list(chunk["columns"])
-    if rows < 32:  # few rows: plain per-row dictionaries
+    if rows < 32 or flags:  # few rows (or rows to mark): plain per-row dictionaries
         inputs = [dict(zip(names, values, strict=True)) for values in zip(*(chunk["columns"][name].tolist() for name in names), strict=True)] \
             if names else [{} for _ in range(rows)]
         entities, times = chunk["entities"] or [None] * rows, chunk["event_times"] or [None] * rows
+        marks: list[list[str] | None] = [None] * rows
+        for name, positions in flags.items():
+            for position in np.asarray(positions).tolist():
+                marks[position] = [*(marks[position] or []), name]
         return b"".join(orjson.dumps({"request_id": chunk["request_id"], "row": index, "time": chunk["time"], "model_name": chunk["model_name"],
                                       "model_version": chunk["model_version"], "entity": entity, "event_time": moment,
-                                      "latency_ms": chunk["latency_ms"], "inputs": record, "prediction": prediction}, option=_NUMPY) + b"\n"
-                        for index, (entity, moment, record, prediction) in
-                        enumerate(zip(entities, times, inputs, chunk["predictions"].tolist(), strict=True)))
+                                      "latency_ms": chunk["latency_ms"], "inputs": record, "prediction": prediction,
+                                      **({"out_of_range": mark} if flags else {})}, option=_NUMPY) + b"\n"
+                        for index, (entity, moment, record, prediction, mark) in
+                        enumerate(zip(entities, times, inputs, chunk["predictions"].tolist(), marks, strict=True)))
     # many rows: every piece of every line is a column of texts; one join builds them all
     parts = [[head] * rows, [b"%d" % index for index in range(rows)], [middle] * rows,
              _texts(chunk["entities"]) if chunk["entities"] is not None else [b"null"] * rows,
@@ -94,7 +102,8 @@ def format_entries(
     return b"".join(pieces)
 
 # %% ../../notebooks/34_prediction_log.ipynb #36cd7af1
-LOG_COLUMNS = ["request_id", "row", "time", "model_name", "model_version", "entity", "event_time", "latency_ms", "inputs", "prediction"]
+LOG_COLUMNS = ["request_id", "row", "time", "model_name", "model_version", "entity", "event_time", "latency_ms", "inputs", "prediction",
+               "out_of_range"]
 
 
 def _log_rows(entry: dict) -> list[dict]:
@@ -104,8 +113,12 @@ def _log_rows(entry: dict) -> list[dict]:
     count, names = entry["rows"], list(entry["inputs"])
     entities, times = entry.get("entity") or [None] * count, entry.get("event_time") or [None] * count
     shared = {key: entry.get(key) for key in ("request_id", "time", "model_name", "model_version")}
+    marks: list[list[str] | None] = [None] * count
+    for name, positions in (entry.get("out_of_range") or {}).items():
+        for position in positions:
+            marks[position] = [*(marks[position] or []), name]
     return [{**shared, "row": index, "entity": entities[index], "event_time": times[index], "latency_ms": entry.get("latency_ms"),
-             "inputs": dict(zip(names, values, strict=True)), "prediction": prediction}
+             "inputs": dict(zip(names, values, strict=True)), "prediction": prediction, "out_of_range": marks[index]}
             for index, (values, prediction) in enumerate(zip(zip(*entry["inputs"].values(), strict=True), entry["prediction"], strict=True))]
 
 
@@ -207,11 +220,12 @@ class PredictionLog:
         columns: dict[str, np.ndarray],                   # the model inputs, one array per column
         entities: list | None, event_times: list | None,  # identifying fields per row (None: none given)
         predictions: np.ndarray,                          # one per row
+        out_of_range: dict[str, np.ndarray] | None = None,  # column → rows whose value is out of range (flagged, not refused)
     ) -> None:
         "Format one request's rows and write them now: in the file (the OS's page cache) when this returns."
         self._write(format_entries({"request_id": request_id, "time": time, "latency_ms": latency_ms, "model_name": model_name,
                                     "model_version": model_version, "columns": columns, "entities": entities,
-                                    "event_times": event_times, "predictions": predictions}), len(predictions))
+                                    "event_times": event_times, "predictions": predictions, "out_of_range": out_of_range}), len(predictions))
 
     def flush(self) -> int:
         "fsync what was written (durable against a machine crash too); the rows it made durable."

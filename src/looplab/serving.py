@@ -545,7 +545,7 @@ def create_app(
         if prediction_log is not None:
             try:  # written before the answer leaves: a killed worker loses no answered prediction
                 prediction_log.append_columns(request_id, datetime.now(UTC).isoformat(), round((time.perf_counter() - started) * 1000, 3),
-                                              used.name, used.version, columns, entities, times, labels)
+                                              used.name, used.version, columns, entities, times, labels, found or None)
             except OSError:  # logged by the log: no answer that is not logged
                 metrics.log_failures.inc()
                 return _problem(503, "the prediction could not be written to the prediction log, so it is not answered; send it again")
