@@ -123,7 +123,13 @@ def test_a_default_install_exposes_nothing_without_the_key(served):
     key, url = served["key"], served["url"]
     assert stat.S_IMODE(served["key_file"].stat().st_mode) == 0o600
     assert (served["logs"] / "gateway.log").read_text().count(key) == 1  # shown once, in the gateway's output
-    wait_until(lambda: requests.get(f"{url}/ready", headers={"X-API-Key": key}, timeout=5).status_code == 200, 90, "the champion")
+    def ready() -> bool:
+        try:
+            return requests.get(f"{url}/ready", headers={"X-API-Key": key}, timeout=5).status_code == 200
+        except requests.ConnectionError:  # nginx not listening yet
+            return False
+
+    wait_until(ready, 120, "the champion answering through the gateway")
     for path in ("/ready", "/health", "/docs", "/openapi.json", "/v1/models/bike-demand/predict"):
         refused = requests.get(url + path, timeout=10)
         assert refused.status_code == 401 and refused.json()["status"] == 401, (path, refused.status_code, refused.text[:200])
