@@ -717,6 +717,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'looplab.training.with_model_parameters': ('training.html#with_model_parameters', 'looplab/training.py')},
             'looplab.validation': { 'looplab.validation._coerce_column': ('validation.html#_coerce_column', 'looplab/validation.py'),
                                     'looplab.validation._columns_in': ('validation.html#_columns_in', 'looplab/validation.py'),
+                                    'looplab.validation._display_problem': ('validation.html#_display_problem', 'looplab/validation.py'),
                                     'looplab.validation._empty_dtype': ('validation.html#_empty_dtype', 'looplab/validation.py'),
                                     'looplab.validation._evaluate': ('validation.html#_evaluate', 'looplab/validation.py'),
                                     'looplab.validation._local_time': ('validation.html#_local_time', 'looplab/validation.py'),

@@ -21,14 +21,40 @@ if TYPE_CHECKING:  # pandera takes most of a second to import: only where a sche
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'NOT_A', 'LINEAGE_KEPT', 'DEFAULT_SAMPLE_ROWS', 'DUPLICATE_RULES',
-           'build_schema', 'coerce_batch', 'row_problems', 'canonical_rows', 'quarantine_rows', 'batch_problems',
-           'rejection_reasons', 'acceptance_units', 'keep_one_duplicate', 'impossible_times', 'validate_batch',
-           'count_rejected']
+__all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'DISPLAY_SETTINGS', 'DISPLAY_KEYS', 'NOT_A', 'LINEAGE_KEPT',
+           'DEFAULT_SAMPLE_ROWS', 'DUPLICATE_RULES', 'build_schema', 'coerce_batch', 'row_problems', 'canonical_rows',
+           'quarantine_rows', 'batch_problems', 'rejection_reasons', 'acceptance_units', 'keep_one_duplicate',
+           'impossible_times', 'validate_batch', 'count_rejected']
 
 # %% ../../notebooks/12_validation.ipynb #0537277a
 DTYPES = ("int64", "float64", "str", "datetime64[ns]")  # the canonical dtypes a schema column can take
 COLUMN_SETTINGS = ("dtype", "min", "max", "allowed")
+DISPLAY_SETTINGS = ("label", "unit", "display", "names")  # how the apps show a column: never checked against the data
+DISPLAY_KEYS = ("scale", "offset", "digits")              # display: shown = stored × scale + offset; digits of a prediction
+
+
+def _display_problem(
+    spec: dict,  # a `columns` entry
+) -> str | None:  # what is wrong with its display settings, or None
+    for key in ("label", "unit"):
+        if key in spec and not isinstance(spec[key], str):
+            return f"{key} must be text, got {spec[key]!r}"
+    if "names" in spec and not isinstance(spec["names"], dict):
+        return f"names must map stored values to names, got {spec['names']!r}"
+    display = spec.get("display")
+    if display is None:
+        return None
+    if not isinstance(display, dict) or (unknown := sorted(set(display) - set(DISPLAY_KEYS))):
+        return f"display takes {', '.join(DISPLAY_KEYS)}, got {display!r}"
+    for key in ("scale", "offset"):
+        if key in display and (isinstance(display[key], bool) or not isinstance(display[key], int | float)):
+            return f"display.{key} must be a number, got {display[key]!r}"
+    if display.get("scale") == 0:
+        return "display.scale must not be 0"
+    digits = display.get("digits")
+    if digits is not None and (isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 15):
+        return f"display.digits must be a whole number from 1 to 15, got {digits!r}"
+    return None
 
 
 def _value_checks(
@@ -129,8 +155,10 @@ def build_schema(
             raise ValueError(f"{where}: the timestamp, the entity and lineage (_…) columns are not schema columns")
         if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES:
             raise ValueError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {spec!r}")
-        if unknown := sorted(set(spec) - set(COLUMN_SETTINGS)):
-            raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(COLUMN_SETTINGS)}")
+        if unknown := sorted(set(spec) - set(COLUMN_SETTINGS) - set(DISPLAY_SETTINGS)):
+            raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(COLUMN_SETTINGS + DISPLAY_SETTINGS)}")
+        if problem := _display_problem(spec):
+            raise ValueError(f"{where}: {problem}")
         kind = spec["dtype"]
         dtype = {"str": str, "int64": "Int64" if name in nullable else "int64"}.get(kind, kind)
         columns[name] = pa.Column(
