@@ -174,13 +174,14 @@ mlflow-ui: setup  ## the MLflow UI of this project's store on $(HOST):$(MLFLOW_P
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --workers 1 --host $(HOST) --port $(MLFLOW_PORT) \
 		--backend-store-uri "$$($(BIN)/python -c 'from looplab.core import mlflow_settings; print(mlflow_settings()["tracking_uri"])')"
 
-# The Voila apps (notebooks/apps/): APP=serving by default, on $(HOST):$(APPS_PORT).
+# The Voila apps (notebooks/apps/): APP=serving by default, on $(HOST):$(APPS_PORT); `looplab apps` culls idle
+# kernels and caps their number (serving.apps in conf).
 .PHONY: apps
 APP ?= serving
 APPS_PORT ?= 8866
 
 apps: setup  ## a Voila app on $(HOST) (APP=serving, APPS_PORT=8866)
-	$(BIN)/voila notebooks/apps/$(APP).ipynb --no-browser --Voila.ip=$(HOST) --port=$(APPS_PORT)
+	$(BIN)/looplab apps $(APP) --host $(HOST) --port $(APPS_PORT)
 
 clean-venv:  ## remove .venv
 	rm -rf $(VENV)

@@ -619,8 +619,11 @@ def apps(app: str, host: str, port: int, env: str | None) -> None:
     child_env = {**os.environ, "LOOPLAB_PROJECT_ROOT": str(root)}
     if env:
         child_env["KEDRO_ENV"] = env
-    command = [str(voila), str(folder / f"{app}.ipynb"), "--no-browser", f"--Voila.ip={host}", f"--port={port}",
-               f"--Voila.root_dir={root}"]
+    try:  # idle kernels culled, their number capped (serving.apps in conf)
+        from looplab.serving_app import apps_settings, voila_command
+        command = voila_command(voila, folder / f"{app}.ipynb", host, port, root, apps_settings(env, root))
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
     click.echo(f"looplab apps: {app} on http://{host}:{port}/ (config environment: {env or child_env.get('KEDRO_ENV') or 'local'}; Ctrl-C stops)", err=True)
     # Voila takes this process's place, so Ctrl-C and a terminating signal reach it directly
     os.execve(command[0], command, child_env)

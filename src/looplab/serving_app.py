@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from .core import find_project_root, load_config
 from .gateway import GatewayError, api_keys_for
 
 # %% auto #0
-__all__ = ['app_settings', 'Champion', 'load_champion', 'model_input', 'predict_frame', 'api_predict', 'predict_record',
-           'prediction_html', 'record_html', 'training_data', 'default_row', 'control_spec', 'header_html',
-           'upload_html']
+__all__ = ['APPS_DEFAULTS', 'app_settings', 'Champion', 'load_champion', 'Shown', 'display_settings', 'model_input',
+           'predict_frame', 'api_predict', 'predict_record', 'rounded', 'model_interval', 'prediction_html',
+           'record_html', 'training_data', 'default_row', 'control_spec', 'model_record', 'header_html', 'upload_html',
+           'apps_settings', 'voila_command']
 
 # %% ../../notebooks/37_serving_app.ipynb #fce402ea
 def app_settings(
@@ -74,6 +76,55 @@ def load_champion(
     signature = mlflow.models.get_model_info(f"models:/{name}/{version.version}").signature
     inputs = {column["name"]: column["type"] for column in signature.inputs.to_dict()}
     return Champion(name, alias, version, model, run, inputs)
+
+# %% ../../notebooks/37_serving_app.ipynb #5a1c0e02
+@dataclass(frozen=True)
+class Shown:
+    "How the page shows one column, and the conversions between its stored and shown values."
+    label: str                  # what the column is called on the page
+    unit: str = ""              # written after its values
+    scale: float = 1.0          # shown = stored × scale + offset
+    offset: float = 0.0
+    digits: int | None = None   # significant digits of a prediction of it
+    names: dict | None = None   # stored value (as text) -> its name
+    boolean: bool = False       # stored as 0 or 1: a yes/no box
+
+    @property
+    def caption(self) -> str:
+        "The label with its unit: `temperature (°C)`."
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+    @property
+    def scaled(self) -> bool:
+        "Whether the shown value differs from the stored one."
+        return (self.scale, self.offset) != (1.0, 0.0)
+
+    def to_shown(self, value: float) -> float:
+        "The stored value as shown."
+        return value * self.scale + self.offset
+
+    def to_stored(self, value: float) -> float:
+        "A shown value back in the model's units."
+        return (value - self.offset) / self.scale
+
+
+def display_settings(
+    data_params: dict,  # the `data` parameters (`validation.schema.columns`)
+) -> dict[str, Shown]:  # column -> how it is shown; columns without settings are shown by name
+    "How each schema column is shown, from its optional label, unit, display, names and allowed."
+    columns = ((data_params.get("validation") or {}).get("schema") or {}).get("columns") or {}
+    shown = {}
+    for name, spec in columns.items():
+        spec = spec if isinstance(spec, dict) else {}
+        display = spec.get("display") or {}
+        allowed = spec.get("allowed")
+        shown[name] = Shown(
+            label=str(spec.get("label") or name), unit=str(spec.get("unit") or ""),
+            scale=float(display.get("scale", 1.0)), offset=float(display.get("offset", 0.0)), digits=display.get("digits"),
+            names={str(code): str(label) for code, label in (spec.get("names") or {}).items()} or None,
+            boolean=isinstance(allowed, list | tuple) and len(allowed) == 2 and set(allowed) == {0, 1},
+        )
+    return shown
 
 # %% ../../notebooks/37_serving_app.ipynb #cbb0de2a
 def model_input(
@@ -147,18 +198,53 @@ def predict_record(
     return value, source
 
 
-def prediction_html(
+def rounded(
+    value: float,    # a prediction
+    digits: int = 3,  # significant digits
+) -> str:            # the value with that many significant digits, in plain notation: 66.9, 1,230, 0.00412
+    "A number for people: `digits` significant digits, never in exponent notation."
+    if not math.isfinite(value) or value == 0:
+        return f"{value:g}"
+    decimals = digits - 1 - math.floor(math.log10(abs(value)))  # negative: rounds to tens, hundreds, ...
+    return f"{round(value, decimals):,.{max(decimals, 0)}f}"
+
+
+def model_interval(
     champion: Champion,  # the model the app loaded
     record: dict,        # the widgets' record
+) -> tuple[float, float] | None:  # (low, high), or None when the model gives no interval
+    "The model's prediction interval for the record, when it has a `predict_interval` method; never made up."
+    method = getattr(champion.model, "predict_interval", None)
+    if method is None:
+        return None
+    low, high = method(model_input(pd.DataFrame([record]), champion.inputs))[0]
+    return float(low), float(high)
+
+
+def prediction_html(
+    champion: Champion,  # the model the app loaded
+    record: dict,        # the widgets' record, in the model's units
     target: str,         # what is predicted (`data.target`)
     api_url: str = "",   # the serving API; "": predict in the app
     api_key: str | None = None,  # the gateway's key, when `api_url` is the gateway
+    shown: Shown | None = None,  # how the target is shown (`display_settings`); None: by name, 3 digits
 ) -> str:                # the prediction and its source, or why there is none
-    "The page's prediction for the widgets' record; a failure is one line saying why (the app keeps running)."
+    "The page's prediction for the widgets' record, rounded, with its unit and interval; a failure is one line saying why."
+    shown = shown or Shown(target)
     try:
         value, source = predict_record(champion, record, api_url, api_key)
-        return (f"<div style='font-size:1.6em'>Predicted {html.escape(target)}: "
-                f"<b class='looplab-value'>{html.escape(f'{value:.3f}' if isinstance(value, float) else str(value))}</b></div>"
+        if not isinstance(value, float):  # a class
+            return (f"<div style='font-size:1.6em'>Predicted {html.escape(shown.label)}: <b class='looplab-value' "
+                    f"data-value='{html.escape(str(value))}'>{html.escape(str(value))}</b></div>"
+                    f"<small class='looplab-source'>{html.escape(source)}</small>")
+        digits = shown.digits or 3
+        interval = model_interval(champion, record)
+        between = "" if interval is None else (
+            f" <span class='looplab-interval'>(between {rounded(shown.to_shown(interval[0]), digits)} and "
+            f"{rounded(shown.to_shown(interval[1]), digits)})</span>")
+        return (f"<div style='font-size:1.6em'>Predicted {html.escape(shown.label)}: "
+                f"<b class='looplab-value' data-value='{value!r}'>{rounded(shown.to_shown(value), digits)}</b>"
+                f" <span class='looplab-unit'>{html.escape(shown.unit)}</span>{between}</div>"
                 f"<small class='looplab-source'>{html.escape(source)}</small>")
     except Exception as error:  # shown to the user in one line; the app keeps running
         return f"<div style='color:#b00'>cannot predict: {html.escape(str(error))}</div>"
@@ -166,7 +252,7 @@ def prediction_html(
 
 def record_html(record: dict) -> str:
     "The record the model got, as the page shows it."
-    return f"<small>record sent to the model:</small><pre class='looplab-record-json' style='line-height:1.45'>{html.escape(json.dumps(record, indent=1))}</pre>"
+    return f"<small>what the model gets, in its own units:</small><pre class='looplab-record-json' style='line-height:1.45'>{html.escape(json.dumps(record, indent=1))}</pre>"
 
 # %% ../../notebooks/37_serving_app.ipynb #17a04edc
 def training_data(
@@ -199,27 +285,64 @@ def default_row(
     return (complete if len(complete) else data).iloc[-1]
 
 # %% ../../notebooks/37_serving_app.ipynb #c9b7863e
+def _step(span: float) -> float:
+    "A round slider step: the power of ten nearest below a hundredth of the span."
+    return 10.0 ** math.floor(math.log10(span / 100)) if span > 0 else 0.01
+
+
 def control_spec(
-    data: pd.DataFrame,  # the training data
-    row: pd.Series,      # the record the widgets start at (`default_row`)
-    name: str,           # the model input
-    kind: str,           # its MLflow type
-) -> tuple[str, dict[str, Any]]:  # (the ipywidgets class name, its value and range)
-    "The widget for one model input: a slider over the trained range, a drop-down for categories."
+    data: pd.DataFrame,         # the training data
+    row: pd.Series,             # the record the widgets start at (`default_row`)
+    name: str,                  # the model input
+    kind: str,                  # its MLflow type
+    shown: Shown | None = None,  # how the column is shown (`display_settings`); None: as stored
+) -> tuple[str, dict[str, Any]]:  # (the ipywidgets class name, its value and range, in shown units)
+    "The widget for one model input: a box for yes/no, a drop-down for categories and named codes, else a slider over the trained range."
+    shown = shown or Shown(name)
     values = data[name].dropna() if name in data.columns else pd.Series(dtype="float64")
+    value = row.get(name)
     if kind == "string":
         options = sorted(values.astype(str).unique()) or [""]
-        value = str(row.get(name, options[0]))
-        return "Dropdown", {"options": options, "value": value if value in options else options[0]}
+        value = str(value if value is not None else options[0])
+        labelled = [(shown.names.get(option, option), option) for option in options] if shown.names else options
+        return "Dropdown", {"options": labelled, "value": value if value in options else options[0]}
+    missing = value is None or pd.isna(value)
+    if shown.boolean:
+        return "Checkbox", {"value": (not missing) and bool(value), "indent": False}
+    if shown.names and kind in ("long", "integer"):
+        codes = sorted({int(float(code)) for code in shown.names} | {int(code) for code in values.unique()})
+        options = [(shown.names.get(str(code), str(code)), code) for code in codes]
+        return "Dropdown", {"options": options, "value": int(value) if not missing and int(value) in codes else codes[0]}
     low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
-    value = row.get(name)
-    value = low if value is None or pd.isna(value) else float(value)
-    if kind in ("long", "integer"):
+    value = low if missing else float(value)
+    if kind in ("long", "integer") and not shown.scaled:
         low, high = int(low), max(int(high), int(low) + 1)
         return "IntSlider", {"value": int(value), "min": low, "max": high, "continuous_update": False}
-    high = max(high, low + 1e-6)
-    return "FloatSlider", {"value": value, "min": low, "max": high, "step": (high - low) / 100, "readout_format": ".4g",
+    low, high, value = sorted((shown.to_shown(low), shown.to_shown(high))) + [shown.to_shown(value)]
+    step = _step(high - low)
+    decimals = max(-math.floor(math.log10(step)), 0)
+    low, high = round(math.floor(low / step) * step, decimals), round(math.ceil(high / step) * step, decimals)
+    high = max(high, round(low + step, decimals))
+    value = min(max(round(round(value / step) * step, decimals), low), high)
+    return "FloatSlider", {"value": value, "min": low, "max": high, "step": step, "readout_format": f".{decimals}f",
                            "continuous_update": False}
+
+
+def model_record(
+    values: dict,              # input -> the widget's value, in shown units
+    inputs: dict[str, str],    # `Champion.inputs`
+    displays: dict[str, Shown],  # `display_settings`
+) -> dict:                     # input -> value in the model's units and types
+    "The widgets' values as the model takes them: shown units converted back, yes/no as 0/1, whole numbers as integers."
+    record = {}
+    for name, kind in inputs.items():
+        value, shown = values[name], displays.get(name) or Shown(name)
+        if kind == "string":
+            record[name] = str(value)
+            continue
+        number = shown.to_stored(float(value))
+        record[name] = int(round(number)) if kind in ("long", "integer") else number
+    return record
 
 # %% ../../notebooks/37_serving_app.ipynb #67d8a641
 def header_html(
@@ -260,3 +383,67 @@ def upload_html(
         f"<a class='looplab-download' download='{html.escape(name)}' href='data:text/csv;base64,{payload}'>"
         f"download {html.escape(name)}</a></div>" + frame.head(5).to_html(index=False, float_format="%.4g")
     )
+
+# %% ../../notebooks/37_serving_app.ipynb #5a1c0e05
+APPS_DEFAULTS = {"cull_idle_seconds": 1200, "cull_interval_seconds": 60, "max_kernels": 4}
+
+
+def apps_settings(
+    env: str | None = None,          # config environment; `local` when None
+    root: Path | str | None = None,  # project root; found when None
+) -> dict[str, int]:                 # {cull_idle_seconds, cull_interval_seconds, max_kernels}
+    "The Voila apps' kernel limits: `serving.apps` in conf over `APPS_DEFAULTS`; ValueError naming a bad one."
+    try:
+        configured = load_config("serving", env=env, root=find_project_root(root))["serving"].get("apps") or {}
+    except (FileNotFoundError, KeyError):
+        configured = {}
+    if unknown := sorted(set(configured) - set(APPS_DEFAULTS)):
+        raise ValueError(f"serving.apps: unknown setting(s) {', '.join(unknown)}; known: {', '.join(APPS_DEFAULTS)}")
+    settings = {**APPS_DEFAULTS, **configured}
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "cull_interval_seconds" else 0):
+            raise ValueError(f"serving.apps.{key} must be a whole number{' from 1' if key == 'cull_interval_seconds' else ' from 0'}, got {value!r}")
+    return settings
+
+
+def voila_command(
+    voila: Path | str,     # the voila executable
+    notebook: Path | str,  # the app's notebook
+    host: str,             # address to listen on
+    port: int,             # port to listen on
+    root: Path | str,      # the project root (Voila's root_dir)
+    limits: dict,          # `apps_settings`
+) -> list[str]:            # the command line
+    "Voila serving `notebook`, with idle kernels culled and the number of kernels capped."
+    return [str(voila), str(notebook), "--no-browser", f"--Voila.ip={host}", f"--port={port}", f"--Voila.root_dir={root}",
+            "--VoilaConfiguration.multi_kernel_manager_class=looplab.serving_app.CappedKernelManager",
+            f"--MappingKernelManager.cull_idle_timeout={int(limits['cull_idle_seconds'])}",
+            f"--MappingKernelManager.cull_interval={int(limits['cull_interval_seconds'])}",
+            "--MappingKernelManager.cull_connected=True",
+            f"--CappedKernelManager.max_kernels={int(limits['max_kernels'])}"]
+
+
+def _capped_kernel_manager() -> type:
+    "jupyter_server's kernel manager, refusing a new kernel once `max_kernels` run (503)."
+    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+    from tornado import web
+    from traitlets import Integer
+
+    class CappedKernelManager(AsyncMappingKernelManager):
+        "A kernel manager with a limit on the kernels running at once."
+        max_kernels = Integer(0, config=True, help="Kernels running at once; one more is refused with 503. 0: no limit.")
+
+        async def start_kernel(self, *args, **kwargs):
+            if self.max_kernels and len(self.list_kernel_ids()) >= self.max_kernels:
+                raise web.HTTPError(503, f"too many open pages ({self.max_kernels}): close one, or try again in a while")
+            return await super().start_kernel(*args, **kwargs)
+
+    return CappedKernelManager
+
+
+def __getattr__(name: str):
+    "`CappedKernelManager` is built on first use (Voila's server asks for it by name)."
+    if name == "CappedKernelManager":
+        globals()[name] = manager = _capped_kernel_manager()
+        return manager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,7 +44,7 @@ def _display_problem(
     display = spec.get("display")
     if display is None:
         return None
-    if not isinstance(display, dict) or (unknown := sorted(set(display) - set(DISPLAY_KEYS))):
+    if not isinstance(display, dict) or set(display) - set(DISPLAY_KEYS):
         return f"display takes {', '.join(DISPLAY_KEYS)}, got {display!r}"
     for key in ("scale", "offset"):
         if key in display and (isinstance(display[key], bool) or not isinstance(display[key], int | float)):
