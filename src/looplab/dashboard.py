@@ -233,6 +233,10 @@ def timeline_figure(
     slo = config["slo"].get("p99_latency_ms")
     if slo is not None:
         latency_axis.axhline(float(slo), color="#d62728", ls="--", lw=1, label=f"SLO p99 {float(slo):g} ms")
+        over = windows["latency_p99_ms"] > float(slo)
+        if over.any():  # the windows that missed the service level, circled in red
+            latency_axis.scatter(middle[over], windows.loc[over, "latency_p99_ms"], s=90, facecolors="none",
+                                 edgecolors="#d62728", lw=2, zorder=3, label="p99 above the SLO")
     latency_axis.set_ylabel("latency (ms)")
     top = max(float(windows["latency_p99_ms"].max()) if windows["latency_p99_ms"].notna().any() else 1.0, float(slo or 0))
     latency_axis.set_ylim(0, top * 1.15)
@@ -310,10 +314,14 @@ def cell(
     shown: str,     # the text people read
     value,          # the stored value: `data-value`
     note: str = "", # a remark in a third column
+    alert: bool = False,  # a breach (a service level missed): the row is highlighted, the note in red
 ) -> str:
     "One row of the latest-window table."
-    note = f"<span style='color:#777'> {html.escape(note)}</span>" if note else ""
-    return (f"<tr><th style='text-align:left;padding-right:18px'>{html.escape(label)}</th>"
+    colour = "#b00;font-weight:bold" if alert else "#777"
+    note = f"<span style='color:{colour}'> {html.escape(note)}</span>" if note else ""
+    row = ("<tr class='looplab-breach' data-breach='true' style='background:#fde8e6;color:#b00;font-weight:bold'>"
+           if alert else "<tr>")
+    return (f"{row}<th style='text-align:left;padding-right:18px'>{html.escape(label)}</th>"
             f"<td id='looplab-latest-{field.replace('_', '-')}' data-field='{field}' data-value='{html.escape(raw(value))}' "
             f"style='text-align:right'>{html.escape(shown)}</td><td>{note}</td></tr>")
 
@@ -321,10 +329,13 @@ def cell(
 def latest_table(
     store: dict,  # `read_store`'s tables; at least one window
     state: dict,  # `registry_state`
+    slo: dict | None = None,  # the service levels (`monitoring.slo`): a p99 latency above `p99_latency_ms` is highlighted
 ) -> str:
-    "The latest window's numbers as an HTML table."
+    "The latest window's numbers as an HTML table; a latency over its service level highlighted."
     windows, drift = store["windows"], store["drift"]
     latest = windows.iloc[-1]
+    limit = (slo or {}).get("p99_latency_ms")
+    over = limit is not None and pd.notna(latest["latency_p99_ms"]) and float(latest["latency_p99_ms"]) > float(limit)
     in_window = drift[(drift["window_start"] == latest["window_start"]) & (drift["window_end"] == latest["window_end"])]
     drifted = sorted(in_window.loc[in_window["drift"].astype(bool), "feature"].astype(str))
     degradation = latest.get("degradation")
@@ -344,7 +355,8 @@ def latest_table(
              ", ".join(drifted)),
         cell("drifted", "drifted feature names", ", ".join(drifted) or "none", ",".join(drifted)),
         cell("latency_p50_ms", "latency p50 (ms)", number(latest["latency_p50_ms"], ".3g"), latest["latency_p50_ms"]),
-        cell("latency_p99_ms", "latency p99 (ms)", number(latest["latency_p99_ms"], ".3g"), latest["latency_p99_ms"]),
+        cell("latency_p99_ms", "latency p99 (ms)", number(latest["latency_p99_ms"], ".3g"), latest["latency_p99_ms"],
+             (f"above the SLO of {float(limit):g} ms" if over else f"SLO {float(limit):g} ms") if limit is not None else "", alert=over),
         cell("champion", "champion version", f"v{state['champion']}" if state["champion"] else "—", state["champion"],
              f"from the {state['source']}"),
         cell("challenger", "challenger version", f"v{state['challenger']}" if state["challenger"] else "none",
@@ -373,7 +385,8 @@ def registry_html(
             f"<td>{html.escape((facts.get('created') or '—')[:19])}</td>"
             f"<td style='text-align:right'>{number(metrics.get('mae'))}</td>"
             f"<td style='text-align:right'>{number(metrics.get('baseline_mae'))}</td>"
-            f"<td>{html.escape(str(facts.get('tags', {}).get('gate.reason', '')))[:120]}</td></tr>")
+            f"<td class='looplab-reason' style='max-width:460px;white-space:normal'>"
+            f"{html.escape(str(facts.get('tags', {}).get('gate.reason', '')))}</td></tr>")
     return (f"<table id='looplab-registry' class='looplab-registry' data-source='{state['source']}' style='font-size:14px'>"
             f"<caption style='text-align:left;font-weight:bold'>{html.escape(model_name)}: champion / challenger</caption>"
             "<tr><th>alias</th><th>version</th><th>registered</th><th>evaluation MAE</th><th>baseline MAE</th><th>gate</th></tr>"
@@ -457,6 +470,6 @@ def page(
     plot = figure_html(figure, "looplab-timeline", "MAE, drift p-values, retrainings, volume and latency per window")
     return (header + plot
             + "<div style='display:flex;gap:40px;align-items:flex-start;margin-top:10px;flex-wrap:wrap'>"
-            + f"<div>{latest_table(store, state)}</div><div>{registry_html(state, config['model_name'])}</div></div>"
+            + f"<div>{latest_table(store, state, config['slo'])}</div><div>{registry_html(state, config['model_name'])}</div></div>"
             + f"<div style='margin-top:12px'>{decisions_html(store['decisions'])}</div>"
             + f"<div style='margin-top:12px'>{windows_html(windows)}</div>")
