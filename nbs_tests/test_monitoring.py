@@ -427,7 +427,19 @@ def test_make_run_closes_the_loop(root, tool, quiet_env, tmp_path):
     assert any(name.startswith("window ") for name in names) and any(name.startswith("replay ") for name in names)
     assert any(run.data.tags.get("looplab.outcome") == "promoted" for run in runs)
     retrained = client.get_run(promoted["run_id"])
-    assert any(item.path.startswith("notebook") for item in client.list_artifacts(retrained.info.run_id))
+    # the lab record is the finished notebook: the last cell's output is in it (it logs the notebook), and its hash is on the run
+    import hashlib
+    import tempfile
+
+    import mlflow.artifacts
+    import nbformat
+
+    (record,) = [item.path for item in client.list_artifacts(retrained.info.run_id, "notebook")]
+    local = Path(mlflow.artifacts.download_artifacts(run_id=retrained.info.run_id, artifact_path=record,
+                                                     dst_path=tempfile.mkdtemp(), tracking_uri=tracking))
+    last = [cell for cell in nbformat.read(local, as_version=4).cells if cell.cell_type == "code"][-1]
+    assert "log_executed_notebook" in last.source and "logged " in str(last.outputs), last.outputs
+    assert retrained.data.tags["notebook_sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
     (report,) = (project / "data" / "08_reporting" / "replay").glob("replay-*.html")
     page = report.read_text()
     assert "policy" in page and "static" in page and "data:image/png;base64," in page and "promoted" in page

@@ -23,7 +23,7 @@ import pandas as pd
 from .core import catalog_config, configure_mlflow, find_project_root, load_config
 from .monitoring import due_labels, load_store, monitoring_now, monitoring_settings, read_decisions, store_files
 from .registry import ModelNotFoundError, alias_version
-from .training import train_evaluate_register
+from .training import log_executed_notebook, train_evaluate_register
 
 _logger = logging.getLogger(__name__)
 
@@ -278,7 +278,10 @@ def run_training(
         papermill.execute_notebook(str(root / "notebooks" / "runs" / "train.ipynb"), str(notebook), parameters=parameters,
                                    cwd=str(root), progress_bar=False, log_output=False,
                                    kernel_manager_class=local_kernel_manager())
-        return {"notebook": str(notebook), "run_id": _latest_training_run(notebook)}
+        run_id = _latest_training_run(notebook)
+        if run_id:  # the notebook logged itself while its last cell ran: the finished copy, every output in it, replaces that
+            log_executed_notebook(run_id, notebook)
+        return {"notebook": str(notebook), "run_id": run_id}
     from kedro.io import DataCatalog
 
     parameters = load_config("parameters", env=env, root=root)

@@ -5,6 +5,7 @@
 # %% ../../notebooks/20_training.ipynb #6ed5c2a9
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -535,5 +536,7 @@ def log_executed_notebook(
         where = f"{notebook} does not exist" if notebook else "no papermill command found"
         logger.warning("lab record not logged: %s; pass -p output_notebook PATH", where)
         return f"not logged: {where}"
-    mlflow.MlflowClient().log_artifact(run_id, str(notebook), artifact_path="notebook")
+    client = mlflow.MlflowClient()
+    client.log_artifact(run_id, str(notebook), artifact_path="notebook")
+    client.set_tag(run_id, "notebook_sha256", hashlib.sha256(notebook.read_bytes()).hexdigest())  # which copy is the record
     return f"logged {notebook.name} to run {run_id} under notebook/"
