@@ -61,8 +61,8 @@ def client_of(demo) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def register_champion(demo, model, client: MlflowClient) -> str:
-    "Register `model` as a new version of the demo's model and point `champion` at it (as the registry would)."
+def register_champion(demo, model, client: MlflowClient, trained: tuple[str, str] | None = None) -> str:
+    "Register `model` as a new version of the demo's model and point `champion` at it; `trained`: the window its run logs."
     from looplab.registry import SKOPS_TRUSTED_TYPES
 
     name = demo["training"]["model_name"]
@@ -71,6 +71,8 @@ def register_champion(demo, model, client: MlflowClient) -> str:
     mlflow.set_experiment("looplab-training")
     features = demo["evaluation_set"][demo["training"]["features"]]
     with mlflow.start_run(run_name="champion for a test"):
+        if trained:  # as train_model logs it
+            mlflow.log_params({"window.train_start": f"{trained[0]} 00:00:00", "window.train_end": f"{trained[1]} 00:00:00"})
         info = mlflow.sklearn.log_model(
             model, name="model", serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED_TYPES,
             input_example=features.head(2), registered_model_name=name,
@@ -232,6 +234,41 @@ def test_the_champion_is_evaluated_on_the_same_set(demo):
     assert result["champion"]["version"] == weaker_version
     assert result["gate"]["passed"] and result["gate"]["improvement"] >= 0.02, result["gate"]
     assert result["gate"]["champion"] == pytest.approx(result["champion"]["metrics"]["mae"])
+
+
+def test_a_champion_trained_on_part_of_the_window_is_compared_on_the_days_it_never_saw(demo, caplog):
+    "The demo evaluates on March 1-14; a champion whose run trained until March 8 is scored on March 8-14 only, with a warning."
+    client = client_of(demo)
+    version = register_champion(demo, demo["model"], client, trained=("2011-01-01", "2011-03-08"))
+    with caplog.at_level("WARNING", logger="looplab.evaluation"):
+        result = evaluate_model(demo["model"], demo["evaluation_set"], fresh_run(demo, client), demo["data_params"], demo["training"],
+                                demo["evaluation"], root=demo["root"])
+    unseen = demo["evaluation_set"][demo["evaluation_set"]["event_timestamp"] >= "2011-03-08"]
+    note = (f"the champion (version {version}) was trained on 2011-01-01..2011-03-07, which covers 2011-03-01..2011-03-07 of the "
+            f"evaluation window 2011-03-01..2011-03-14: both compared on 2011-03-08..2011-03-14 only ({len(unseen)} rows it never trained on)")
+    assert f"evaluation of bike-demand: {note}" in caplog.messages
+    assert result["gate"]["reason"].endswith(f"; {note}"), result["gate"]["reason"]
+    assert result["gate"]["compared_on"] == "2011-03-08..2011-03-14"
+    assert result["champion"]["trained_on"] == "2011-01-01..2011-03-07" and result["champion"]["note"] == note
+    on_unseen = evaluate(demo["model"], unseen, demo["data_params"], demo["training"], demo["evaluation"])["metrics"]["mae"]
+    assert result["gate"]["champion"] == pytest.approx(on_unseen) and result["gate"]["challenger"] == pytest.approx(on_unseen)
+    assert on_unseen != pytest.approx(result["metrics"]["mae"]), "the whole window's MAE is not the one compared"
+    assert result["metrics"]["mae"] == pytest.approx(evaluate(demo["model"], demo["evaluation_set"], demo["data_params"], demo["training"],
+                                                              demo["evaluation"])["metrics"]["mae"]), "the run still logs the whole window"
+
+
+def test_a_champion_trained_on_the_whole_window_cannot_be_compared_and_stays(demo, caplog):
+    client = client_of(demo)
+    version = register_champion(demo, demo["model"], client, trained=("2011-01-01", "2011-04-01"))
+    with caplog.at_level("WARNING", logger="looplab.evaluation"):
+        result = evaluate_model(demo["model"], demo["evaluation_set"], fresh_run(demo, client), demo["data_params"], demo["training"],
+                                demo["evaluation"], root=demo["root"])
+    note = (f"the champion (version {version}) was trained on 2011-01-01..2011-03-31, which covers 2011-03-01..2011-03-14 of the "
+            "evaluation window 2011-03-01..2011-03-14: there is no day of the window it never trained on, so the two cannot be compared fairly")
+    assert f"evaluation of bike-demand: {note}" in caplog.messages
+    assert not result["gate"]["passed"] and result["gate"]["reason"] == f"failed: {note}"
+    assert result["gate"]["champion"] is None and result["gate"]["compared_on"] is None
+    assert str(client.get_registered_model("bike-demand").aliases["champion"]) == version
 
 
 def test_a_champion_that_cannot_score_this_set_fails_the_gate(demo):

@@ -138,7 +138,7 @@ def test_every_row_is_validated_and_a_champion_beats_its_baseline(project, tool,
         assert version["metrics"][metric] < version["metrics"][f"baseline_{metric}"], (name, version["metrics"])
     assert "take their arrival as event time" in project["outputs"]["wine"]["run"]
     wine = next(v for v in champion(tool, quiet_env, project["project"], "wine")["versions"] if v["version"] == "1")
-    assert json.loads(wine["tags"]["classes"]) == ["class_0", "class_1", "class_2"]  # the label mapping, on the version
+    assert json.loads(wine["tags"]["model.classes"]) == ["class_0", "class_1", "class_2"]  # the label mapping, on the version
 
 
 def test_a_regression_champion_is_served(project, tool, quiet_env):

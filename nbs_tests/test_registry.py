@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from looplab import registry
 from looplab.cli import cli
 from looplab.core import PROJECT_ROOT_VARIABLE, configure_mlflow, load_config
+from looplab.lineage import grouped_tags
 
 from conftest import free_port
 
@@ -108,9 +109,15 @@ def test_the_gate_moves_the_champion(store, bike):
     assert registry.champion_history("gate-demo") == ["1", "3"]
 
     tags = MlflowClient().get_model_version("gate-demo", "2").tags
-    assert tags["run_id"] == second["run_id"] and tags["gate.passed"] == "false" and tags["gate.reason"] == "failed: test"
-    assert (tags["git_commit"], tags["git_dirty"], tags["lock_hash"]) == ("abc123", "false", "f00d")
+    assert tags["run.id"] == second["run_id"] and tags["gate.passed"] == "false" and tags["gate.reason"] == "failed: test"
+    assert (tags["code.commit"], tags["code.dirty"], tags["env.lock_hash"]) == ("abc123", "false", "f00d")
     assert (tags["data.features.version"], tags["data.features.hash"]) == ("2026-11-26T00.00.00.000Z", "c0ffee")
+    # every tag under a group: run, code, env, data, model, gate (looplab.lineage)
+    assert {key.split(".")[0] for key in tags} <= {"run", "code", "env", "data", "model", "gate"}, sorted(tags)
+    assert set(grouped_tags(tags)) == {"run", "code", "env", "data", "gate"} and grouped_tags(tags)["code"] == {"commit": "abc123", "dirty": "false"}
+    described = MlflowClient().get_model_version("gate-demo", "2").description
+    assert described.startswith("challenger, not promoted: MAE ") and " vs no champion" in described, described
+    assert MlflowClient().get_model_version("gate-demo", "3").description.startswith("promoted: MAE ")
 
     model_file = Path(MlflowClient().get_model_version_download_uri("gate-demo", "1").removeprefix("file://")) / "MLmodel"
     description = yaml.safe_load(model_file.read_text())
@@ -208,7 +215,8 @@ def test_status_shape(store, bike):
     assert model["aliases"] == {"challenger": "2", "champion": "1"}
     assert [version["version"] for version in model["versions"]] == ["2", "1"]
     for version in model["versions"]:
-        assert set(version) == {"version", "run_id", "created", "status", "tags", "metrics", "evaluated_on"}
+        assert set(version) == {"version", "run_id", "created", "status", "tags", "metrics", "evaluated_on", "description"}
+        assert version["description"].startswith("promoted: " if version["version"] == "1" else "challenger, not promoted: ")
         assert version["status"] == "READY" and version["metrics"]["mae"] > 0
         assert pd.Timestamp(version["created"]).tzinfo is not None
     assert json.loads(json.dumps(state)) == state
@@ -272,6 +280,9 @@ def test_cli(store, bike):
     assert lines[heading + 1].split() == ["VERSION", "ALIASES", "CREATED", "STATUS", "GATE", "EVALUATED", "ON", "MAE", "RMSE", "R2", "RUN"]
     assert lines[heading + 2].split()[:2] == ["2", "challenger"] and "failed" in lines[heading + 2]
     assert lines[heading + 3].split()[:2] == ["1", "champion"] and "passed" in lines[heading + 3]
+    # each version's one-line description under the table: the gate's outcome, its numbers
+    assert lines[heading + 4].startswith("  version 2: challenger, not promoted: MAE "), lines[heading + 4]
+    assert lines[heading + 5].startswith("  version 1: promoted: MAE "), lines[heading + 5]
 
     for arguments, message in [
         (("promote", "nope-demo", "1"), "no registered model 'nope-demo'"),

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .core import figure_png, find_project_root, model_threads, new_figure
 from .features import EVENT_TIMESTAMP
+from .lineage import days, overlap_note, training_window_of, unseen_rows
 from .registry import load_model
 from .tracking import TrackingError, connect_tracking, error_line, flatten_params
 from .versioning import content_hash
@@ -28,7 +29,7 @@ __all__ = ['logger', 'METRICS', 'LOWER_IS_BETTER', 'BASELINES', 'is_better', 'mo
            'class_positions', 'baseline_predictions', 'slice_values', 'slice_metrics', 'behavioural_checks',
            'json_ready', 'evaluate', 'plot_predicted_vs_actual', 'plot_residuals_over_time', 'feature_importance',
            'plot_feature_importance', 'relative_improvement', 'gate', 'evaluation_report_html', 'champion_version',
-           'evaluate_champion', 'evaluate_model']
+           'evaluate_champion', 'fair_gate', 'evaluate_model']
 
 # %% ../../notebooks/21_evaluation.ipynb #12238be5
 METRICS = {"regression": ("mae", "rmse", "r2"), "classification": ("accuracy", "f1", "roc_auc", "log_loss")}
@@ -485,6 +486,7 @@ def gate(
         "reason": ("passed: " + "; ".join(successes)) if passed else ("failed: " + "; ".join(failures)),
         "metric": metric, "challenger": value, "champion": champion, "margin": margin,
         "baseline": baseline, "improvement": improvement,
+        "compared_on": days((challenger_evaluation.get("window") or {}).get("start"), (challenger_evaluation.get("window") or {}).get("end"), inclusive=True),
     })
 
 # %% ../../notebooks/21_evaluation.ipynb #d783ffef
@@ -530,7 +532,8 @@ def evaluation_report_html(
         parts.append(f"<h2>Gate: <span class='{state}'>{state}</span></h2><p>{html.escape(gate_result['reason'])}</p>")
     if champion:
         parts.append(f"<p>Champion: version {html.escape(str(champion.get('version')))}"
-                     + (f" — {html.escape(champion['error'])}" if champion.get("error") else "") + "</p>")
+                     + (f" — {html.escape(champion['error'])}" if champion.get("error") else "")
+                     + (f" — {html.escape(champion['note'])}" if champion.get("note") else "") + "</p>")
     baseline = evaluation["baseline"]
     source = f" (<code>{html.escape(baseline['feature'])}</code>)" if baseline.get("feature") else ""
     parts += [
@@ -587,6 +590,36 @@ def evaluate_champion(
     return result, {"version": version, "metrics": result["metrics"], "beats_baseline": result["beats_baseline"]}
 
 
+def fair_gate(
+    model, name: str, evaluation: dict, evaluation_set: pd.DataFrame, data_params: dict, training_params: dict, evaluation_params: dict,
+) -> tuple[dict, dict]:  # (the gate's decision, the champion: {"version", "metrics"?, "error"?, "trained_on"?, "note"?})
+    "The gate against the champion, on the days of the evaluation window the champion never trained on."
+    version = champion_version(name)
+    trained = training_window_of(name, version) if version and EVENT_TIMESTAMP in evaluation_set.columns else None
+    note = overlap_note(evaluation_set[EVENT_TIMESTAMP], trained, version) if trained else None
+    if note is None:
+        champion_evaluation, champion = evaluate_champion(name, evaluation_set, data_params, training_params, evaluation_params)
+        decision = gate(evaluation, champion_evaluation, evaluation_params)
+    else:
+        logger.warning("evaluation of %s: %s", name, note)
+        unseen = unseen_rows(evaluation_set[EVENT_TIMESTAMP], trained).to_numpy()
+        if unseen.any():
+            part = evaluation_set[unseen].reset_index(drop=True)
+            champion_evaluation, champion = evaluate_champion(name, part, data_params, training_params, evaluation_params)
+            on_part = evaluate(model, part, data_params, training_params, evaluation_params)
+            decision = gate({**evaluation, "window": on_part["window"], "metrics": on_part["metrics"]}, champion_evaluation, evaluation_params)
+            decision = {**decision, "reason": f"{decision['reason']}; {note}"}
+        else:  # no day to compare on: the champion stays (looplab promote decides by hand)
+            alone = gate(evaluation, None, evaluation_params)
+            champion = {"version": version}
+            decision = {**alone, "passed": False, "champion": None, "compared_on": None,
+                        "reason": f"failed: {note}" + ("" if alone["passed"] else "; " + alone["reason"].removeprefix("failed: "))}
+        champion = {**champion, "trained_on": days(*trained), "note": note}
+    if champion.get("error"):
+        decision = {**decision, "passed": False, "reason": f"failed: the champion (version {champion['version']}) {champion['error']}"}
+    return decision, champion
+
+
 def evaluate_model(
     model,                           # the challenger, from `train_model`
     evaluation_set: pd.DataFrame,    # from `train_model`
@@ -606,10 +639,7 @@ def evaluate_model(
     if run_info.get("experiment_id"):  # the run may live in another experiment (papermill's `experiment`)
         mlflow.set_experiment(experiment_id=run_info["experiment_id"])
     name = run_info.get("model_name") or training_params["model_name"]
-    champion_evaluation, champion = evaluate_champion(name, evaluation_set, data_params, training_params, evaluation_params)
-    decision = gate(evaluation, champion_evaluation, evaluation_params)
-    if champion.get("error"):
-        decision = {**decision, "passed": False, "reason": f"failed: the champion (version {champion['version']}) {champion['error']}"}
+    decision, champion = fair_gate(model, name, evaluation, evaluation_set, data_params, training_params, evaluation_params)
     importance = feature_importance(model, evaluation_set, data_params, training_params, evaluation_params)
     evaluation = json_ready({**evaluation, "gate": decision, "champion": champion or None,
                              "feature_importance": importance.to_dict("records")})

@@ -20,6 +20,7 @@ import pandas as pd
 
 from .core import configure_mlflow
 from .features import feature_groups
+from .lineage import dataset_records, version_description, version_tags
 from .versioning import format_table
 
 _logger = logging.getLogger(__name__)
@@ -29,8 +30,8 @@ __all__ = ['SKOPS_TRUSTED_TYPES', 'CHAMPION', 'CHALLENGER', 'HISTORY_TAG', 'HIST
            'INPUT_EXAMPLE_ROWS', 'RegistryError', 'UntrustedModelError', 'untrusted_types', 'refuse_untrusted',
            'ModelNotFoundError', 'first_line', 'registry_errors', 'registry_client', 'quiet_downloads',
            'registered_model', 'model_versions', 'model_version', 'alias_version', 'parse_spec', 'load_model',
-           'champion_history', 'promote', 'rollback', 'describe_change', 'dataset_records', 'version_tags',
-           'reproduction_record', 'log_model', 'register_model', 'evaluation_window', 'status', 'format_status']
+           'champion_history', 'promote', 'rollback', 'describe_change', 'reproduction_record', 'log_model',
+           'register_model', 'evaluation_window', 'status', 'format_status']
 
 # %% ../../notebooks/22_registry.ipynb #9400f29d
 SKOPS_TRUSTED_TYPES: list[str] = [
@@ -400,41 +401,6 @@ def describe_change(change: dict) -> str:
 INPUT_EXAMPLE_ROWS = 5
 
 
-def _flat_tags(prefix: str, value: Any) -> dict[str, str]:
-    if isinstance(value, dict):
-        return {key: text for name, item in value.items() for key, text in _flat_tags(f"{prefix}.{name}", item).items()}
-    return {prefix: "" if value is None else str(value)[:4000]}
-
-
-def dataset_records(
-    data_versions: dict | None,  # the data layer's record ({"datasets": {name: record}}) or run_info's {stage: {version, content_hash}}
-) -> dict[str, dict]:            # stage (raw, validated, features) -> {"version", "content_hash", …}
-    "The recorded data versions by stage, from either shape they travel in."
-    data_versions = data_versions or {}
-    if "datasets" in data_versions:
-        return {record.get("stage", name): record for name, record in data_versions["datasets"].items()}
-    return {stage: record for stage, record in data_versions.items() if isinstance(record, dict)}
-
-
-def version_tags(
-    run_info: dict,    # from `train_model`: run_id, git_commit, lock_hash, data_versions
-    evaluation: dict,  # from `evaluate_model`; its "gate"
-) -> dict[str, str]:   # tag -> value
-    "The tags a new model version carries: run, commit, lock, data versions (version and content hash), a classifier's classes, gate."
-    tags = {"run_id": run_info["run_id"], "git_commit": run_info.get("git_commit") or "unknown",
-            "lock_hash": run_info.get("lock_hash") or "unknown"}
-    if "git_dirty" in run_info:
-        tags["git_dirty"] = json.dumps(run_info["git_dirty"])
-    for stage, record in dataset_records(run_info.get("data_versions")).items():
-        tags[f"data.{stage}.version"] = record.get("version") or "not stored"
-        tags[f"data.{stage}.hash"] = record.get("content_hash") or ""
-    tags.update({"classes": json.dumps(run_info["classes"])} if run_info.get("classes") is not None else {})  # a classifier's labels, in order
-    gate = evaluation["gate"]
-    tags.update(_flat_tags("gate", gate))
-    tags["gate.passed"] = "true" if gate.get("passed") else "false"
-    return tags
-
-
 def reproduction_record(data_params: dict, training_params: dict, run_info: dict, evaluation: dict) -> dict:
     "What `reproduce` needs from a training run, as logged next to its model."
     return {
@@ -581,6 +547,7 @@ def register_model(
         with registry_errors(f"registering {name}"):
             created_version = client.create_model_version(
                 name, source=info.model_uri, run_id=run_id, tags=version_tags(run_info, evaluation), model_id=info.model_id,
+                description=version_description(evaluation, run_info),
             )
             version = str(created_version.version)
             client.set_registered_model_alias(name, CHALLENGER, version)
@@ -649,7 +616,7 @@ def status(
                 versions.append({
                     "version": str(version.version), "run_id": run_id, "created": _iso(version.creation_timestamp),
                     "status": version.status, "tags": dict(version.tags), "metrics": metrics_of.get(run_id, {}),
-                    "evaluated_on": windows_of.get(run_id),
+                    "evaluated_on": windows_of.get(run_id), "description": version.description or None,
                 })
             history_text = dict(model.tags).get(HISTORY_TAG, "[]")
             try:
@@ -695,6 +662,7 @@ def format_status(
                 "run": (version["run_id"] or "")[:8] or None,
             })
         lines.append(format_table(rows, ["version", "aliases", "created", "status", "gate", "evaluated on", *names, "run"]) if rows else "no versions")
+        lines += [f"  version {version['version']}: {version['description']}" for version in model["versions"] if version.get("description")]
     if state.get("serving"):
         lines += ["", "serving: " + json.dumps(state["serving"])]
     return "\n".join(lines)
