@@ -349,6 +349,132 @@ def test_a_latest_window_without_labels_shows_dashes(browser, app_url, project, 
         page.close()
 
 
+def test_a_p99_above_its_slo_is_highlighted_and_reasons_are_whole(browser, app_url, project, tmp_path):
+    "The latest window's p99 over the service level in conf is a highlighted row; decision and gate reasons are never cut."
+    from mlflow import MlflowClient
+
+    from looplab.core import load_config
+
+    slo = float(load_config("parameters", env="test", root=project)["monitoring"]["slo"]["p99_latency_ms"])
+    windows = monitoring_windows(count=6)
+    windows.loc[5, "latency_p99_ms"] = slo * 1.5 + 0.125
+    decisions = decision_records(windows)
+    long_reason = ("mae 45.3125 > evaluation 31.25 by 45.0% in 2 windows (threshold 20%); drift on 3 features: atemp, prediction, temp; "
+                   "168 labelled rows of 168, the champion v1 trained until 2011-03-01")
+    decisions[4]["reasons"] = [long_reason]
+    store = write_store(tmp_path / "store", windows, drift_rows(windows), decisions)
+    set_conf(project, store)
+    gate = ("mae 27.75 < the champion's 28.5 and the baseline's 58.4 on the 2011-03-28 – 2011-04-04 window; "
+            "rmse 38.2 < 39.1; r2 0.8123 > 0.8044: registered as version 3 of bike-demand")
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db", registry_uri=f"sqlite:///{project}/mlflow.db")
+    client.set_model_version_tag(MODEL, "3", "gate.reason", gate)
+    page = open_dashboard(browser, app_url, "#looplab-latest")
+    try:
+        breach = page.locator("#looplab-latest tr.looplab-breach")
+        assert breach.count() == 1 and breach.get_attribute("data-breach") == "true"
+        assert breach.locator("th").inner_text().strip() == "latency p99 (ms)"
+        assert float(shown(page, "latency_p99_ms")[1]) == pytest.approx(slo * 1.5 + 0.125, rel=1e-12)
+        assert f"above the SLO of {slo:g} ms" in breach.inner_text()
+        colour = breach.evaluate("row => getComputedStyle(row).backgroundColor")
+        assert colour not in ("rgba(0, 0, 0, 0)", "transparent", "rgb(255, 255, 255)"), colour  # visibly highlighted
+        assert page.locator("#looplab-latest tr.looplab-breach").count() == 1  # only the p99 row
+        fired = page.locator("#looplab-decisions tr[data-fired='true']")
+        assert long_reason in fired.inner_text()
+        assert page.locator("tr.looplab-challenger .looplab-reason").inner_text().strip() == gate
+    finally:
+        page.close()
+    within = monitoring_windows(count=6)
+    within.loc[5, "latency_p99_ms"] = slo * 0.5
+    set_conf(project, write_store(tmp_path / "within", within, drift_rows(within), decision_records(within)))
+    page = open_dashboard(browser, app_url, "#looplab-latest")
+    try:
+        assert page.locator("#looplab-latest tr.looplab-breach").count() == 0
+        assert f"SLO {slo:g} ms" in page.locator("#looplab-latest").inner_text()
+    finally:
+        page.close()
+
+
+# --- Voila's kernels: culled when idle, capped in number ------------------------------------------
+def test_make_apps_starts_voila_through_looplab_apps(repository):
+    "`make apps` runs `looplab apps`, which adds the kernel limits, instead of calling Voila bare."
+    dry = subprocess.run(["make", "-n", "apps", "APP=monitoring", "APPS_PORT=8999", "HOST=127.0.0.1"], cwd=repository,
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    lines = [line for line in dry.stdout.splitlines() if "voila" in line or "looplab apps" in line]
+    assert lines and all("bin/looplab apps monitoring --host 127.0.0.1 --port 8999" in line for line in lines), lines
+
+
+def kernels_of(pid: int) -> list:
+    "The kernel processes a Voila server started."
+    import psutil
+
+    return [child for child in psutil.Process(pid).children(recursive=True) if "ipykernel" in " ".join(child.cmdline())]
+
+
+def voila_started(url: str):
+    "The Voila process listening at `url` (the looplab apps process: it becomes Voila)."
+    import psutil
+
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    [voila] = [process for process in psutil.process_iter(["cmdline"])
+               if process.info["cmdline"] and f"--port={port}" in process.info["cmdline"] and "--no-browser" in process.info["cmdline"]]
+    return voila
+
+
+def apps_env(project: Path, name: str, apps: str) -> str:
+    "A config environment `name` in the copy whose serving.apps is `apps` (YAML flow mapping)."
+    folder = project / "conf" / name
+    folder.mkdir(exist_ok=True)
+    (folder / "serving.yml").write_text(f"serving:\n  apps: {apps}\n")
+    (folder / "mlflow.yml").write_text("mlflow:\n  tracking_uri: sqlite:///mlflow.db\n")
+    return name
+
+
+def test_voila_caps_its_kernels(browser, project, tool, quiet_env, tmp_path):
+    "serving.apps.max_kernels: 1 — a page keeps its kernel (no culling here), so the next page is refused, saying why."
+    import requests
+
+    env = apps_env(project, "capped", "{cull_idle_seconds: 0, max_kernels: 1}")
+    with running_app(project, tool, quiet_env, tmp_path / "voila.log", env=env) as url:
+        voila = voila_started(url)
+        command = voila.info["cmdline"]
+        for option in ("--MappingKernelManager.cull_idle_timeout=0", "--MappingKernelManager.cull_connected=True",
+                       "--CappedKernelManager.max_kernels=1",
+                       "--VoilaConfiguration.multi_kernel_manager_class=looplab.serving_app.CappedKernelManager"):
+            assert option in command, (option, command)
+        assert kernels_of(voila.pid) == []
+        first = requests.get(url, timeout=120)
+        assert first.status_code == 200 and "Bike demand: monitoring" in first.text
+        assert len(kernels_of(voila.pid)) == 1  # the page's kernel, kept: nothing culls it here
+        page = browser.new_page()
+        page.set_default_timeout(RENDER_TIMEOUT_MS)
+        try:
+            answer = page.goto(url)
+            assert answer.status == 503
+            assert "too many open pages (1)" in page.locator("h1").inner_text()
+        finally:
+            page.close()
+        assert len(kernels_of(voila.pid)) == 1
+
+
+def test_voila_culls_idle_kernels(project, tool, quiet_env, tmp_path):
+    "serving.apps.cull_idle_seconds: a kernel nobody uses is shut down, which makes room under the cap again."
+    import requests
+
+    from conftest import wait_until
+
+    env = apps_env(project, "culling", "{cull_idle_seconds: 2, cull_interval_seconds: 1, max_kernels: 1}")
+    with running_app(project, tool, quiet_env, tmp_path / "voila.log", env=env) as url:
+        voila = voila_started(url)
+        for option in ("--MappingKernelManager.cull_idle_timeout=2", "--MappingKernelManager.cull_interval=1"):
+            assert option in voila.info["cmdline"], option
+        first = requests.get(url, timeout=120)  # a page that never comes back: its kernel idles from here
+        assert first.status_code == 200, first.status_code
+        wait_until(lambda: not kernels_of(voila.pid), 120, "the idle kernel to be culled")
+        second = requests.get(url, timeout=120)  # with the cap of 1, served only because the first kernel is gone
+        assert second.status_code == 200 and "Bike demand: monitoring" in second.text, second.status_code
+
+
 # --- a store written by the real loop ---------------------------------------------------------------
 REPLAY_START, REPLAY_END = "2011-01-21", "2011-02-03"  # inside the test data; two weekly windows get their labels
 

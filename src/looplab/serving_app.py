@@ -435,7 +435,8 @@ def _capped_kernel_manager() -> type:
 
         async def start_kernel(self, *args, **kwargs):
             if self.max_kernels and len(self.list_kernel_ids()) >= self.max_kernels:
-                raise web.HTTPError(503, f"too many open pages ({self.max_kernels}): close one, or try again in a while")
+                why = f"too many open pages ({self.max_kernels}): close one, or try again in a while"
+                raise web.HTTPError(503, why, reason=why)  # the reason is what Voila's error page shows
             return await super().start_kernel(*args, **kwargs)
 
     return CappedKernelManager
