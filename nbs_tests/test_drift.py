@@ -404,6 +404,56 @@ def test_papermill_drift_notebook(root, project, tool, quiet_env, bike, training
     assert nothing["status"] == "empty" and nothing["window_rows"] == 0 and nothing["drift"] is None and nothing["backend"] == "scipy"
 
 
+def test_the_drift_notebook_checks_against_the_version_that_served_the_window(root, project, tool, quiet_env, bike, training_params):
+    "A week served by another version than the champion is checked against that version's reference, with a warning; "
+    "a version without a usable reference falls back to the champion's, and says why."
+    from looplab.core import mlflow_settings
+    from looplab.prediction_log import PredictionLog
+    from looplab.registry import load_model, registry_client
+
+    store = mlflow_settings("test", project)
+    client = registry_client(store)
+    first = client.get_model_version("bike-demand", "1")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store["tracking_uri"])  # where MLflow resolves the version's models:/ source
+    try:  # a second version of the same run (so the same reference); no alias moves
+        served_by = str(client.create_model_version("bike-demand", source=first.source, run_id=first.run_id, model_id=first.model_id).version)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    features = training_params["features"]
+    model = load_model("bike-demand", "1", client=client)
+    parameters = load_config("parameters", env="test", root=project)
+    weeks = {}
+    log = PredictionLog(project / parameters["monitoring"]["prediction_log"])
+    for start, version in (("2011-04-01", served_by), ("2011-04-08", "99")):  # 99: a version the registry does not have
+        weeks[start] = bike[(bike["event_timestamp"] >= start) & (bike["event_timestamp"] < pd.Timestamp(start) + pd.Timedelta(days=7))]
+        log.append(log_entries(weeks[start], model.predict(weeks[start][features]), features, version, f"week-{start}"))
+    log.close()
+    reporting = project / "data" / "08_reporting"
+
+    output = reporting / "drift-served.ipynb"
+    done = run_drift_notebook(root, tool, quiet_env, project, output, "-p", "window_start", "2011-04-01",
+                              "-p", "window_end", "2011-04-08", "-p", "result_path", str(reporting / "drift-served.json"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads((reporting / "drift-served.json").read_text())
+    note = (f"the window was served by version {served_by} ({len(weeks['2011-04-01'])} rows), not by version 1 (champion): "
+            f"checked against the training data of version {served_by}, the model that served it")
+    assert (result["model_version"], result["requested_version"], result["reference_note"]) == (served_by, "1", note)
+    assert f"drift check of bike-demand: {note}" in output.read_text(), "the warning is in the executed notebook"
+    run = client.get_run(result["run_id"])
+    assert run.data.params["model_version"] == served_by and run.data.tags["looplab.reference_note"] == note
+    assert str(client.get_registered_model("bike-demand").aliases["champion"]) == "1", "the check moves no alias"
+
+    done = run_drift_notebook(root, tool, quiet_env, project, reporting / "drift-unknown.ipynb", "-p", "window_start", "2011-04-08",
+                              "-p", "window_end", "2011-04-15", "-p", "result_path", str(reporting / "drift-unknown.json"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    fallback = json.loads((reporting / "drift-unknown.json").read_text())
+    assert fallback["model_version"] == "1" and fallback["status"] == "checked"
+    assert fallback["reference_note"].startswith("the window was served by version 99 (") and (
+        "; but version 99 has no usable reference (bike-demand has no version 99" in fallback["reference_note"]
+    ) and fallback["reference_note"].endswith("so version 1 (champion) is used instead"), fallback["reference_note"]
+
+
 def test_bench_monitoring_smoke(root, tmp_path, quiet_env):
     "The monitoring benchmark at a small window without replay: a well-formed result (no timing assertions)."
     out = tmp_path / "monitoring.json"

@@ -29,7 +29,7 @@ __all__ = ['logger', 'BACKENDS', 'CORRECTIONS', 'PREDICTION', 'ARTIFACT_PATH', '
            'SCORE_CEILING', 'DriftError', 'check_settings', 'categorical_features', 'category_codes', 'corrected_drift',
            'DriftResult', 'import_alibi_detect', 'DriftDetector', 'make_detector', 'save_detector', 'load_detector',
            'sample_reference', 'log_reference', 'log_model_reference', 'load_reference', 'prediction_window',
-           'plot_p_values', 'plot_p_value_heatmap']
+           'serving_version', 'plot_p_values', 'plot_p_value_heatmap']
 
 # %% ../../notebooks/41_drift.ipynb #1753334d
 BACKENDS = ("alibi", "scipy")
@@ -601,6 +601,28 @@ def prediction_window(
     extra = [column for column in ("event_time", "model_name", "model_version", "entity") if column in part.columns]
     return pd.concat([inputs.drop(columns=[c for c in [*extra, PREDICTION] if c in inputs.columns]),
                       part[extra], pd.to_numeric(part[PREDICTION], errors="coerce").rename(PREDICTION)], axis=1)
+
+# %% ../../notebooks/41_drift.ipynb #050d3e8d
+def serving_version(
+    window: pd.DataFrame,  # `prediction_window`'s rows, with their `model_version`
+    requested: str,        # the version asked for (what the alias points at)
+    asked_as: str = "",    # how it was asked for ("champion"), for the message
+) -> tuple[str, str | None]:  # (the version whose training data is the reference, a warning or None)
+    "The version that served most of a window, and a warning when it is not the one asked for."
+    requested = str(requested)
+    served = window["model_version"].dropna().astype(str) if "model_version" in window.columns else pd.Series(dtype=str)
+    if served.empty:
+        return requested, None
+    counts = served.value_counts()
+    version = str(counts.index[0])
+    shares = ", ".join(f"version {number} ({count} row{'' if count == 1 else 's'})" for number, count in counts.items())
+    asked = f"version {requested}" + (f" ({asked_as})" if asked_as and asked_as != requested else "")
+    if version != requested:
+        return version, (f"the window was served by {shares}, not by {asked}: "
+                         f"checked against the training data of version {version}, the model that served it")
+    if len(counts) > 1:
+        return version, f"the window was served by {shares}: checked against version {version}, which served most of it"
+    return version, None
 
 # %% ../../notebooks/41_drift.ipynb #245182fe
 SCORE_CEILING = 20.0  # -log10 p-value beyond which the plots show no more difference (p < 1e-20)
