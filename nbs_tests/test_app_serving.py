@@ -91,15 +91,36 @@ def shown_record(page) -> dict:
 
 
 def shown_prediction(page) -> float:
-    text = page.locator(".looplab-value").inner_text()
-    assert re.fullmatch(r"-?\d+(\.\d+)?", text.strip()), text
-    return float(text)
+    "The prediction the page shows: its unrounded value (`data-value`), after checking the text is it, rounded for people."
+    from looplab.serving_app import rounded
+
+    element = page.locator(".looplab-value")
+    value, text = float(element.get_attribute("data-value")), element.inner_text().strip()
+    assert text == rounded(value, 3), (text, value)  # bikers: `display.digits: 3` in conf
+    return value
 
 
-def set_slider(page, name: str, value: int) -> None:
+def displays(project: Path) -> dict:
+    "How the app shows each column: the schema's display settings in the copy's conf (test environment)."
+    from looplab.core import load_config
+    from looplab.serving_app import display_settings
+
+    return display_settings(load_config("parameters", env="test", root=project)["data"])
+
+
+def control(page, name: str):
+    "The control of model input `name` (the app marks each with class looplab-input-<name>)."
+    return page.locator(f".looplab-input-{name}")
+
+
+def readout(page, name: str) -> float:
+    "The number slider `name` shows (its read-out writes a minus as U+2212)."
+    return float(control(page, name).locator(".widget-readout").inner_text().replace("\u2212", "-"))
+
+
+def set_slider(page, name: str, value: float) -> None:
     "Type `value` into the editable read-out of slider `name`, as a user can."
-    slider = page.locator(".widget-slider", has=page.locator("label", has_text=re.compile(rf"^{re.escape(name)}$")))
-    readout = slider.locator(".widget-readout")
+    readout = control(page, name).locator(".widget-readout")
     readout.click()
     page.keyboard.press("Control+A")
     page.keyboard.type(str(value))
@@ -126,6 +147,58 @@ def test_the_app_shows_the_champion_and_its_metrics(page, project):
         assert re.search(rf"^{name}\s+{re.escape(f'{metrics[name]:.4g}')}$", table, flags=re.M), table
 
 
+def test_the_controls_speak_the_users_language(page, project):
+    "Labels and units from the schema in conf: °C, named weekdays and seasons, yes/no boxes; the prediction rounded, with its unit."
+    shown, record = displays(project), shown_record(page)
+    assert control(page, "temp").locator("label").inner_text().strip() == "temperature (°C)" == shown["temp"].caption
+    assert control(page, "hr").locator("label").inner_text().strip() == "hour of the day"
+    celsius = readout(page, "temp")
+    assert celsius == pytest.approx(shown["temp"].to_shown(record["temp"]), abs=0.051)  # in °C, to the slider's 0.1 step
+    assert -8 <= celsius <= 39  # the bike data's temperatures, not a share of their range
+    humidity = readout(page, "hum")
+    assert humidity == pytest.approx(record["hum"] * 100, abs=0.51) and control(page, "hum").locator("label").inner_text().strip() == "relative humidity (%)"
+    weekdays = control(page, "weekday").locator("select option").all_inner_texts()
+    assert weekdays == ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"], weekdays
+    chosen = control(page, "weekday").locator("select").evaluate("select => select.options[select.selectedIndex].text")
+    assert chosen == shown["weekday"].names[str(record["weekday"])]
+    assert set(control(page, "season").locator("select option").all_inner_texts()) <= {"winter", "spring", "summer", "autumn"}
+    for name in ("holiday", "workingday"):
+        box = control(page, name).locator("input[type=checkbox]")
+        assert box.count() == 1 and control(page, name).locator(".widget-slider").count() == 0, name
+        assert box.is_checked() == bool(record[name]), name
+    prediction = page.locator(".looplab-prediction").inner_text()
+    assert re.search(r"Predicted bike rentals: \d[\d,]*(\.\d+)? per hour", prediction), prediction
+    shown_prediction(page)  # the text is the value to 3 significant digits
+    assert page.locator(".looplab-interval").count() == 0  # the model gives no interval: none is made up
+
+
+def test_changed_controls_predict_on_the_values_converted_back(page, project):
+    "Set the temperature in °C, pick a weekday by name, tick a box: the model gets stored units, the page shows its prediction."
+    shown = displays(project)
+    handle = control(page, "temp").locator(".noUi-handle")
+    low, high = float(handle.get_attribute("aria-valuemin")), float(handle.get_attribute("aria-valuemax"))
+    current = readout(page, "temp")
+    target = round(low + (high - low) / 4, 1) if abs(round((low + high) / 2, 1) - current) < 0.5 else round((low + high) / 2, 1)
+    set_slider(page, "temp", target)
+    stored = shown["temp"].to_stored(target)
+    page.wait_for_function("stored => Math.abs(JSON.parse(document.querySelector('.looplab-record-json').innerText).temp - stored) < 1e-9",
+                           arg=stored)
+    assert readout(page, "temp") == pytest.approx(target)
+    day = 1 if shown_record(page)["weekday"] != 1 else 3
+    control(page, "weekday").locator("select").select_option(label=shown["weekday"].names[str(day)])
+    page.wait_for_function("day => JSON.parse(document.querySelector('.looplab-record-json').innerText).weekday === day", arg=day)
+    working = shown_record(page)["workingday"]
+    control(page, "workingday").locator("input[type=checkbox]").click()
+    page.wait_for_function("value => JSON.parse(document.querySelector('.looplab-record-json').innerText).workingday === value",
+                           arg=1 - working)
+    record = shown_record(page)
+    assert record["temp"] == pytest.approx(stored, abs=1e-12) and record["weekday"] == day and record["workingday"] == 1 - working
+    expected = expected_predictions(project, pd.DataFrame([record]))[0]
+    page.wait_for_function(
+        "expected => Math.abs(parseFloat(document.querySelector('.looplab-value').dataset.value) - expected) < 6e-4", arg=expected)
+    assert shown_prediction(page) == pytest.approx(expected, abs=6e-4)
+
+
 def test_moving_the_hour_changes_the_prediction_to_the_models(page, project, tmp_path):
     first = shown_prediction(page)
     record = shown_record(page)
@@ -139,7 +212,7 @@ def test_moving_the_hour_changes_the_prediction_to_the_models(page, project, tmp
     assert record["hr"] == hour
     expected = expected_predictions(project, pd.DataFrame([record]))[0]
     page.wait_for_function(
-        "expected => Math.abs(parseFloat(document.querySelector('.looplab-value').innerText) - expected) < 6e-4",
+        "expected => Math.abs(parseFloat(document.querySelector('.looplab-value').dataset.value) - expected) < 6e-4",
         arg=expected,
     )
     assert shown_prediction(page) == pytest.approx(expected, abs=6e-4)
@@ -184,7 +257,7 @@ def test_the_app_agrees_with_the_live_serving_api(page, api_url):
     record = shown_record(page)
     expected = api_predictions(api_url, pd.DataFrame([record]))[0]
     page.wait_for_function(
-        "expected => Math.abs(parseFloat(document.querySelector('.looplab-value').innerText) - expected) < 6e-4", arg=expected,
+        "expected => Math.abs(parseFloat(document.querySelector('.looplab-value').dataset.value) - expected) < 6e-4", arg=expected,
     )
     assert shown_prediction(page) == pytest.approx(expected, abs=6e-4)
     source = page.locator(".looplab-source").inner_text()
