@@ -167,3 +167,21 @@ def test_any_mix_of_files_is_accounted_for_and_a_rerun_is_clean(root, tmp_path_f
     assert report["rows_read"] == readable + sum(record["lines"] for record in batch.rejected)
     assert len(validated) == 24 * kinds.count("good")  # one file's faults never reach another file's rows
     assert source.read(taken_files=set(batch.files)).rows == 0 and not source.read(taken_files=set(batch.files)).rejected
+
+
+def test_a_resent_row_held_under_on_conflict_quarantine_comes_back_by_retry(run, tool, quiet_env):
+    "data.on_conflict: quarantine keeps the stored row and holds the re-sent one; after review, retry under update applies it."
+    row = run["rides"][run["rides"]["timestamp"] == pd.Timestamp("2011-01-06 08:00:00")]
+    sent = row.assign(bikers=row["bikers"] + 5, registered=row["registered"] + 5)
+    sent.assign(timestamp=sent["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S")).to_csv(run["landing"] / "rides_2011-02-10-fix.csv", index=False)
+    held = kedro_run(tool, quiet_env, run["project"], "-p", "data", "--env", "test", "--params", "data.on_conflict=quarantine")
+    assert "held in" in held.stdout + held.stderr
+    when = row["timestamp"].iloc[0]
+    assert stored(run).set_index("timestamp").loc[when, "bikers"] == row["bikers"].iloc[0]  # the stored value stays
+    listed = looplab(tool, quiet_env, run["project"], "data", "quarantine", "--env", "test", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["reasons"]["re-sent with other values than the stored row (registered, bikers)"] == 1
+    retried = looplab(tool, quiet_env, run["project"], "data", "retry", "--env", "test", "--reason", "re-sent")
+    assert retried.returncode == 0 and "1 quarantined row(s) written" in retried.stdout, retried.stdout + retried.stderr
+    kedro_run(tool, quiet_env, run["project"], "-p", "data", "--env", "test")  # the default rule, update: the re-sent value applies
+    assert stored(run).set_index("timestamp").loc[when, "bikers"] == row["bikers"].iloc[0] + 5

@@ -28,8 +28,9 @@ __all__ = ['logger', 'STATE_SCHEMA', 'STAMP_COLUMNS', 'AWARE_TIME', 'EVENT_TIME_
            'SCHEMA_DTYPES', 'CONFLICT_RULES', 'utc_now', 'StateStore', 'normalise_timestamps', 'uniform_column_types',
            'arrives_untimed', 'arrival_times', 'order_columns', 'normalise_batch', 'new_batch_id', 'state_store',
            'empty_batch', 'read_source', 'ingest_sources', 'later_watermark', 'commit_watermarks',
-           'latest_version_file', 'revisions_path', 'keep_revisions', 'read_revisions', 'append_validated',
-           'reason_kind', 'quarantined_rows', 'rejected_files', 'refused', 'retry_file', 'retry_rows']
+           'latest_version_file', 'revisions_path', 'keep_revisions', 'hold_conflicts', 'held_conflicts',
+           'read_revisions', 'append_validated', 'reason_kind', 'quarantined_rows', 'rejected_files', 'refused_rows',
+           'refused', 'retry_file', 'retry_rows']
 
 # %% ../../notebooks/11_ingestion.ipynb #36e05a85
 STATE_SCHEMA = """
@@ -359,7 +360,7 @@ def latest_version_file(
     return versions[-1] / path.name if versions else None
 
 
-CONFLICT_RULES = ("update", "keep")  # `data.on_conflict`: a stored row re-sent with other values
+CONFLICT_RULES = ("update", "keep", "quarantine")  # `data.on_conflict`: a stored row re-sent with other values
 
 
 def revisions_path(params: dict, root: Path | str | None = None) -> Path:
@@ -378,14 +379,44 @@ def keep_revisions(
     folder.mkdir(parents=True, exist_ok=True)
     batch_id = str(current["_batch_id"].iloc[0]) if "_batch_id" in current.columns else new_batch_id()
     rows = previous.reset_index().assign(_revised_at=utc_now(), _revised_by_batch=batch_id)
-    changed = [c for c in current.columns if not str(c).startswith(LINEAGE_PREFIX) and c in previous.columns
-               and not ((previous[c] == current[c]) | (previous[c].isna() & current[c].isna())).all()]
-    rows["_changed_columns"] = ", ".join(map(str, changed))
+    rows["_changed_columns"] = ", ".join(_changed_columns(previous, current))
     path = folder / f"revisions-{batch_id}.parquet"
     if path.exists():
         path = folder / f"revisions-{batch_id}-{uuid.uuid4().hex[:6]}.parquet"
     rows.to_parquet(path, index=False)
     return str(path)
+
+
+def _changed_columns(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
+    "The data columns whose values differ between stored rows and the rows re-sent for the same keys."
+    return [str(c) for c in current.columns if not str(c).startswith(LINEAGE_PREFIX) and c in previous.columns
+            and not ((previous[c] == current[c]) | (previous[c].isna() & current[c].isna())).all()]
+
+
+def hold_conflicts(
+    previous: pd.DataFrame,  # the stored rows, indexed by key: they stay
+    current: pd.DataFrame,   # the values re-sent for them, indexed by key: held, not applied
+    params: dict, root: Path | str | None = None,
+) -> str:                    # the file written
+    "Hold re-sent values aside (`data.on_conflict: quarantine`): one Parquet file per batch in the revisions folder, with the reason."
+    folder = revisions_path(params, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    batch_id = str(current["_batch_id"].iloc[0]) if "_batch_id" in current.columns else new_batch_id()
+    reason = (f"re-sent with other values than the stored row ({', '.join(_changed_columns(previous, current))}); "
+              "not applied: data.on_conflict is quarantine")
+    rows = current.reset_index().assign(_reason=reason, _held_at=utc_now(), _batch_id=batch_id)
+    path = folder / f"conflicts-{batch_id}.parquet"
+    if path.exists():
+        path = folder / f"conflicts-{batch_id}-{uuid.uuid4().hex[:6]}.parquet"
+    rows.to_parquet(path, index=False)
+    return str(path)
+
+
+def held_conflicts(params: dict, root: Path | str | None = None) -> pd.DataFrame:
+    "Every re-sent row held aside under `data.on_conflict: quarantine`, with its reason; empty when there is none."
+    folder = revisions_path(params, root)
+    files = sorted(folder.glob("conflicts-*.parquet")) if folder.is_dir() else []
+    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True) if files else pd.DataFrame(columns=["_reason"])
 
 
 def read_revisions(params: dict, root: Path | str | None = None) -> pd.DataFrame:
@@ -433,11 +464,16 @@ def append_validated(
     conflict = params.get("on_conflict") or "update"
     if conflict not in CONFLICT_RULES:
         raise ValueError(f"data.on_conflict must be one of {', '.join(CONFLICT_RULES)}, got {conflict!r}")
-    revised = {"rows": len(updated), "rule": conflict, "kept_in": None}
+    revised = {"rows": len(updated), "rule": conflict, "kept_in": None, "held": 0}
     if len(updated) and conflict == "update":
         revised["kept_in"] = keep_revisions(old.loc[updated], new.loc[updated], params, root)
         logger.warning("%d stored row(s) re-sent with other values: the new values replace them (data.on_conflict: update); "
                        "the previous ones are kept in %s", len(updated), revised["kept_in"])
+    elif len(updated) and conflict == "quarantine":
+        revised["kept_in"], revised["held"] = hold_conflicts(old.loc[updated], new.loc[updated], params, root), len(updated)
+        logger.warning("%d stored row(s) re-sent with other values: the stored values stay and the re-sent ones are held in %s "
+                       "(data.on_conflict: quarantine; `looplab data quarantine` lists them)", len(updated), revised["kept_in"])
+        updated = updated[:0]
     elif len(updated):
         logger.warning("%d stored row(s) re-sent with other values: the stored values stay (data.on_conflict: keep)", len(updated))
         updated = updated[:0]
@@ -484,9 +520,15 @@ def rejected_files(params: dict, root: Path | str | None = None) -> list[dict]:
     return sorted(records, key=lambda record: record.get("rejected_at") or "")
 
 
+def refused_rows(params: dict, quarantine_path: Path | str, root: Path | str | None = None) -> pd.DataFrame:
+    "Every row the data layer refused: the quarantine's, and the re-sent values held under `data.on_conflict: quarantine`."
+    rows, held = quarantined_rows(quarantine_path, root), held_conflicts(params, root)
+    return pd.concat([rows, held], ignore_index=True) if len(held) else rows
+
+
 def refused(params: dict, quarantine_path: Path | str, root: Path | str | None = None) -> dict:
-    "What the data layer refused: rejected files, and quarantined rows counted by reason."
-    rows = quarantined_rows(quarantine_path, root)
+    "What the data layer refused: rejected files, and quarantined rows (held conflicts included) counted by reason."
+    rows = refused_rows(params, quarantine_path, root)
     kinds = rows["_reason"].map(reason_kind).value_counts() if len(rows) else pd.Series(dtype=int)
     return {"rejected_files": rejected_files(params, root), "quarantined_rows": len(rows),
             "reasons": {str(kind): int(count) for kind, count in kinds.items()}}
@@ -519,7 +561,7 @@ def retry_file(params: dict, file: str, root: Path | str | None = None) -> Path:
 
 def retry_rows(params: dict, quarantine_path: Path | str, reason: str, root: Path | str | None = None) -> tuple[Path, int]:
     "Write the quarantined rows whose reason contains `reason` as one CSV file into the landing folder; (file, rows)."
-    rows = quarantined_rows(quarantine_path, root)
+    rows = refused_rows(params, quarantine_path, root)
     chosen = rows[rows["_reason"].astype(str).str.contains(reason, regex=False)] if len(rows) else rows
     if not len(chosen):
         raise ValueError(f"no quarantined row has a reason containing {reason!r}; `looplab data quarantine` lists the reasons")

@@ -88,7 +88,9 @@ def validation_report_html(
     if revisions.get("rows"):
         parts.append(f"<h2>Revisions</h2><p>{int(revisions['rows']):,} stored row(s) were re-sent with other values "
                      f"(<code>data.on_conflict: {escape(str(revisions.get('rule')))}</code>)"
-                     + (f"; the previous values are kept in <code>{escape(str(revisions['kept_in']))}</code>" if revisions.get("kept_in") else "")
+                     + ((f"; the re-sent values are held, not applied, in <code>{escape(str(revisions['kept_in']))}</code> "
+                         "(<code>looplab data quarantine</code> lists them)") if revisions.get("rule") == "quarantine" and revisions.get("kept_in")
+                        else f"; the previous values are kept in <code>{escape(str(revisions['kept_in']))}</code>" if revisions.get("kept_in") else "")
                      + ".</p>")
     reasons = report.get("reasons") or {}
     parts.append("<h2>Reasons</h2>")
