@@ -43,6 +43,13 @@ def test_kedro_training_registers_a_champion(project, tool, quiet_env):
     assert version["evaluated_on"] == "2011-01-20 … 2011-01-24", version  # conf/test: train to Jan 20, evaluate 4 days
     table = looplab(tool, quiet_env, project, "status", "--env", "test").stdout
     assert "EVALUATED ON" in table and "2011-01-20 … 2011-01-24" in table, table
+    # a one-line description: the gate's outcome, its numbers, the days compared and the days trained on
+    described = version["description"]
+    assert described.startswith("promoted: MAE ") and " vs baseline " in described, described
+    assert described.endswith(" on 2011-01-20..2011-01-23; trained on 2011-01-01..2011-01-19"), described
+    assert f"  version 1: {described}" in table.splitlines(), table
+    assert (version["tags"]["data.trained_on"], version["tags"]["gate.compared_on"]) == ("2011-01-01..2011-01-19", "2011-01-20..2011-01-23")
+    assert {key.split(".")[0] for key in version["tags"]} <= {"run", "code", "env", "data", "model", "gate", "looplab"}, sorted(version["tags"])
     run = mlflow.MlflowClient(tracking_uri=facts["tracking_uri"]).get_run(version["run_id"])
     assert {"mae", "rmse", "r2", "baseline_mae"} <= set(run.data.metrics)
     assert run.data.metrics["mae"] < run.data.metrics["baseline_mae"], "the model must beat the seasonal-naive baseline"
@@ -161,20 +168,28 @@ def test_the_registered_model_is_visible_in_the_mlflow_ui(project, tool, quiet_e
 
 def test_an_exploratory_papermill_run_leaves_the_registry_alone(root, project, tool, quiet_env):
     "Without `-p register True`: a tracked, evaluated run with its lab record, and no new version, no moved alias."
+    "Explored on an earlier window, the champion (trained until January 20) is compared on the days it never saw, with a warning."
     before = next(m for m in status(tool, quiet_env, project)["models"] if m["name"] == "bike-demand")
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    tags_before = dict(client.get_registered_model("bike-demand").tags)
     output = project / "data" / "08_reporting" / "train-explore.ipynb"
     result = subprocess.run(
         [tool("papermill"), str(root / "notebooks" / "runs" / "train.ipynb"), str(output), "-k", "looplab",
-         "-p", "env", "test", "-p", "seed", "11", "-p", "experiment", "exploration"],
+         "-p", "env", "test", "-p", "seed", "11", "-p", "experiment", "exploration", "-p", "window_end", "2011-01-18"],
         cwd=project, env=quiet_env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     after = next(m for m in status(tool, quiet_env, project)["models"] if m["name"] == "bike-demand")
     assert [v["version"] for v in after["versions"]] == [v["version"] for v in before["versions"]]
-    assert after["aliases"] == before["aliases"]
-    store = f"sqlite:///{project / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+    assert after["aliases"] == before["aliases"] and dict(client.get_registered_model("bike-demand").tags) == tags_before
+    assert [v["tags"] for v in after["versions"]] == [v["tags"] for v in before["versions"]], "no version's tags change"
     [run] = client.search_runs([client.get_experiment_by_name("exploration").experiment_id])
     assert run.data.params["seed"] == "11" and "mae" in run.data.metrics and "baseline_mae" in run.data.metrics
+    champion = before["aliases"]["champion"]
+    note = (f"the champion (version {champion}) was trained on 2011-01-01..2011-01-19, which covers 2011-01-18..2011-01-19 of the "
+            "evaluation window 2011-01-18..2011-01-21: both compared on 2011-01-20..2011-01-21 only (")
+    assert note in run.data.tags["gate_reason"], run.data.tags["gate_reason"]
+    assert f"evaluation of bike-demand: {note}" in output.read_text(), "the warning is in the lab record"
     assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == ["notebook/train-explore.ipynb"]
     assert "not registered: an exploratory run" in output.read_text()
