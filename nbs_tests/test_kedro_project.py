@@ -84,6 +84,26 @@ def test_kedro_viz_build_draws_the_pipelines(tool, quiet_env, project_copy):
     data = json.loads((build / "api" / "pipelines" / "data").read_text())
     names = {node["name"] for node in data["nodes"]}
     assert {"ingest_sources_node", "validate_batch_node", "materialize_features_node"} <= names, names
+    # the whole loop, grouped by layer: four bands in order, every node and stored dataset in one of them
+    loop = json.loads((build / "api" / "main").read_text())
+    layers = ["data", "training", "deployment", "monitoring"]
+    assert loop["layers"] == layers and sorted(tag["id"] for tag in loop["tags"]) == sorted(layers)
+    tasks = {node["name"]: node["tags"] for node in loop["nodes"] if node["type"] == "task"}
+    assert all(len(tags) == 1 and tags[0] in layers for tags in tasks.values()), tasks
+    assert (tasks["validate_batch_node"], tasks["train_evaluate_register_node"], tasks["deploy_model_node"],
+            tasks["retraining_trigger_node"]) == (["data"], ["training"], ["deployment"], ["monitoring"])
+    stored = {node["name"]: node["layer"] for node in loop["nodes"] if node["type"] == "data" and node["name"] not in ("settings", "demo_sources")}
+    assert (stored["features"], stored["registration"], stored["deployment"], stored["retraining_decision"]) == tuple(layers), stored
+    assert None not in stored.values(), stored
+
+
+def test_each_layer_runs_by_tag_with_its_node_names_unchanged():
+    "The layer tags select the same nodes as the layer's pipeline; node names carry no layer prefix."
+    configure_project("looplab")
+    for layer in ("data", "training", "deployment", "monitoring"):
+        by_pipeline = {node.name for node in pipelines[layer].nodes}
+        assert {node.name for node in pipelines["__default__"].only_nodes_with_tags(layer).nodes} == by_pipeline, layer
+        assert all("." not in name for name in by_pipeline), by_pipeline
 
 
 def test_cli_help_and_info(tool, quiet_env, root):

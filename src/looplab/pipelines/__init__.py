@@ -5,6 +5,12 @@ Nodes that reach the project's files or services (MLflow, Feast, the landing fol
 input; `with_settings` hands its `root` and `env` to the library function as keywords. Kedro puts
 `settings` in the catalog (`looplab.settings.LooplabContext`), so nothing travels through
 `os.environ` or the working directory.
+
+Each pipeline tags its nodes with its layer, and each dataset of the catalog names its layer
+(`metadata: kedro-viz: layer`), so kedro-viz draws the loop in four bands (data, training,
+deployment, monitoring) and filters by layer, and `kedro run --tags training` runs one. Node
+names stay short (`kedro run --nodes validate_batch_node`): Kedro namespaces would group the same
+way but prefix every node's name.
 """
 
 import functools

@@ -7,4 +7,5 @@ from looplab.pipelines import with_settings
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([Node(with_settings(deploy_model, "root", "env"), ["registration", "settings"], "deployment", name="deploy_model_node")])
+    return Pipeline([Node(with_settings(deploy_model, "root", "env"), ["registration", "settings"], "deployment", name="deploy_model_node")],
+                    tags="deployment")  # the layer: kedro-viz's tag filter, `kedro run --tags deployment`

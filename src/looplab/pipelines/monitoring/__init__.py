@@ -32,5 +32,6 @@ def create_pipeline(after: str | None = None, **kwargs) -> Pipeline:
                 "retraining_decision",
                 name="retraining_trigger_node",
             ),
-        ]
+        ],
+        tags="monitoring",  # the layer: kedro-viz's tag filter, `kedro run --tags monitoring`
     )

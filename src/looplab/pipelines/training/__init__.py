@@ -25,5 +25,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 OUTPUTS,
                 name="train_evaluate_register_node",
             ),
-        ]
+        ],
+        tags="training",  # the layer: kedro-viz's tag filter, `kedro run --tags training`
     )
