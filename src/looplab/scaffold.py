@@ -80,6 +80,8 @@ def column_spec(
         categories = sorted(present.astype(str).unique())
         return {"dtype": "str", "allowed": categories} if len(categories) <= MAX_CATEGORIES else {"dtype": "str"}
     if pd.api.types.is_integer_dtype(values):
+        if set(present.unique().tolist()) == {0, 1}:  # a yes/no
+            return {"dtype": "int64", "allowed": [0, 1]}
         return {"dtype": "int64", "min": int(present.min()), "max": int(present.max())}
     low, high = (float(present.min()), float(present.max())) if len(present) else (None, None)
     return {"dtype": "float64", **({"min": low, "max": high} if low is not None else {})}
