@@ -304,6 +304,15 @@ def test_postgres_stopped_during_a_training_run(servers, project, tool, quiet_en
     assert versions(tracking) == before, "a model version was registered by the failed run"
     assert client_of(tracking).get_model_version_by_alias(MODEL, "champion").version == champion
 
-    kedro_run(tool, env, project, "-p", "training", "--env", "prod")
+    # the cut-off run could not be closed while its store was down: it is still RUNNING, and says which process opened it
+    cut_off = [client_of(tracking).get_run(run_id) for run_id in
+               {r.info.run_id for r in client_of(tracking).search_runs([experiment], max_results=1000)} - runs_before]
+    assert cut_off and all(r.info.status == "RUNNING" and r.data.tags.get("looplab.pid") for r in cut_off), \
+        [(r.info.status, r.data.tags.get("looplab.pid")) for r in cut_off]
+
+    kedro_run(tool, env, project, "-p", "training", "--env", "prod")  # the next command closes it, with the reason
+    for run in cut_off:
+        closed = client_of(tracking).get_run(run.info.run_id)
+        assert closed.info.status == "FAILED" and "ended without closing the run" in closed.data.tags["looplab.failure"], closed.data.tags
     after = versions(tracking)
     assert len(after) == len(before) + 1 and set(after.values()) == {"READY"}, after

@@ -23,10 +23,11 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'MERGE_MARKER', 'ENV_VARIABLE',
-           'LOG_FORMAT', 'FIGURE_DPI', 'is_project_root', 'find_project_root', 'ProjectPaths', 'project_paths',
-           'project_files', 'copy_project_files', 'merge_config', 'config_loader_class', 'load_config',
-           'catalog_config', 'resolve_store_uri', 'mlflow_settings', 'configure_mlflow', 'Settings', 'setup_logging',
-           'file_sha256', 'model_threads', 'figure_png', 'new_figure']
+           'OWNER_TAGS', 'LOG_FORMAT', 'FIGURE_DPI', 'is_project_root', 'find_project_root', 'ProjectPaths',
+           'project_paths', 'project_files', 'copy_project_files', 'merge_config', 'config_loader_class', 'load_config',
+           'catalog_config', 'resolve_store_uri', 'mlflow_settings', 'configure_mlflow', 'RunOwner',
+           'close_abandoned_runs', 'Settings', 'setup_logging', 'file_sha256', 'model_threads', 'figure_png',
+           'new_figure']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -299,6 +300,9 @@ def configure_mlflow(
     settings = mlflow_settings(env, root)
     mlflow.set_tracking_uri(settings["tracking_uri"])
     mlflow.set_registry_uri(settings.get("registry_uri") or settings["tracking_uri"])
+    if settings["tracking_uri"] not in _SWEPT:  # once per process and store: runs a dead process left RUNNING
+        _SWEPT.add(settings["tracking_uri"])
+        close_abandoned_runs(settings["tracking_uri"])
     if experiment is not None:
         name = settings["experiments"][experiment]
         if mlflow.get_experiment_by_name(name) is None:
@@ -306,6 +310,70 @@ def configure_mlflow(
             mlflow.create_experiment(name, artifact_location=f"{artifacts}/{name}" if artifacts else None)
         mlflow.set_experiment(name)
     return settings
+
+# %% ../../notebooks/00_core.ipynb #6a4b8b63
+OWNER_TAGS = ("looplab.host", "looplab.pid", "looplab.process_start")  # who opened a run
+_SWEPT: set[str] = set()  # stores this process has already swept
+
+
+def _process_start(pid: int) -> str | None:
+    "When process `pid` started (seconds since the epoch, as text); None when there is no such process."
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+class RunOwner:
+    "MLflow run-context provider: tags every run with the host, pid and start time of the process that opened it."
+
+    def in_context(self) -> bool:
+        return True
+
+    def tags(self) -> dict[str, str]:
+        import socket
+
+        return dict(zip(OWNER_TAGS, (socket.gethostname(), str(os.getpid()), _process_start(os.getpid()) or ""), strict=True))
+
+
+def close_abandoned_runs(
+    tracking_uri: str,  # the store to sweep
+) -> list[str]:         # the runs marked FAILED
+    "Mark FAILED the RUNNING runs opened on this host by processes that are gone; their reason in the tag `looplab.failure`."
+    import socket
+    from datetime import UTC, datetime
+
+    from mlflow import MlflowClient
+
+    host, closed = socket.gethostname(), []
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return closed  # no store yet: nothing to close, and no store made just to look
+    try:
+        if tracking_uri.startswith(("http://", "https://")):  # a server that is down answers at once here, not after MLflow's retries
+            import requests
+
+            requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=3).raise_for_status()
+        client = MlflowClient(tracking_uri)
+        experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+        running = client.search_runs(experiments, filter_string=f"attributes.status = 'RUNNING' and tags.`looplab.host` = '{host}'",
+                                     max_results=1000) if experiments else []
+        for run in running:
+            pid, started = run.data.tags.get("looplab.pid", ""), run.data.tags.get("looplab.process_start", "")
+            if not pid.isdigit() or (_process_start(int(pid)) is not None and _process_start(int(pid)) == started):
+                continue  # its process is alive: still running
+            client.set_tag(run.info.run_id, "looplab.failure",
+                           f"its process (pid {pid} on {host}) ended without closing the run: it was killed, or the tracking store "
+                           f"was unreachable when it ended; marked FAILED at {datetime.now(UTC).isoformat(timespec='seconds')}")
+            client.set_terminated(run.info.run_id, "FAILED")
+            closed.append(run.info.run_id)
+    except Exception as error:  # the sweep never stops a command, nor adds to its error: its own use of the store reports a store that is down
+        logging.getLogger(__name__).debug("runs left RUNNING were not checked: %s", str(error).splitlines()[0][:200] if str(error) else error)
+        return closed
+    if closed:
+        logging.getLogger(__name__).warning("%d run(s) left RUNNING by processes that are gone marked FAILED: %s", len(closed), ", ".join(closed))
+    return closed
 
 # %% ../../notebooks/00_core.ipynb #02048956
 def _read_only(value: Any) -> Any:
