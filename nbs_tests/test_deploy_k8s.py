@@ -305,12 +305,62 @@ def test_secrets_are_referenced_never_committed(rendered):
     referenced |= {ref["secretRef"]["name"] for item in workloads(objects) for c in pod_spec(item)["containers"] for ref in c.get("envFrom", []) if "secretRef" in ref}
     referenced |= {ref["name"] for item in workloads(objects) for ref in pod_spec(item).get("imagePullSecrets", [])}
     referenced |= {tls["secretName"] for item in objects if item["kind"] == "Ingress" for tls in item["spec"].get("tls", [])}
+    referenced |= {volume["secret"]["secretName"] for item in workloads(objects) for volume in pod_spec(item).get("volumes", []) if "secret" in volume}
     readme = (ROOT / "README.md").read_text()
     deploying = readme[readme.index("## Deploying"):]
     for name in referenced:
         assert name in deploying, f"{overlay}: Secret {name} is referenced but the README's Deploying section does not say how to create it"
     if overlay == "prod":
         assert {"looplab-mlflow", "looplab-mlflow-artifacts", "looplab-tls", "looplab-registry"} <= referenced
+    assert "looplab-api-keys" in referenced, f"{overlay}: the serving pods do not read the API keys' Secret"
+
+
+def test_serving_pods_require_the_api_keys_secret(rendered):
+    from looplab.serving import API_KEYS_FILE_VARIABLE
+
+    overlay, objects = rendered
+    deployments = of_kind(objects, "Deployment")
+    for name in ("looplab-serving", "looplab-serving-challenger"):
+        spec, where = pod_spec(deployments[name]), f"{overlay}: {name}"
+        [volume] = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "looplab-api-keys"]
+        secret = volume["secret"]
+        assert secret.get("optional") is False, f"{where}: the API keys' Secret must be required (no pod without it), not optional"
+        [item] = [item for item in secret["items"] if item["key"] == "keys"]
+        [container] = spec["containers"]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount.get("readOnly") is True and "subPath" not in mount
+        env = {variable["name"]: variable.get("value") for variable in container["env"]}
+        assert env.get(API_KEYS_FILE_VARIABLE) == f"{mount['mountPath']}/{item['path']}", \
+            f"{where}: ${API_KEYS_FILE_VARIABLE} does not name the mounted key file {mount['mountPath']}/{item['path']}"
+
+
+def ingress_reaches(paths: list[dict], request: str) -> bool:
+    "Whether one of an Ingress rule's `paths` matches the request path (Kubernetes' Exact and element-wise Prefix)."
+    for path in paths:
+        if path["pathType"] == "Exact" and request == path["path"]:
+            return True
+        if path["pathType"] == "Prefix":
+            prefix = [part for part in path["path"].split("/") if part]
+            if [part for part in request.split("/") if part][:len(prefix)] == prefix:
+                return True
+        if path["pathType"] == "ImplementationSpecific" and request.startswith(path["path"]):  # ingress-nginx: a prefix, or a regex
+            return True
+    return False
+
+
+def test_ingress_reaches_only_the_api(rendered, serving_routes):
+    overlay, objects = rendered
+    assert ingress_reaches([{"path": "/", "pathType": "Prefix"}], "/metrics") and not ingress_reaches([{"path": "/v1", "pathType": "Prefix"}], "/v1x")
+    for name, ingress in of_kind(objects, "Ingress").items():
+        for rule in ingress["spec"]["rules"]:
+            paths = rule["http"]["paths"]
+            for private in ("/metrics", "/metrics/", "/ready", "/health", "/", "/anything"):
+                assert not ingress_reaches(paths, private), f"{overlay}: Ingress {name} routes {private} to the pods"
+            for public in ("/v1/models/bike-demand/predict", "/docs", "/redoc", "/openapi.json", "/docs-assets/swagger-ui.css"):
+                assert ingress_reaches(paths, public), f"{overlay}: Ingress {name} does not route {public}"
+            for path in paths:  # every path is the app's: a route, or the start of one
+                assert any(route == path["path"] or route.startswith(path["path"].rstrip("/") + "/") for route in serving_routes if route), \
+                    f"{overlay}: Ingress {name} routes {path['path']}, which no route of looplab.serving.create_app serves"
 
 
 # --- the ingress: the local gateway's routing -------------------------------------------------------------

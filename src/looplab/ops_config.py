@@ -14,8 +14,8 @@ import yaml
 from .core import find_project_root, load_config
 
 # %% auto #0
-__all__ = ['OPS_DEFAULTS', 'PREDICT_ROUTE', 'KUBERNETES_WEBHOOK', 'ANNOTATION', 'RENDERED', 'OpsError', 'ops_settings',
-           'render_rules', 'serving_targets', 'render_prometheus_config', 'render_alertmanager_config',
+__all__ = ['OPS_DEFAULTS', 'PREDICT_ROUTE', 'KUBERNETES_WEBHOOK', 'ANNOTATION', 'INGRESS_PATHS', 'RENDERED', 'OpsError',
+           'ops_settings', 'render_rules', 'serving_targets', 'render_prometheus_config', 'render_alertmanager_config',
            'render_prometheus_kubernetes', 'render_ingress', 'render_all']
 
 # %% ../../notebooks/45_ops_config.ipynb #9bffdb23
@@ -208,6 +208,8 @@ KUBERNETES_WEBHOOK = "http://looplab-ops:9108/v1/alerts"  # the ops Service, in 
 
 # %% ../../notebooks/45_ops_config.ipynb #2787640f
 ANNOTATION = "nginx.ingress.kubernetes.io/"
+# what the ingress routes to the serving pods: the API and its docs (which the pods guard with the API key), nothing else
+INGRESS_PATHS = (("/v1", "Prefix"), ("/docs", "Exact"), ("/redoc", "Exact"), ("/openapi.json", "Exact"), ("/docs-assets", "Prefix"))
 
 
 def _whole_seconds(value: Any, setting: str) -> str:
@@ -251,7 +253,8 @@ def render_ingress(
                              "annotations": annotations},
                 "spec": {"ingressClassName": "nginx",
                          "rules": [{"host": "looplab.example.com", "http": {"paths": [
-                             {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": service, "port": port}}}]}}]}}
+                             {"path": path, "pathType": kind, "backend": {"service": {"name": service, "port": dict(port)}}}
+                             for path, kind in INGRESS_PATHS]}}]}}
 
     documents = [ingress("looplab-serving", "looplab-serving", common)]
     # the canary Ingress always exists; weight 0 when the canary is off, so turning it on is one conf value
