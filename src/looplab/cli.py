@@ -557,7 +557,7 @@ def run_loop(start: str, end: str, no_progress: bool, env: str | None) -> None:
     click.echo(f"  champion      {name} version {alias_version(name, 'champion')}   (looplab status)")
     click.echo(f"  report        {root / 'data' / '08_reporting' / 'replay'}")
     click.echo("  dashboard     .venv/bin/looplab apps monitoring → http://127.0.0.1:8866")
-    click.echo("  API           make serve → http://127.0.0.1:8080")
+    click.echo("  API           make serve → http://127.0.0.1:8080   (send the key the gateway prints, kept in conf/local/api_key)")
     click.echo(f"  runs          make mlflow-ui → http://127.0.0.1:5000   (store: {mlflow_settings(env, root)['tracking_uri']})")
     click.echo("  pipelines     make viz · notebooks: make lab")
 
