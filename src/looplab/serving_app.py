@@ -162,7 +162,7 @@ def api_predict(
     api_url: str,     # the serving API, e.g. http://127.0.0.1:8080
     model_name: str,  # the model it serves
     record: dict,     # one record of model inputs
-    api_key: str | None = None,  # sent as X-API-Key (the gateway checks it; a worker ignores it)
+    api_key: str | None = None,  # sent as X-API-Key (the gateway checks it, and a worker given keys)
 ) -> tuple[float, str]:  # (prediction, the model version that answered)
     "(prediction, model version) from the serving API; OSError or ValueError saying why not."
     import urllib.error
