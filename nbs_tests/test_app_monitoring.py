@@ -144,6 +144,9 @@ def project(root, tmp_path_factory):
     (project / "notebooks" / "apps").mkdir(parents=True)
     shutil.copy(root / "notebooks" / "apps" / "monitoring.ipynb", project / "notebooks" / "apps")
     register_versions(project)
+    # Playwright closes a page without the browser's unload, so Voila keeps its kernel until it is culled: no cap on the
+    # many pages of this module (the cap has tests of its own, below, in environments of their own)
+    (project / "conf" / "test" / "serving.yml").write_text("serving:\n  apps: {max_kernels: 0}\n")
     windows = monitoring_windows()
     write_store(project / "data" / "08_reporting" / "monitoring", windows, drift_rows(windows), decision_records(windows))
     return project
@@ -405,10 +408,17 @@ def test_make_apps_starts_voila_through_looplab_apps(repository):
 
 
 def kernels_of(pid: int) -> list:
-    "The kernel processes a Voila server started."
+    "The kernel processes a Voila server started (one ending while they are listed is not one)."
     import psutil
 
-    return [child for child in psutil.Process(pid).children(recursive=True) if "ipykernel" in " ".join(child.cmdline())]
+    kernels = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "ipykernel" in " ".join(child.cmdline()):
+                kernels.append(child)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return kernels
 
 
 def voila_started(url: str):
