@@ -211,7 +211,7 @@ def test_make_mlflow_ui_serves_the_projects_store_with_one_worker(root, tmp_path
 
 
 @pytest.mark.parametrize("target, variable, flag", [
-    ("lab", "LAB_PORT", "--port={}"), ("viz", "VIZ_PORT", "--port={}"), ("apps", "APPS_PORT", "--port={}"),
+    ("lab", "LAB_PORT", "--port={}"), ("viz", "VIZ_PORT", "--port={}"), ("apps", "APPS_PORT", "--port {}"),
     ("mlflow-ui", "MLFLOW_PORT", "--port {}"),
 ])
 def test_every_server_target_takes_its_port(root, target, variable, flag):

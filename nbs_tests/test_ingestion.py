@@ -210,7 +210,7 @@ def test_append_validated_upserts_by_key(params, tmp_path):
 
     table, report = append_validated(rows({"2011-01-01 00:00": 1, "2011-01-01 01:00": 2}), params)
     assert report == {"rows_before": 0, "added": 2, "updated": 0, "unchanged": 0, "kept_stored": 0, "rows_after": 2, "batch_rows": 2,
-                      "version_read": None, "revisions": {"rows": 0, "rule": "update", "kept_in": None}}
+                      "version_read": None, "revisions": {"rows": 0, "rule": "update", "kept_in": None, "held": 0}}
     assert "_file" not in table.columns
     store(table, "2026-01-01T00.00.00.000Z")
     for _ in range(2):  # the same batch again and again: no new rows
