@@ -369,22 +369,39 @@ def revisions_path(params: dict, root: Path | str | None = None) -> Path:
     return resolve_path(configured, root) if configured else resolve_path(params["validated_path"], root).parent / "revisions"
 
 
+def _batch_of(rows: pd.DataFrame) -> str:
+    "The batch that sent `rows` (a new id when they carry none)."
+    return str(rows["_batch_id"].iloc[0]) if "_batch_id" in rows.columns else new_batch_id()
+
+
+def _write_beside(rows: pd.DataFrame, kind: str, batch_id: str, params: dict, root: Path | str | None) -> str:
+    "Write `rows` as `<kind>-<batch>.parquet` in the revisions folder, never over an existing file; its path."
+    folder = revisions_path(params, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}-{batch_id}.parquet"
+    if path.exists():
+        path = folder / f"{kind}-{batch_id}-{uuid.uuid4().hex[:6]}.parquet"
+    rows.to_parquet(path, index=False)
+    return str(path)
+
+
+def _read_beside(kind: str, params: dict, root: Path | str | None) -> pd.DataFrame:
+    "Every `<kind>-*.parquet` of the revisions folder, one frame; empty when there is none."
+    folder = revisions_path(params, root)
+    files = sorted(folder.glob(f"{kind}-*.parquet")) if folder.is_dir() else []
+    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True) if files else pd.DataFrame()
+
+
 def keep_revisions(
     previous: pd.DataFrame,  # the stored rows being replaced, indexed by key
     current: pd.DataFrame,   # their new values, indexed by key
     params: dict, root: Path | str | None = None,
 ) -> str:                    # the file written
     "Keep the previous values of revised rows: one Parquet file per batch in the revisions folder, never overwritten."
-    folder = revisions_path(params, root)
-    folder.mkdir(parents=True, exist_ok=True)
-    batch_id = str(current["_batch_id"].iloc[0]) if "_batch_id" in current.columns else new_batch_id()
+    batch_id = _batch_of(current)
     rows = previous.reset_index().assign(_revised_at=utc_now(), _revised_by_batch=batch_id)
     rows["_changed_columns"] = ", ".join(_changed_columns(previous, current))
-    path = folder / f"revisions-{batch_id}.parquet"
-    if path.exists():
-        path = folder / f"revisions-{batch_id}-{uuid.uuid4().hex[:6]}.parquet"
-    rows.to_parquet(path, index=False)
-    return str(path)
+    return _write_beside(rows, "revisions", batch_id, params, root)
 
 
 def _changed_columns(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
@@ -399,31 +416,22 @@ def hold_conflicts(
     params: dict, root: Path | str | None = None,
 ) -> str:                    # the file written
     "Hold re-sent values aside (`data.on_conflict: quarantine`): one Parquet file per batch in the revisions folder, with the reason."
-    folder = revisions_path(params, root)
-    folder.mkdir(parents=True, exist_ok=True)
-    batch_id = str(current["_batch_id"].iloc[0]) if "_batch_id" in current.columns else new_batch_id()
+    batch_id = _batch_of(current)
     reason = (f"re-sent with other values than the stored row ({', '.join(_changed_columns(previous, current))}); "
               "not applied: data.on_conflict is quarantine")
     rows = current.reset_index().assign(_reason=reason, _held_at=utc_now(), _batch_id=batch_id)
-    path = folder / f"conflicts-{batch_id}.parquet"
-    if path.exists():
-        path = folder / f"conflicts-{batch_id}-{uuid.uuid4().hex[:6]}.parquet"
-    rows.to_parquet(path, index=False)
-    return str(path)
+    return _write_beside(rows, "conflicts", batch_id, params, root)
 
 
 def held_conflicts(params: dict, root: Path | str | None = None) -> pd.DataFrame:
     "Every re-sent row held aside under `data.on_conflict: quarantine`, with its reason; empty when there is none."
-    folder = revisions_path(params, root)
-    files = sorted(folder.glob("conflicts-*.parquet")) if folder.is_dir() else []
-    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True) if files else pd.DataFrame(columns=["_reason"])
+    held = _read_beside("conflicts", params, root)
+    return held if len(held.columns) else pd.DataFrame(columns=["_reason"])
 
 
 def read_revisions(params: dict, root: Path | str | None = None) -> pd.DataFrame:
     "Every kept revision (previous values, when and by which batch they were replaced); empty when there is none."
-    folder = revisions_path(params, root)
-    files = sorted(folder.glob("revisions-*.parquet")) if folder.is_dir() else []
-    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True) if files else pd.DataFrame()
+    return _read_beside("revisions", params, root)
 
 
 def append_validated(
