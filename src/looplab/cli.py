@@ -9,13 +9,13 @@ from pathlib import Path
 
 import click
 
+from looplab.cli_groups import _ENV_OPTION, data, ops
 from looplab.core import DATA_LAYERS, load_config, project_paths
 
 # Each command imports the layer it runs inside the command: `looplab --help` and `looplab info` answer in
 # 0.2 s instead of the second or more that importing serving, the registry and the replay takes.
 
 
-_ENV_OPTION = click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,132 +102,6 @@ def init(name: str, data_file: Path, target: str, task: str | None, timestamp: s
     except (InitError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(next_steps(summary))
-
-
-@cli.group()
-def data() -> None:
-    """Data versions: what each run stored, and what changed between two versions."""
-
-
-def _data_paths(env: str | None) -> tuple[dict, Path]:
-    "The versioned datasets' paths and the versions log, from conf."
-    from looplab.versioning import dataset_paths
-
-    try:
-        root = project_paths().root
-        parameters = load_config("parameters", env=env, root=root)["data"]
-        return dataset_paths(parameters, root, env=env), root / parameters["versions_log"]
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        raise click.ClickException(f"cannot read the data configuration: {error}") from error
-
-
-@data.command("versions")
-@click.option("--dataset", "dataset", default=None, help="Only this dataset: ingested_batch (raw), validated_rides (validated) or features.")
-@click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
-@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
-@click.option("--last", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Show the newest N versions of each dataset; 0: all of them.")
-def data_versions(dataset: str | None, env: str | None, as_json: bool, last: int) -> None:
-    """Stored versions of the raw, validated and feature data, with rows, columns and content hashes."""
-    from looplab.versioning import DataVersionError, dataset_name, format_history, version_history
-
-    paths, log = _data_paths(env)
-    try:
-        if dataset is not None:
-            name = dataset_name(dataset)
-            paths = {name: paths[name]}
-        history = version_history(paths, log)
-    except DataVersionError as error:
-        raise click.ClickException(str(error)) from error
-    older = {}
-    for name, entry in history.items():
-        if last and len(entry["versions"]) > last:
-            older[name] = len(entry["versions"]) - last
-            entry["versions"] = entry["versions"][-last:]
-    click.echo(json.dumps(history, indent=2) if as_json else format_history(history))
-    if older and not as_json:
-        click.echo("older versions not shown (--last 0 shows all): " + ", ".join(f"{name} {count}" for name, count in older.items()))
-
-
-@data.command("diff")
-@click.argument("before")
-@click.argument("after")
-@click.option("--dataset", "dataset", default="validated_rides", show_default=True,
-              help="ingested_batch (raw), validated_rides (validated) or features.")
-@click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
-@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
-def data_diff(before: str, after: str, dataset: str, env: str | None, as_json: bool) -> None:
-    """What changed from version BEFORE to version AFTER: rows, schema, column statistics.
-
-    BEFORE and AFTER are Kedro version ids (or a unique prefix of one), `latest` or `previous`;
-    `looplab data versions` lists them.
-    """
-    from looplab.versioning import DataVersionError, dataset_name, diff_versions, format_diff
-
-    paths, _ = _data_paths(env)
-    try:
-        name = dataset_name(dataset)
-        if paths[name] is None:
-            raise DataVersionError(f"{name} is not stored as a file in this configuration, so it has no versions")
-        difference = diff_versions(paths[name], before, after, name=name)
-    except DataVersionError as error:
-        raise click.ClickException(str(error)) from error
-    click.echo(json.dumps(difference, indent=2) if as_json else format_diff(difference))
-
-
-def _refused_setup(env: str | None) -> tuple[dict, Path, Path]:
-    "The `data` parameters, the quarantine dataset's folder and the project root."
-    from looplab.core import catalog_config
-
-    root = project_paths().root
-    try:
-        return load_config("parameters", env=env, root=root)["data"], Path(catalog_config(env, root)["rides_quarantine"]["filepath"]), root
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        raise click.ClickException(f"cannot read the data configuration: {error}") from error
-
-
-@data.command("quarantine")
-@_ENV_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
-def data_quarantine(env: str | None, as_json: bool) -> None:
-    """What the data layer refused: landing files it could not read, and quarantined rows by reason."""
-    from looplab.ingestion import refused
-
-    params, quarantine, root = _refused_setup(env)
-    facts = refused(params, quarantine, root)
-    if as_json:
-        click.echo(json.dumps(facts, indent=2))
-        return
-    click.echo(f"rejected files: {len(facts['rejected_files'])}")
-    for record in facts["rejected_files"]:
-        click.echo(f"  {record['file']}  ({record['source']}, {record.get('rejected_at', '?')}): {record['reason']}")
-    click.echo(f"quarantined rows: {facts['quarantined_rows']}")
-    for kind, count in facts["reasons"].items():
-        click.echo(f"  {count:>7,}  {kind}")
-    if facts["rejected_files"] or facts["quarantined_rows"]:
-        click.echo("after a fix: looplab data retry --file NAME | --reason TEXT, then kedro run -p data")
-
-
-@data.command("retry")
-@_ENV_OPTION
-@click.option("--file", "file", default=None, help="A rejected file (fixed in place in rejected/) to put back into its landing folder.")
-@click.option("--reason", default=None, help="Send the quarantined rows whose reason contains this text back through the data layer.")
-def data_retry(env: str | None, file: str | None, reason: str | None) -> None:
-    """Send refused data through ingestion and validation again, after a fix (one of --file or --reason)."""
-    from looplab.ingestion import retry_file, retry_rows
-
-    if (file is None) == (reason is None):
-        raise click.UsageError("give one of --file NAME or --reason TEXT (looplab data quarantine lists them)")
-    params, quarantine, root = _refused_setup(env)
-    try:
-        if file is not None:
-            click.echo(f"{file} is back in {retry_file(params, file, root).parent}")
-        else:
-            path, count = retry_rows(params, quarantine, reason, root)
-            click.echo(f"{count:,} quarantined row(s) written to {path}")
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"next: kedro run -p data{f' --env {env}' if env else ''}  (valid rows are stored once; the others are quarantined again)")
 
 
 # --- model registry ---------------------------------------------------------------------------
@@ -628,71 +502,8 @@ def apps(app: str, host: str, port: int, env: str | None) -> None:
     # Voila takes this process's place, so Ctrl-C and a terminating signal reach it directly
     os.execve(command[0], command, child_env)
 
-
-# --- ops: monitoring exporter, Alertmanager webhook, deploy files rendered from conf ----------------
-def _ops_settings(env: str | None) -> dict:
-    from looplab.ops_config import OpsError, ops_settings
-
-    try:
-        return ops_settings(env=env)
-    except (OpsError, FileNotFoundError, ValueError, KeyError) as error:
-        raise click.ClickException(f"cannot read the ops configuration: {error}") from error
-
-
-@cli.group()
-def ops() -> None:
-    """Operations: the monitoring exporter + Alertmanager webhook, and the deploy files rendered from conf."""
-
-
-@ops.command("serve")
-@click.option("--host", default=None, help="Address to listen on (default: monitoring.ops.host, 127.0.0.1).")
-@click.option("--port", type=click.IntRange(min=1, max=65535), default=None, help="Port (default: monitoring.ops.port).")
-@_ENV_OPTION
-def ops_serve(host: str | None, port: int | None, env: str | None) -> None:
-    """Serve /metrics (monitoring store, champion, gateway access log) and POST /v1/alerts (Alertmanager → retraining trigger)."""
-    from looplab.core import setup_logging
-    from looplab.ops import serve as serve_ops
-
-    settings = _ops_settings(env)
-    setup_logging("INFO")
-    address = f"{host or settings['ops']['host']}:{port or settings['ops']['port']}"
-    click.echo(f"looplab ops on http://{address}: /metrics, POST /v1/alerts, /health; Ctrl-C stops", err=True)
-    serve_ops(settings, host=host, port=port, log_level="warning")
-
-
-@ops.command("render")
-@_ENV_OPTION
-@click.option("--check", is_flag=True, help="Only compare; exit 1 naming the files that differ from conf.")
-def ops_render(env: str | None, check: bool) -> None:
-    """Write the Prometheus rules and config, the Alertmanager config and the Kubernetes ingress from conf."""
-    from looplab.ops_config import RENDERED, OpsError, render_all
-
-    settings = _ops_settings(env)
-    try:
-        changed = render_all(settings, write=not check)
-    except OpsError as error:
-        raise click.ClickException(str(error)) from error
-    if check:
-        if changed:
-            raise click.ClickException("out of date with conf (run `looplab ops render`): " + ", ".join(changed))
-        click.echo(f"{len(RENDERED)} rendered files match conf")
-        return
-    for name in RENDERED:
-        click.echo(f"{'wrote    ' if name in changed else 'unchanged'} {name}")
-
-
-@ops.command("render-rules")
-@_ENV_OPTION
-def ops_render_rules(env: str | None) -> None:
-    """Print the Prometheus recording and alert rules rendered from monitoring.slo and the retraining policy."""
-    from looplab.ops_config import OpsError, render_rules
-
-    settings = _ops_settings(env)
-    try:
-        click.echo(render_rules(settings["monitoring"], settings["retraining"]), nl=False)
-    except OpsError as error:
-        raise click.ClickException(str(error)) from error
-
+cli.add_command(data)
+cli.add_command(ops)
 
 if __name__ == "__main__":
     cli()
