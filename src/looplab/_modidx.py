@@ -335,6 +335,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.monitoring._percentile': ('monitoring.html#_percentile', 'looplab/monitoring.py'),
                                     'looplab.monitoring._read_parquet': ('monitoring.html#_read_parquet', 'looplab/monitoring.py'),
                                     'looplab.monitoring._write_parquet': ('monitoring.html#_write_parquet', 'looplab/monitoring.py'),
+                                    'looplab.monitoring.class_errors': ('monitoring.html#class_errors', 'looplab/monitoring.py'),
                                     'looplab.monitoring.due_labels': ('monitoring.html#due_labels', 'looplab/monitoring.py'),
                                     'looplab.monitoring.due_windows': ('monitoring.html#due_windows', 'looplab/monitoring.py'),
                                     'looplab.monitoring.evaluation_metric': ('monitoring.html#evaluation_metric', 'looplab/monitoring.py'),

@@ -24,15 +24,16 @@ from .prediction_log import read_prediction_log
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['WINDOW_COLUMNS', 'DRIFT_COLUMNS', 'DECISION_COLUMNS', 'DEFAULT_ANCHOR', 'monitoring_settings', 'window_of',
-           'due_windows', 'logged_predictions', 'due_labels', 'window_performance', 'evaluation_metric', 'window_drift',
-           'store_files', 'read_decisions', 'write_window', 'load_store', 'late_entries', 'log_window',
-           'monitor_window', 'monitoring_now', 'monitor_windows']
+__all__ = ['WINDOW_COLUMNS', 'DRIFT_COLUMNS', 'DECISION_COLUMNS', 'DEFAULT_ANCHOR', 'TASK_ERROR', 'monitoring_settings',
+           'window_of', 'due_windows', 'logged_predictions', 'due_labels', 'class_errors', 'window_performance',
+           'evaluation_metric', 'window_drift', 'store_files', 'read_decisions', 'write_window', 'load_store',
+           'late_entries', 'log_window', 'monitor_window', 'monitoring_now', 'monitor_windows']
 
 # %% ../../notebooks/40_monitoring.ipynb #b40f5422
 WINDOW_COLUMNS = [
     "window_start", "window_end", "model_name", "model_version", "predictions", "labelled", "missing_labels",
     "mae", "rmse", "bias", "baseline_mae", "evaluation_mae", "degradation", "prediction_mean", "prediction_std",
+    "error_rate", "baseline_error_rate", "evaluation_error_rate",  # a classifier's: the share of wrong classes
     "drift", "drift_features", "drift_backend", "latency_p50_ms", "latency_p99_ms", "duplicates",
     "log_lines", "late_entries", "rescored",  # lines scored on, lines that came after the first scoring, re-scorings
     "out_of_range",  # predictions served with inputs outside the dataset's rules (serving.out_of_range: flag)
@@ -43,6 +44,8 @@ DECISION_COLUMNS = ["id", "time", "window_end", "fired", "reasons", "blocked_by"
                     "champion_before", "champion_after", "run_id", "detail"]
 # Windows are aligned to a Monday, so weekly windows run Monday to Sunday.
 DEFAULT_ANCHOR = "1970-01-05"
+# A window's error by task: the column it is stored in and the one of the version's evaluation it is compared with.
+TASK_ERROR = {"regression": ("mae", "evaluation_mae"), "classification": ("error_rate", "evaluation_error_rate")}
 
 # %% ../../notebooks/40_monitoring.ipynb #35b384f2
 def _number(settings: dict, key: str, kind=float, minimum: float | None = 0, where: str = "monitoring"):
@@ -68,6 +71,9 @@ def monitoring_settings(
     if not settings["model_name"]:
         raise ValueError("monitoring.model_name is empty and there is no training.model_name to fall back on")
     settings["alias"] = settings.get("alias") or "champion"
+    settings["task"] = (params.get("training") or {}).get("task") or "regression"
+    if settings["task"] not in TASK_ERROR:
+        raise ValueError(f"training.task must be one of {', '.join(TASK_ERROR)}, got {settings['task']!r}")
     root = Path(root) if root is not None else find_project_root()
     for key in ("store_path", "prediction_log"):
         if not settings.get(key):
@@ -116,6 +122,8 @@ def due_windows(
 def logged_predictions(
     log_path: Path | str,          # the prediction log folder
     model_name: str | None = None, # only this model's predictions
+    task: str = "regression",      # classification: predictions are classes, kept as they were logged
+    default_entity: str = "",      # the entity of records that named none (`data.entity.default`)
 ) -> tuple[pd.DataFrame, dict]:    # (one row per (entity, event_time): inputs flattened, prediction, version, latency_ms, time, log_lines), counts
     "The prediction log as a table of model inputs and outputs, one row per entity and hour."
     log = read_prediction_log(log_path) if Path(log_path).exists() else pd.DataFrame()
@@ -136,7 +144,7 @@ def logged_predictions(
     log["event_time"] = pd.to_datetime(log["event_time"], format="ISO8601")
     if getattr(log["event_time"].dt, "tz", None) is not None:
         log["event_time"] = log["event_time"].dt.tz_localize(None)
-    log["entity"] = log["entity"].astype("object").where(log["entity"].notna(), "")
+    log["entity"] = log["entity"].astype("object").where(log["entity"].notna() & (log["entity"] != ""), default_entity)
     # how many distinct lines the log holds for the hour (a line written again is not counted): a line
     # that arrives after its window was scored shows as a higher count (`late_entries`)
     log["log_lines"] = log.groupby(["entity", "event_time"])["event_time"].transform("size") if len(log) else 0
@@ -146,7 +154,8 @@ def logged_predictions(
     counts["duplicates"] = before - len(log)
     inputs = pd.DataFrame(list(log["inputs"]), index=log.index) if "inputs" in log.columns and len(log) else pd.DataFrame(index=log.index)
     table = pd.concat([log[[*columns, "log_lines"]].reset_index(drop=True), inputs.reset_index(drop=True)], axis=1)
-    table["prediction"] = pd.to_numeric(table["prediction"], errors="coerce")
+    if task == "regression":
+        table["prediction"] = pd.to_numeric(table["prediction"], errors="coerce")
     table["latency_ms"] = pd.to_numeric(table["latency_ms"], errors="coerce")
     table["model_version"] = table["model_version"].astype(str)
     return table.sort_values(["event_time", "entity"], ignore_index=True), counts
@@ -157,6 +166,7 @@ def due_labels(
     data_params: dict,        # the `data` parameters: entity, timestamp, target
     now: Any,                 # the current time, in event time
     delay_hours: float,       # labels are known this long after their hour
+    task: str = "regression", # classification: labels are classes, kept as they are
 ) -> pd.DataFrame:            # entity, event_time, label: the labels known by `now`
     "The labels that have arrived by `now`."
     entity, timestamp, target = data_params["entity"]["column"], data_params["timestamp"], data_params["target"]
@@ -166,7 +176,8 @@ def due_labels(
     times = pd.to_datetime(validated[timestamp])
     known = times + pd.Timedelta(hours=delay_hours) <= pd.Timestamp(now)
     labels = pd.DataFrame({"entity": validated.loc[known, entity].astype(str).to_numpy(), "event_time": times[known].to_numpy(),
-                           "label": pd.to_numeric(validated.loc[known, target], errors="coerce").to_numpy()})
+                           "label": (pd.to_numeric(validated.loc[known, target], errors="coerce") if task == "regression"
+                                     else validated.loc[known, target].astype("object")).to_numpy()})
     return labels.drop_duplicates(["entity", "event_time"], keep="last")
 
 # %% ../../notebooks/40_monitoring.ipynb #74f67749
@@ -175,20 +186,34 @@ def _percentile(values: pd.Series, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else math.nan
 
 
+def class_errors(
+    scored: pd.DataFrame,    # the window's labelled rows: prediction (the served class) and label
+    labels: pd.DataFrame,    # every known label (`due_labels`)
+    start: pd.Timestamp,     # the window's first hour: only labels before it make the baseline
+) -> dict[str, float]:       # error_rate, baseline_error_rate
+    "A classifier's window: the share of wrong classes, and that of the class-prior baseline (the most frequent class known before the window)."
+    wrong = scored["prediction"].astype(str).to_numpy() != scored["label"].astype(str).to_numpy()
+    earlier = labels.loc[labels["event_time"] < start, "label"].astype(str)
+    baseline = float((scored["label"].astype(str) != earlier.mode().iloc[0]).mean()) if len(earlier) else math.nan
+    return {"error_rate": float(wrong.mean()), "baseline_error_rate": baseline}
+
+
 def window_performance(
     predictions: pd.DataFrame,   # `logged_predictions` rows of this window
     labels: pd.DataFrame,        # `due_labels`
     settings: dict,              # `monitoring_settings`
     evaluation_params: dict,     # the `evaluation` parameters: `baseline_feature`
-) -> dict[str, Any]:             # volume, labelled, missing_labels, mae, rmse, bias, baseline_mae, prediction stats, latency
+) -> dict[str, Any]:             # volume, labelled, missing_labels, mae, rmse, bias, baseline_mae (a classifier: error_rate, baseline_error_rate), prediction stats, latency
     "Error, bias, baseline, volume and latency of one window."
     joined = predictions.merge(labels, on=["entity", "event_time"], how="left")
-    # a classifier's predictions are classes: no numbers to average (its error is not scored here yet)
-    numeric = pd.to_numeric(joined["prediction"], errors="coerce")
-    scored = joined.assign(prediction=numeric)[joined["label"].notna() & numeric.notna()]
+    task = settings.get("task", "regression")
+    numeric = pd.to_numeric(joined["prediction"], errors="coerce")  # a classifier's classes may be text: no mean then
+    known = joined["label"].notna() & (numeric.notna() if task == "regression" else joined["prediction"].notna())
+    scored = joined.assign(prediction=numeric)[known] if task == "regression" else joined[known]
     result: dict[str, Any] = {
         "predictions": len(joined), "labelled": len(scored), "missing_labels": int(joined["label"].isna().sum()),
         "mae": math.nan, "rmse": math.nan, "bias": math.nan, "baseline_mae": math.nan,
+        "error_rate": math.nan, "baseline_error_rate": math.nan,
         "prediction_mean": float(numeric.mean()) if len(joined) else math.nan,
         "prediction_std": float(numeric.std(ddof=0)) if len(joined) else math.nan,
         "latency_p50_ms": math.nan, "latency_p99_ms": math.nan, "note": "",
@@ -201,6 +226,8 @@ def window_performance(
         result["note"] = "no predictions in this window"
     elif len(scored) < settings["min_window_rows"]:
         result["note"] = f"labels missing: {len(scored)} labelled of {len(joined)} (at least {settings['min_window_rows']} needed)"
+    elif task == "classification":
+        result.update(class_errors(scored, labels, joined["event_time"].min()))
     else:
         scores = metrics(scored["label"], scored["prediction"], "regression", ["mae", "rmse"])
         result.update(mae=scores["mae"], rmse=scores["rmse"], bias=float((scored["prediction"] - scored["label"]).mean()))
@@ -405,9 +432,14 @@ def monitor_window(
     window["late_entries"], window["rescored"] = 0, 0
     versions = rows["model_version"].value_counts()
     window["model_version"] = str(versions.index[0]) if len(versions) else ""
-    window["evaluation_mae"] = evaluation_metric(settings["model_name"], window["model_version"]) if window["model_version"] else math.nan
-    window["degradation"] = window["mae"] / window["evaluation_mae"] - 1 \
-        if math.isfinite(window["mae"]) and math.isfinite(window["evaluation_mae"]) and window["evaluation_mae"] > 0 else math.nan
+    task = settings.get("task", "regression")
+    window["evaluation_mae"], window["evaluation_error_rate"] = math.nan, math.nan
+    if window["model_version"] and task == "regression":
+        window["evaluation_mae"] = evaluation_metric(settings["model_name"], window["model_version"])
+    elif window["model_version"]:  # the version's evaluation logged its accuracy
+        window["evaluation_error_rate"] = 1 - evaluation_metric(settings["model_name"], window["model_version"], "accuracy")
+    error, evaluated = (window[column] for column in TASK_ERROR[task])
+    window["degradation"] = error / evaluated - 1 if math.isfinite(error) and math.isfinite(evaluated) and evaluated > 0 else math.nan
     window.update(drift=False, drift_features=0, drift_backend="")
     drift = pd.DataFrame(columns=DRIFT_COLUMNS)
     if len(rows):
@@ -451,8 +483,9 @@ def monitor_windows(
     settings = monitoring_settings({"monitoring": monitoring_params, "training": training_params}, root)
     now = pd.Timestamp(now) if now is not None else monitoring_now(validated, data_params)
     configure_mlflow(env, root, experiment="monitoring")
-    predictions, counts = logged_predictions(settings["prediction_log"], settings["model_name"])
-    labels = due_labels(validated, data_params, now, settings["label_delay_hours"])
+    default_entity = str((data_params.get("entity") or {}).get("default") or "")  # data whose rows all belong to one entity
+    predictions, counts = logged_predictions(settings["prediction_log"], settings["model_name"], settings["task"], default_entity)
+    labels = due_labels(validated, data_params, now, settings["label_delay_hours"], settings["task"])
     stored = load_store(store_path=settings["store_path"])["windows"]
     done = set(stored["window_start"])
     first = predictions["event_time"].min() if len(predictions) else None
@@ -478,8 +511,10 @@ def monitor_windows(
         write_window(settings["store_path"], window, drift)
         if log_to_mlflow:
             window["run_id"] = log_window(window, drift)
-        _logger.info("monitoring: window %s–%s: %d predictions, MAE %.2f (baseline %.2f), drift on %d feature(s)%s",
-                     f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", window["predictions"], window["mae"], window["baseline_mae"],
+        error = "MAE %.2f (baseline %.2f)" if settings["task"] == "regression" else "error rate %.3f (class prior %.3f)"
+        _logger.info("monitoring: window %s–%s: %d predictions, " + error + ", drift on %d feature(s)%s",
+                     f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", window["predictions"],
+                     *(window[key] for key in (("mae", "baseline_mae") if settings["task"] == "regression" else ("error_rate", "baseline_error_rate"))),
                      window["drift_features"], f" ({window['note']})" if window["note"] else "")
         report["windows"].append({key: (str(value) if isinstance(value, pd.Timestamp) else value) for key, value in window.items()})
     return report

@@ -82,7 +82,8 @@ def signals(windows: pd.DataFrame, policy: dict) -> dict[str, str]:
     recent = windows.tail(policy["degradation_windows"])
     degradation = pd.to_numeric(recent["degradation"], errors="coerce")
     if len(recent) == policy["degradation_windows"] and degradation.notna().all() and (degradation > policy["degradation"]).all():
-        found["performance"] = (f"MAE worse than at evaluation by more than {policy['degradation']:.0%} in the last "
+        error = "error rate" if "error_rate" in recent and pd.to_numeric(recent["error_rate"], errors="coerce").notna().all() else "MAE"
+        found["performance"] = (f"{error} worse than at evaluation by more than {policy['degradation']:.0%} in the last "
                                 f"{policy['degradation_windows']} window(s) ({', '.join(f'{value:+.0%}' for value in degradation)})")
     return found
 

@@ -1,0 +1,80 @@
+"""A classifier's loop closes: the classes it served are scored, window by window, against the labels that arrive later.
+
+A user's CSV with a time column and a Yes/No target (`busy`: more than 100 bikers in the hour, from the
+bundled bike data, six weeks of it) goes through `looplab init` → `kedro run --env busy`. The champion
+serves one week of hours through `looplab serve --env busy`; `kedro run -p monitoring --env busy` then
+scores that week: its error rate (the share of wrong classes, recomputed here from the prediction log
+and the CSV's labels), the class-prior baseline and the version's evaluation error rate (1 − accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from looplab.core import load_config
+from looplab.monitoring import load_store
+from looplab.sources import demo_rides
+
+from conftest import copy_project, free_port, kedro_run, running_server
+
+WEEK = ("2011-01-10", "2011-01-17")  # Monday to Monday: one monitoring window, long before the data's last day
+
+
+@pytest.fixture(scope="module")
+def busy(root, tmp_path_factory, tool, quiet_env):
+    "A project with the environment `busy` trained, one week served, and the monitoring pipeline run."
+    folder = tmp_path_factory.mktemp("busy")
+    project = copy_project(root, folder / "project")
+    (project / "conf" / "local").mkdir(exist_ok=True)
+    rides = demo_rides(load_config(root=project)["data"], root=project)
+    rides = rides[rides["timestamp"] < "2011-02-12"].drop(columns=["casual", "registered"])
+    data = rides.assign(busy=np.where(rides["bikers"] > 100, "Yes", "No")).drop(columns="bikers")
+    data.to_csv(folder / "busy.csv", index=False)
+    init = subprocess.run([tool("looplab"), "init", "busy", "--data", str(folder / "busy.csv"), "--target", "busy", "--timestamp", "timestamp"],
+                          cwd=project, env=quiet_env, capture_output=True, text=True, timeout=300)
+    assert init.returncode == 0, init.stderr
+    assert "task: classification, target busy" in init.stdout, init.stdout
+    kedro_run(tool, quiet_env, project, "--env", "busy")
+    week = data[(data["timestamp"] >= WEEK[0]) & (data["timestamp"] < WEEK[1])]
+    records = week.drop(columns="busy").astype({"timestamp": str}).to_dict("records")
+    port = free_port()
+    with running_server([tool("looplab"), "serve", "--env", "busy", "--workers", "1", "--port", str(port)],
+                        project, quiet_env, f"http://127.0.0.1:{port}/ready", folder / "serve.log"):
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/models/busy/predict", json={"records": records}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    monitored = kedro_run(tool, quiet_env, project, "-p", "monitoring", "--env", "busy")
+    return {"project": project, "data": data, "week": week, "answer": answer.json(), "run": monitored.stdout + monitored.stderr}
+
+
+def test_the_served_week_is_one_window_scored_by_its_error_rate(busy):
+    windows = load_store(root=busy["project"], env="busy")["windows"].sort_values("window_start", ignore_index=True)
+    window = windows.iloc[0]
+    later = windows.iloc[1:]  # the weeks up to the data's clock: monitored, with nothing served in them
+    assert len(later) and (later["predictions"] == 0).all() and (later["note"] == "no predictions in this window").all(), later
+    assert (str(window["window_start"].date()), str(window["window_end"].date())) == WEEK
+    assert window["predictions"] == window["labelled"] == len(busy["week"]), window.to_dict()
+    served = np.asarray(busy["answer"]["predictions"])
+    expected = float(np.mean(served != busy["week"]["busy"].to_numpy()))  # the served classes against the CSV's labels
+    assert window["error_rate"] == pytest.approx(expected), (window["error_rate"], expected)
+    assert pd.isna(window["mae"]) and pd.isna(window["evaluation_mae"])  # no numbers averaged for classes
+    assert "error rate" in busy["run"] and "class prior" in busy["run"], busy["run"][-3000:]
+
+
+def test_the_window_is_compared_with_the_evaluation_and_the_class_prior(busy, tool, quiet_env):
+    window = load_store(root=busy["project"], env="busy")["windows"].sort_values("window_start").iloc[0]
+    status = subprocess.run([tool("looplab"), "status", "--env", "busy", "--json"], cwd=busy["project"], env=quiet_env,
+                            capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr
+    model = next(m for m in json.loads(status.stdout)["models"] if m["name"] == "busy")
+    version = next(v for v in model["versions"] if v["version"] == model["aliases"]["champion"])
+    assert window["evaluation_error_rate"] == pytest.approx(1 - version["metrics"]["accuracy"])
+    assert window["degradation"] == pytest.approx(window["error_rate"] / window["evaluation_error_rate"] - 1)
+    # the class-prior baseline: the most frequent class of the labels known before the window (its first nine days)
+    before = busy["data"].loc[busy["data"]["timestamp"] < WEEK[0], "busy"].mode().iloc[0]
+    assert window["baseline_error_rate"] == pytest.approx(float(np.mean(busy["week"]["busy"] != before)))
