@@ -19,6 +19,7 @@ import pandas as pd
 from .core import configure_mlflow, find_project_root, load_config
 from .drift import load_reference, make_detector
 from .evaluation import metrics
+from .ingestion import arrives_untimed
 from .prediction_log import read_prediction_log
 
 _logger = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def logged_predictions(
     model_name: str | None = None, # only this model's predictions
     task: str = "regression",      # classification: predictions are classes, kept as they were logged
     default_entity: str = "",      # the entity of records that named none (`data.entity.default`)
+    arrival_timezone: str | None = None,  # data timed by arrival (`data.event_time: arrival`): a record is timed when it was served, in this zone
 ) -> tuple[pd.DataFrame, dict]:    # (one row per (entity, event_time): inputs flattened, prediction, version, latency_ms, time, log_lines), counts
     "The prediction log as a table of model inputs and outputs, one row per entity and hour."
     log = read_prediction_log(log_path) if Path(log_path).exists() else pd.DataFrame()
@@ -138,6 +140,10 @@ def logged_predictions(
         log = log[log["model_name"] == model_name]
     if "row" in log.columns:
         log = log.drop_duplicates(["request_id", "row"])
+    if arrival_timezone is not None:  # one microsecond per row of a request, as ingestion times the rows of a batch
+        served = pd.to_datetime(log["time"], utc=True, format="ISO8601").dt.tz_convert(arrival_timezone).dt.tz_localize(None)
+        served += pd.to_timedelta(pd.to_numeric(log["row"], errors="coerce").fillna(0) if "row" in log else 0, unit="us")
+        log["event_time"] = log["event_time"].where(log["event_time"].notna(), served.map(pd.Timestamp.isoformat))
     keyed = log["event_time"].notna()
     counts["without_event_time"] = int((~keyed).sum())
     log = log[keyed].copy()
@@ -205,8 +211,11 @@ def window_performance(
     evaluation_params: dict,     # the `evaluation` parameters: `baseline_feature`
 ) -> dict[str, Any]:             # volume, labelled, missing_labels, mae, rmse, bias, baseline_mae (a classifier: error_rate, baseline_error_rate), prediction stats, latency
     "Error, bias, baseline, volume and latency of one window."
-    joined = predictions.merge(labels, on=["entity", "event_time"], how="left")
-    task = settings.get("task", "regression")
+    task, untimed = settings.get("task", "regression"), settings.get("untimed", False)
+    # data timed by arrival: a prediction and its label meet by entity (the label that came last), not by time
+    by_entity = labels.drop(columns="event_time").drop_duplicates("entity", keep="last") if untimed and settings.get("matchable", True) else None
+    joined = predictions.merge(labels if not untimed else by_entity if by_entity is not None else labels.iloc[:0].drop(columns="event_time"),
+                               on=["entity", "event_time"] if not untimed else ["entity"], how="left")
     numeric = pd.to_numeric(joined["prediction"], errors="coerce")  # a classifier's classes may be text: no mean then
     known = joined["label"].notna() & (numeric.notna() if task == "regression" else joined["prediction"].notna())
     scored = joined.assign(prediction=numeric)[known] if task == "regression" else joined[known]
@@ -224,6 +233,9 @@ def window_performance(
         result["latency_p50_ms"], result["latency_p99_ms"] = _percentile(per_request, 50), _percentile(per_request, 99)
     if len(joined) == 0:
         result["note"] = "no predictions in this window"
+    elif untimed and not settings.get("matchable", True):
+        result["note"] = ("labels cannot be matched to predictions: the data has neither a time nor an entity column "
+                          "(looplab init --entity, data.entity.column)")
     elif len(scored) < settings["min_window_rows"]:
         result["note"] = f"labels missing: {len(scored)} labelled of {len(joined)} (at least {settings['min_window_rows']} needed)"
     elif task == "classification":
@@ -484,7 +496,10 @@ def monitor_windows(
     now = pd.Timestamp(now) if now is not None else monitoring_now(validated, data_params)
     configure_mlflow(env, root, experiment="monitoring")
     default_entity = str((data_params.get("entity") or {}).get("default") or "")  # data whose rows all belong to one entity
-    predictions, counts = logged_predictions(settings["prediction_log"], settings["model_name"], settings["task"], default_entity)
+    settings["untimed"] = arrives_untimed(data_params)
+    settings["matchable"] = not (settings["untimed"] and default_entity)  # untimed rows of one entity: no key to join on
+    predictions, counts = logged_predictions(settings["prediction_log"], settings["model_name"], settings["task"], default_entity,
+                                             data_params.get("timezone", "UTC") if settings["untimed"] else None)
     labels = due_labels(validated, data_params, now, settings["label_delay_hours"], settings["task"])
     stored = load_store(store_path=settings["store_path"])["windows"]
     done = set(stored["window_start"])

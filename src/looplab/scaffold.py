@@ -74,17 +74,25 @@ def infer_task(
 def column_spec(
     values: pd.Series,  # one column of the user's data
 ) -> dict[str, Any]:    # its entry under `data.validation.schema.columns`
-    "The schema entry of a column: its dtype, and the range or the categories its values show."
+    "The schema entry of a column from pandera's inference (`infer_schema`): its dtype, and the range or the categories its values show."
+    import pandera.pandas as pa
+
     present = values.dropna()
-    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
-        categories = sorted(present.astype(str).unique())
-        return {"dtype": "str", "allowed": categories} if len(categories) <= MAX_CATEGORIES else {"dtype": "str"}
+    text = pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values)
+    few = text and present.astype(str).nunique() <= MAX_CATEGORIES
+    # pandera infers the range of numbers and the categories of a categorical column
+    column = present.astype(str).astype("category") if few else present.astype(str) if text else values
+    inferred = pa.infer_schema(pd.DataFrame({"column": column})).columns["column"]
+    statistics = {check.name: check.statistics for check in inferred.checks}
+    if text:
+        return {"dtype": "str", "allowed": sorted(statistics["isin"]["allowed_values"])} if few else {"dtype": "str"}
+    low = statistics.get("greater_than_or_equal_to", {}).get("min_value")
+    high = statistics.get("less_than_or_equal_to", {}).get("max_value")
     if pd.api.types.is_integer_dtype(values):
         if set(present.unique().tolist()) == {0, 1}:  # a yes/no
             return {"dtype": "int64", "allowed": [0, 1]}
-        return {"dtype": "int64", "min": int(present.min()), "max": int(present.max())}
-    low, high = (float(present.min()), float(present.max())) if len(present) else (None, None)
-    return {"dtype": "float64", **({"min": low, "max": high} if low is not None else {})}
+        return {"dtype": "int64", "min": int(low), "max": int(high)}
+    return {"dtype": "float64", **({"min": float(low), "max": float(high)} if low is not None and high is not None else {})}
 
 # %% ../../notebooks/02_scaffold.ipynb #21cf1ef4
 def training_window(
