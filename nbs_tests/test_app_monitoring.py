@@ -7,10 +7,12 @@ drift.parquet, decisions.jsonl); the registry is a real MLflow store in the proj
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import struct
 import subprocess
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CHROMIUM, copy_project, free_port, project_with_models, running_server
+from conftest import CHROMIUM, CHROMIUM_ARGS, copy_project, free_port, project_with_models, running_server
 
 MODEL = "bike-demand"
 FEATURES = ["hr", "weekday", "workingday", "holiday", "season", "weathersit", "temp", "atemp", "hum", "windspeed",
@@ -444,12 +446,12 @@ def test_voila_caps_its_kernels(browser, project, tool, quiet_env, tmp_path):
     "serving.apps.max_kernels: 1 — a page keeps its kernel (no culling here), so the next page is refused, saying why."
     import requests
 
-    env = apps_env(project, "capped", "{cull_idle_seconds: 0, max_kernels: 1}")
+    env = apps_env(project, "capped", "{cull_idle_seconds: 0, cull_disconnected_seconds: 0, max_kernels: 1}")
     with running_app(project, tool, quiet_env, tmp_path / "voila.log", env=env) as url:
         voila = voila_started(url)
         command = voila.info["cmdline"]
         for option in ("--MappingKernelManager.cull_idle_timeout=0", "--MappingKernelManager.cull_connected=True",
-                       "--CappedKernelManager.max_kernels=1",
+                       "--CappedKernelManager.max_kernels=1", "--CappedKernelManager.cull_disconnected_timeout=0",
                        "--VoilaConfiguration.multi_kernel_manager_class=looplab.serving_app.CappedKernelManager"):
             assert option in command, (option, command)
         assert kernels_of(voila.pid) == []
@@ -473,7 +475,7 @@ def test_voila_culls_idle_kernels(project, tool, quiet_env, tmp_path):
 
     from conftest import wait_until
 
-    env = apps_env(project, "culling", "{cull_idle_seconds: 2, cull_interval_seconds: 1, max_kernels: 1}")
+    env = apps_env(project, "culling", "{cull_idle_seconds: 2, cull_disconnected_seconds: 0, cull_interval_seconds: 1, max_kernels: 1}")
     with running_app(project, tool, quiet_env, tmp_path / "voila.log", env=env) as url:
         voila = voila_started(url)
         for option in ("--MappingKernelManager.cull_idle_timeout=2", "--MappingKernelManager.cull_interval=1"):
@@ -488,6 +490,92 @@ def test_voila_culls_idle_kernels(project, tool, quiet_env, tmp_path):
         second = wait_until(served_again, 120, "a page served again under the cap of 1")
         assert "Bike demand: monitoring" in second.text
 
+
+
+DISCONNECTED_SECONDS = 3
+
+
+def kill_a_browser_with_an_open_page(browser, url: str, voila) -> int:
+    "Open the dashboard in a Chromium of its own (its widgets connect to the kernel), then kill that browser: no unload, no word to Voila. The kernel's pid."
+    import signal
+    import uuid
+
+    import psutil
+    import requests
+
+    marker = f"--looplab-test-browser={uuid.uuid4().hex}"  # Chromium ignores a switch it does not know: it only names the process
+    doomed = browser.browser_type.launch(executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, marker])
+    try:
+        page = doomed.new_page()
+        page.set_default_timeout(RENDER_TIMEOUT_MS)
+        page.goto(url)
+        page.locator("#looplab-latest, .looplab-error").first.wait_for()  # drawn by a widget: the page is connected to its kernel
+        assert page.locator(".looplab-error").count() == 0, page.locator(".looplab-error").first.inner_text()
+        [kernel] = kernels_of(voila.pid)
+        # a connected page keeps its kernel however long it sits there: well past the disconnected limit, the cap still
+        # answers 503 (the full cap first looks for kernels to let go of, and finds none)
+        time.sleep(3 * DISCONNECTED_SECONDS + 2)
+        assert [process.pid for process in kernels_of(voila.pid)] == [kernel.pid]
+        refused = requests.get(url, timeout=120)
+        assert refused.status_code == 503 and "too many open pages (1)" in refused.text, refused.status_code
+        [main] = [process for process in psutil.process_iter(["cmdline"])
+                  if marker in (process.info["cmdline"] or []) and not any(arg.startswith("--type=") for arg in process.info["cmdline"])]
+        for process in [*main.children(recursive=True), main]:  # the whole browser at once, as a crash or kill -9 would
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGKILL)
+        psutil.wait_procs([main], timeout=30)
+        return kernel.pid
+    finally:
+        with contextlib.suppress(Exception):  # it is gone; Playwright only lets go of it
+            doomed.close()
+
+
+def test_voila_culls_the_kernel_of_a_page_gone_without_a_word(browser, project, tool, quiet_env, tmp_path):
+    "serving.apps.cull_disconnected_seconds: a killed browser's kernel is shut down by the culler (idle culling off), so a new page is served."
+    import psutil
+    import requests
+
+    from conftest import wait_until
+
+    env = apps_env(project, "disconnected",
+                   f"{{cull_idle_seconds: 0, cull_disconnected_seconds: {DISCONNECTED_SECONDS}, cull_interval_seconds: 1, max_kernels: 1}}")
+    with running_app(project, tool, quiet_env, tmp_path / "voila.log", env=env) as url:
+        voila = voila_started(url)
+        assert f"--CappedKernelManager.cull_disconnected_timeout={DISCONNECTED_SECONDS}" in voila.info["cmdline"]
+        killed = kill_a_browser_with_an_open_page(browser, url, voila)
+        # nobody asks for a page meanwhile: only the periodic culler can end the kernel
+        wait_until(lambda: not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE, 120,
+                   "the killed browser's kernel to be culled")
+        assert "no page connected to it" in (tmp_path / "voila.log").read_text()
+
+        def served_again():
+            answer = requests.get(url, timeout=120)
+            return answer if answer.status_code == 200 else None
+
+        assert "Bike demand: monitoring" in wait_until(served_again, 120, "a page served again under the cap of 1").text
+
+
+def test_a_full_cap_first_lets_go_of_a_page_gone_without_a_word(browser, project, tool, quiet_env, tmp_path):
+    "With the cap reached, a new visitor's request shuts down a kernel disconnected for cull_disconnected_seconds instead of a 503."
+    import requests
+
+    from conftest import wait_until
+
+    env = apps_env(project, "full-cap",  # the periodic culler would look only once an hour: the request itself makes room
+                   f"{{cull_idle_seconds: 0, cull_disconnected_seconds: {DISCONNECTED_SECONDS}, cull_interval_seconds: 3600, max_kernels: 1}}")
+    with running_app(project, tool, quiet_env, tmp_path / "voila.log", env=env) as url:
+        voila = voila_started(url)
+        killed = kill_a_browser_with_an_open_page(browser, url, voila)
+
+        def served():  # 503 until the killed browser's kernel has been disconnected for the limit
+            answer = requests.get(url, timeout=120)
+            assert answer.status_code in (200, 503), answer.status_code
+            return answer if answer.status_code == 200 else None
+
+        assert "Bike demand: monitoring" in wait_until(served, 120, "the full cap to let go of the killed browser's kernel", poll=1).text
+        assert killed not in [process.pid for process in kernels_of(voila.pid)]
+        assert len(kernels_of(voila.pid)) == 1  # the new page's
+        assert "no page connected to it" in (tmp_path / "voila.log").read_text()
 
 # --- a store written by the real loop ---------------------------------------------------------------
 REPLAY_START, REPLAY_END = "2011-01-21", "2011-02-03"  # inside the test data; two weekly windows get their labels

@@ -385,13 +385,13 @@ def upload_html(
     )
 
 # %% ../../notebooks/37_serving_app.ipynb #5a1c0e05
-APPS_DEFAULTS = {"cull_idle_seconds": 1200, "cull_interval_seconds": 60, "max_kernels": 4}
+APPS_DEFAULTS = {"cull_idle_seconds": 1200, "cull_disconnected_seconds": 60, "cull_interval_seconds": 60, "max_kernels": 4}
 
 
 def apps_settings(
     env: str | None = None,          # config environment; `local` when None
     root: Path | str | None = None,  # project root; found when None
-) -> dict[str, int]:                 # {cull_idle_seconds, cull_interval_seconds, max_kernels}
+) -> dict[str, int]:                 # {cull_idle_seconds, cull_disconnected_seconds, cull_interval_seconds, max_kernels}
     "The Voila apps' kernel limits: `serving.apps` in conf over `APPS_DEFAULTS`; ValueError naming a bad one."
     try:
         configured = load_config("serving", env=env, root=find_project_root(root))["serving"].get("apps") or {}
@@ -414,30 +414,83 @@ def voila_command(
     root: Path | str,      # the project root (Voila's root_dir)
     limits: dict,          # `apps_settings`
 ) -> list[str]:            # the command line
-    "Voila serving `notebook`, with idle kernels culled and the number of kernels capped."
+    "Voila serving `notebook`, with idle kernels and kernels no page is connected to culled, and the number of kernels capped."
     return [str(voila), str(notebook), "--no-browser", f"--Voila.ip={host}", f"--port={port}", f"--Voila.root_dir={root}",
             "--VoilaConfiguration.multi_kernel_manager_class=looplab.serving_app.CappedKernelManager",
             f"--MappingKernelManager.cull_idle_timeout={int(limits['cull_idle_seconds'])}",
             f"--MappingKernelManager.cull_interval={int(limits['cull_interval_seconds'])}",
             "--MappingKernelManager.cull_connected=True",
+            f"--CappedKernelManager.cull_disconnected_timeout={int(limits['cull_disconnected_seconds'])}",
             f"--CappedKernelManager.max_kernels={int(limits['max_kernels'])}"]
 
 
 def _capped_kernel_manager() -> type:
-    "jupyter_server's kernel manager, refusing a new kernel once `max_kernels` run (503)."
+    "jupyter_server's kernel manager, shutting down kernels no page is connected to and refusing a new one once `max_kernels` run (503)."
+    from jupyter_server._tz import utcnow
     from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
     from tornado import web
-    from traitlets import Integer
+    from tornado.ioloop import PeriodicCallback
+    from traitlets import Dict, Integer
 
     class CappedKernelManager(AsyncMappingKernelManager):
-        "A kernel manager with a limit on the kernels running at once."
+        "A kernel manager with a limit on the kernels running at once, which lets go of the kernels of pages that are gone."
         max_kernels = Integer(0, config=True, help="Kernels running at once; one more is refused with 503. 0: no limit.")
+        cull_disconnected_timeout = Integer(
+            0, config=True, help="Seconds a kernel may go with no connection and no activity before it is shut down. 0: never.")
+        _disconnected_since = Dict()  # kernel id -> when its last connection closed (its start, until a page connects)
+        _disconnected_culler = None
 
         async def start_kernel(self, *args, **kwargs):
             if self.max_kernels and len(self.list_kernel_ids()) >= self.max_kernels:
+                await self.cull_disconnected_kernels()  # pages gone without a word make room before anyone is refused
+            if self.max_kernels and len(self.list_kernel_ids()) >= self.max_kernels:
                 why = f"too many open pages ({self.max_kernels}): close one, or try again in a while"
                 raise web.HTTPError(503, why, reason=why)  # the reason is what Voila's error page shows
-            return await super().start_kernel(*args, **kwargs)
+            kernel_id = await super().start_kernel(*args, **kwargs)
+            if not self._kernel_connections.get(kernel_id):
+                self._disconnected_since.setdefault(kernel_id, utcnow())
+            return kernel_id
+
+        def notify_connect(self, kernel_id):
+            super().notify_connect(kernel_id)
+            self._disconnected_since.pop(kernel_id, None)
+
+        def notify_disconnect(self, kernel_id):
+            super().notify_disconnect(kernel_id)
+            if kernel_id in self._kernel_connections and self._kernel_connections[kernel_id] <= 0:
+                self._disconnected_since[kernel_id] = utcnow()
+
+        def disconnected_seconds(self, kernel_id: str) -> float:
+            "How long `kernel_id` has had no connection and no activity; 0 while one is open, or while it is busy."
+            since, kernel = self._disconnected_since.get(kernel_id), self._kernels.get(kernel_id)
+            if since is None or kernel is None or self._kernel_connections.get(kernel_id, 0) > 0:
+                return 0.0
+            if getattr(kernel, "execution_state", None) == "busy" and not self.cull_busy:
+                return 0.0  # still working for a page (Voila runs the notebook before the page connects)
+            return (utcnow() - max(since, getattr(kernel, "last_activity", since))).total_seconds()
+
+        async def cull_disconnected_kernels(self):
+            "Shut down every kernel with no connection and no activity for `cull_disconnected_timeout` seconds."
+            for gone in set(self._disconnected_since) - set(self._kernels):
+                self._disconnected_since.pop(gone, None)
+            if self.cull_disconnected_timeout <= 0:
+                return
+            for kernel_id in list(self._kernels):
+                seconds = self.disconnected_seconds(kernel_id)
+                if seconds <= self.cull_disconnected_timeout:
+                    continue
+                self.log.warning("Culling kernel %s: no page connected to it for %d seconds.", kernel_id, seconds)
+                self._disconnected_since.pop(kernel_id, None)
+                try:
+                    await self.shutdown_kernel(kernel_id)
+                except Exception as error:  # it may have ended meanwhile; the next round looks again
+                    self.log.warning("Could not shut down kernel %s: %s", kernel_id, error)
+
+        def initialize_culler(self):
+            if self.cull_disconnected_timeout > 0 and self._disconnected_culler is None:
+                self._disconnected_culler = PeriodicCallback(self.cull_disconnected_kernels, 1000 * max(self.cull_interval, 1))
+                self._disconnected_culler.start()
+            super().initialize_culler()
 
     return CappedKernelManager
 
