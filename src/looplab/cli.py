@@ -129,15 +129,40 @@ def _registry_call(action, *args, **kwargs):
         raise click.ClickException(str(error)) from error
 
 
+def _progress(line: str) -> None:
+    click.echo(f"… {line}", err=True)
+
+
 @cli.command()
 @click.argument("name")
 @click.argument("version")
 @_ENV_OPTION
-def promote(name: str, version: str, env: str | None) -> None:
+@click.option("--verify/--no-verify", default=None,
+              help="First rebuild VERSION at its recorded commit and lock (reproduce --isolated) and refuse when anything differs "
+                   "(default: registry.promote_verify, on in conf/prod).")
+def promote(name: str, version: str, env: str | None, verify: bool | None) -> None:
     """Make VERSION (a number, or an alias such as challenger) of model NAME the champion; the previous one is kept for rollback."""
     from looplab import registry
 
     _registry(env)
+    if verify is None:
+        try:
+            verify = bool((load_config("parameters", env=env).get("registry") or {}).get("promote_verify", False))
+        except (FileNotFoundError, ValueError) as error:
+            raise click.ClickException(str(error)) from error
+    if verify:
+        from looplab import reproduction
+
+        try:
+            result = reproduction.reproduce(f"{name}@{version}", env=env, isolated=True, progress=_progress)
+        except (registry.RegistryError, ValueError, FileNotFoundError) as error:
+            raise click.ClickException(f"refusing to promote {name} {version}: {error}") from error
+        if not result["matches"]:
+            raise click.ClickException(f"refusing to promote {name} version {result['version']}: its rebuild at commit "
+                                       f"{result['commit']['recorded'][:12]} differs: {reproduction.difference(result)}")
+        click.echo(f"verified: {name} version {result['version']} rebuilt at commit {result['commit']['recorded'][:12]} "
+                   "with identical metrics and predictions", err=True)
+        version = result["version"]  # the version verified, even if an alias has moved meanwhile
     click.echo(registry.describe_change(_registry_call(registry.promote, name, version)))
 
 
@@ -176,16 +201,21 @@ def status(env: str | None, as_json: bool) -> None:
 @_ENV_OPTION
 @click.option("--tolerance", default=1e-6, show_default=True, help="Relative tolerance per metric.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def reproduce(spec: str, env: str | None, tolerance: float, as_json: bool) -> None:
+@click.option("--isolated", is_flag=True,
+              help="Rebuild with the recorded commit's code (a temporary git worktree) in a throwaway environment of the "
+                   "recorded lock (uv); metrics must be identical and predictions bit-identical.")
+@click.option("--keep", is_flag=True, help="With --isolated: keep the worktree and the environment afterwards.")
+def reproduce(spec: str, env: str | None, tolerance: float, as_json: bool, isolated: bool, keep: bool) -> None:
     """Rebuild SPEC (NAME@ALIAS, NAME@VERSION or NAME/VERSION) from its recorded data and compare its metrics.
 
-    Exits with status 1 when a metric differs.
+    Exits with status 1 when a metric (with --isolated: or a prediction) differs, or when --isolated cannot
+    vouch for the version (trained from a tree with uncommitted changes).
     """
     from looplab import reproduction
 
     _registry(env)
-    result = _registry_call(reproduction.reproduce, spec, tolerance=tolerance, env=env,
-                            progress=lambda line: click.echo(f"… {line}", err=True))
+    result = _registry_call(reproduction.reproduce, spec, tolerance=tolerance, env=env, progress=_progress,
+                            isolated=isolated, keep=keep)
     click.echo(json.dumps(result, indent=2) if as_json else reproduction.format_reproduction(result))
     if not result["matches"]:
         raise click.exceptions.Exit(1)

@@ -1,0 +1,133 @@
+"""`looplab reproduce --isolated` rebuilds a version with the code of its own commit and the packages of its own
+lock; plain `reproduce` rebuilds with today's code; `promote --verify` refuses a version it cannot rebuild.
+
+The project is a copy made into a git repository of its own. Version 1 is trained at a first commit; a second
+commit changes the training code so that it predicts differently. The lock is the one this environment was
+installed from, so the isolated rebuild takes uv's *shared* route (the recorded commit's looplab on top of the
+current environment's packages): nothing is downloaded while the tests run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from looplab.core import copy_project_files, load_config
+
+from conftest import PROJECT_FOR_RUNS, kedro_run
+
+PROJECT_FILES = (*PROJECT_FOR_RUNS, "requirements.lock", ".gitignore", "README.md")
+ORIGINAL_FIT = "return estimator.fit(features, label)"
+CHANGED_FIT = "return estimator.fit(features, label * 2)"  # a change of the training code that changes every prediction
+TIMEOUT = 1200  # seconds per command: generous, for a busy machine of two cores
+
+
+def git(project: Path, *args: str) -> str:
+    identity = ["-c", "user.name=looplab tests", "-c", "user.email=tests@looplab.invalid"]
+    done = subprocess.run(["git", "-C", str(project), *identity, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr}"
+    return done.stdout.strip()
+
+
+def looplab(history: dict, *args: str) -> subprocess.CompletedProcess:
+    "`looplab ARGS --env test` as a user of the copy runs it: with the copy's own code (its src first on the path)."
+    return subprocess.run([history["looplab"], *args, "--env", "test"], cwd=history["project"], env=history["env"],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def history(root, tmp_path_factory, tool, quiet_env):
+    "bike-demand version 1 trained at the first commit; the second commit doubles the label the training fits."
+    project = copy_project_files(root, tmp_path_factory.mktemp("isolated") / "project", only=PROJECT_FILES)
+    git(project, "init", "--quiet")
+    git(project, "add", "--all")
+    git(project, "commit", "--quiet", "-m", "the code that trains version 1")
+    first = git(project, "rev-parse", "HEAD")
+    environment = {**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project), "PYTHONPATH": str(project / "src")}
+    kedro_run(tool, environment, project, "-p", "data", "--env", "test")
+    kedro_run(tool, environment, project, "-p", "training", "--env", "test")
+    training = project / "src" / "looplab" / "training.py"
+    code = training.read_text(encoding="utf-8")
+    assert code.count(ORIGINAL_FIT) == 1, "fit_model changed: update ORIGINAL_FIT"
+    training.write_text(code.replace(ORIGINAL_FIT, CHANGED_FIT), encoding="utf-8")
+    git(project, "commit", "--quiet", "-am", "training fits twice the label")
+    return {"project": project, "env": environment, "looplab": tool("looplab"), "first": first, "second": git(project, "rev-parse", "HEAD")}
+
+
+def test_plain_reproduce_reports_the_changed_code(history):
+    result = looplab(history, "reproduce", "bike-demand/1", "--json")
+    assert result.returncode == 1 and result.stdout, result.stdout + result.stderr
+    reproduction = json.loads(result.stdout)
+    assert not reproduction["matches"]
+    assert {key: reproduction["commit"][key] for key in ("recorded", "current", "same")} == {
+        "recorded": history["first"], "current": history["second"], "same": False}
+    assert any(not row["matches"] for row in reproduction["metrics"] if row["name"] == "mae"), reproduction["metrics"]
+
+
+def test_isolated_reproduce_rebuilds_the_recorded_commit(history):
+    project = history["project"]
+    result = looplab(history, "reproduce", "bike-demand/1", "--isolated", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    reproduction = json.loads(result.stdout)
+    assert reproduction["matches"] and reproduction["tolerance"] == 0.0
+    assert {"mae", "rmse", "r2", "baseline_mae"} <= {row["name"] for row in reproduction["metrics"]}
+    assert all(row["logged"] == row["reproduced"] for row in reproduction["metrics"]), reproduction["metrics"]
+    predictions = reproduction["predictions"]
+    assert predictions["identical"] and predictions["rows"] > 0 and predictions["differing"] == 0, predictions
+    isolated = reproduction["isolated"]
+    assert isolated["commit"] == reproduction["commit"]["recorded"] == history["first"]
+    assert isolated["route"] == "shared" and "the recorded lock" in isolated["why"]
+    assert set(isolated["seconds"]) == {"checkout", "environment", "rebuild"} and isolated["kept"] is None
+    for step in ("checking out commit", "route shared", "at the recorded commit: refitting on"):
+        assert step in result.stderr, result.stderr  # progress, on stderr
+    # The worktree and the environment are gone; the project's own checkout still has the second commit's code.
+    assert git(project, "worktree", "list").count("\n") == 0
+    assert CHANGED_FIT in (project / "src" / "looplab" / "training.py").read_text(encoding="utf-8")
+
+
+def test_isolated_reproduce_keeps_the_worktree_when_asked(history):
+    "The readable form, with --keep: the worktree of the first commit and its environment stay for a look."
+    project = history["project"]
+    result = looplab(history, "reproduce", "bike-demand/1", "--isolated", "--keep")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reproduced: every metric identical, every prediction bit-identical" in result.stdout
+    assert "rows, bit-identical (registered model vs rebuild)" in result.stdout
+    kept = [line.removeprefix("worktree ") for line in git(project, "worktree", "list", "--porcelain").splitlines()
+            if line.startswith("worktree ")][1:]
+    assert len(kept) == 1 and "kept: the worktree" in result.stderr, result.stderr
+    checkout = Path(kept[0])
+    assert ORIGINAL_FIT in (checkout / "src" / "looplab" / "training.py").read_text(encoding="utf-8")
+    assert (checkout.parent / "environment" / "bin" / "python").exists()
+    git(project, "worktree", "remove", "--force", str(checkout))
+
+
+def test_a_version_from_a_dirty_tree_is_not_vouched_for(history, tool):
+    project = history["project"]
+    training = project / "src" / "looplab" / "training.py"
+    training.write_text(training.read_text(encoding="utf-8").replace(CHANGED_FIT, ORIGINAL_FIT), encoding="utf-8")
+    try:  # uncommitted: version 2 is trained from a dirty tree
+        kedro_run(tool, history["env"], project, "-p", "training", "--env", "test")
+    finally:
+        git(project, "checkout", "--", "src/looplab/training.py")
+    champion_before = json.loads(looplab(history, "status", "--json").stdout)["models"][0]["aliases"].get("champion")
+    result = looplab(history, "reproduce", "bike-demand/2", "--isolated")
+    assert result.returncode == 1
+    assert "cannot vouch for bike-demand version 2" in result.stderr and "uncommitted changes" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("Error: cannot vouch"), result.stderr
+    refused = looplab(history, "promote", "bike-demand", "2", "--verify")
+    assert refused.returncode == 1 and "refusing to promote bike-demand 2: cannot vouch" in refused.stderr, refused.stderr
+    after = json.loads(looplab(history, "status", "--json").stdout)["models"][0]["aliases"].get("champion")
+    assert after == champion_before
+    verified = looplab(history, "promote", "bike-demand", "1", "--verify")  # version 1 rebuilds bit for bit: promoted
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"verified: bike-demand version 1 rebuilt at commit {history['first'][:12]}" in verified.stderr
+    assert "champion of bike-demand: " in verified.stdout
+    assert json.loads(looplab(history, "status", "--json").stdout)["models"][0]["aliases"]["champion"] == "1"
+
+
+def test_promote_verifies_by_default_in_prod():
+    assert load_config("parameters", env="prod")["registry"]["promote_verify"] is True
+    assert load_config("parameters")["registry"]["promote_verify"] is False
