@@ -355,7 +355,7 @@ def test_a_latest_window_without_labels_shows_dashes(browser, app_url, project, 
 
 
 def test_a_p99_above_its_slo_is_highlighted_and_reasons_are_whole(browser, app_url, project, tmp_path):
-    "The latest window's p99 over the service level in conf is a highlighted row; decision and gate reasons are never cut."
+    "A p99 over the service level in conf is highlighted in the latest window and in every older window; reasons are never cut."
     from mlflow import MlflowClient
 
     from looplab.core import load_config
@@ -363,6 +363,7 @@ def test_a_p99_above_its_slo_is_highlighted_and_reasons_are_whole(browser, app_u
     slo = float(load_config("parameters", env="test", root=project)["monitoring"]["slo"]["p99_latency_ms"])
     windows = monitoring_windows(count=6)
     windows.loc[5, "latency_p99_ms"] = slo * 1.5 + 0.125
+    windows.loc[2, "latency_p99_ms"] = slo * 1.25  # an older window missed it too
     decisions = decision_records(windows)
     long_reason = ("mae 45.3125 > evaluation 31.25 by 45.0% in 2 windows (threshold 20%); drift on 3 features: atemp, prediction, temp; "
                    "168 labelled rows of 168, the champion v1 trained until 2011-03-01")
@@ -386,17 +387,42 @@ def test_a_p99_above_its_slo_is_highlighted_and_reasons_are_whole(browser, app_u
         fired = page.locator("#looplab-decisions tr[data-fired='true']")
         assert long_reason in fired.inner_text()
         assert page.locator("tr.looplab-challenger .looplab-reason").inner_text().strip() == gate
+        assert_breaches_marked(page, windows, slo)
     finally:
         page.close()
     within = monitoring_windows(count=6)
     within.loc[5, "latency_p99_ms"] = slo * 0.5
+    within.loc[1, "latency_p99_ms"] = slo * 2  # only an older window missed it: the latest table is calm, the history is not
     set_conf(project, write_store(tmp_path / "within", within, drift_rows(within), decision_records(within)))
     page = open_dashboard(browser, app_url, "#looplab-latest")
     try:
         assert page.locator("#looplab-latest tr.looplab-breach").count() == 0
         assert f"SLO {slo:g} ms" in page.locator("#looplab-latest").inner_text()
+        assert_breaches_marked(page, within, slo)
     finally:
         page.close()
+
+
+def assert_breaches_marked(page, windows: pd.DataFrame, slo: float) -> None:
+    "Every window whose p99 is over `slo` — older ones too — is a highlighted row of the windows table and named under the timeline."
+    expected = windows.loc[windows["latency_p99_ms"] > slo, "window_start"]
+    assert len(expected) and expected.iloc[0] < windows["window_start"].iloc[-1], "the store needs an older breached window"
+    table = page.locator("#looplab-windows")
+    table.wait_for(state="visible")  # unfolded by itself: there are breaches to see
+    assert f"{len(expected)} over the p99 SLO of {slo:g} ms" in page.locator("details:has(#looplab-windows) summary").inner_text()
+    rows = table.locator("tbody tr")
+    assert rows.count() == len(windows)
+    marked = [rows.nth(index).locator("td").first.inner_text().strip() for index in range(rows.count())
+              if rows.nth(index).get_attribute("data-breach") == "true"]
+    assert marked == [f"{start:%Y-%m-%d}" for start in expected.iloc[::-1]]  # newest first, as the table is
+    breached = table.locator("tr.looplab-breach").first
+    colour = breached.evaluate("row => getComputedStyle(row).backgroundColor")
+    assert colour not in ("rgba(0, 0, 0, 0)", "transparent", "rgb(255, 255, 255)"), colour
+    calm = table.locator("tbody tr:not(.looplab-breach)").first.evaluate("row => getComputedStyle(row).backgroundColor")
+    assert calm != colour
+    described = page.locator("img#looplab-timeline").get_attribute("alt")
+    assert f"p99 latency above the SLO of {slo:g} ms" in described
+    assert all(f"{start:%Y-%m-%d}" in described for start in expected), described
 
 
 # --- Voila's kernels: culled when idle, capped in number ------------------------------------------

@@ -65,6 +65,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'looplab.dashboard.figure_html': ('dashboard.html#figure_html', 'looplab/dashboard.py'),
                                    'looplab.dashboard.latest_table': ('dashboard.html#latest_table', 'looplab/dashboard.py'),
                                    'looplab.dashboard.number': ('dashboard.html#number', 'looplab/dashboard.py'),
+                                   'looplab.dashboard.p99_over_slo': ('dashboard.html#p99_over_slo', 'looplab/dashboard.py'),
                                    'looplab.dashboard.page': ('dashboard.html#page', 'looplab/dashboard.py'),
                                    'looplab.dashboard.raw': ('dashboard.html#raw', 'looplab/dashboard.py'),
                                    'looplab.dashboard.read_store': ('dashboard.html#read_store', 'looplab/dashboard.py'),

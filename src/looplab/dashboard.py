@@ -19,8 +19,8 @@ from .monitoring import load_store, monitoring_settings
 
 # %% auto #0
 __all__ = ['OUTCOME_COLOURS', 'STYLE', 'EMPTY', 'StoreError', 'dashboard_settings', 'unreadable_files', 'read_store',
-           'registry_state', 'version_runs', 'timeline_figure', 'figure_html', 'number', 'raw', 'cell', 'latest_table',
-           'registry_html', 'champion_change', 'decisions_html', 'windows_html', 'page']
+           'registry_state', 'version_runs', 'p99_over_slo', 'timeline_figure', 'figure_html', 'number', 'raw', 'cell',
+           'latest_table', 'registry_html', 'champion_change', 'decisions_html', 'windows_html', 'page']
 
 # %% ../../notebooks/46_dashboard.ipynb #9f2be5ed
 class StoreError(Exception):
@@ -136,6 +136,17 @@ def version_runs(
     return runs
 
 # %% ../../notebooks/46_dashboard.ipynb #d1770169
+def p99_over_slo(
+    windows: pd.DataFrame,    # the store's windows
+    slo: dict | None = None,  # the service levels (`monitoring.slo`)
+) -> pd.Series:               # True for each window whose p99 latency is above `p99_latency_ms`
+    "Which windows missed the p99 latency service level (none without one; a missing p99 is no breach)."
+    limit = (slo or {}).get("p99_latency_ms")
+    if limit is None or "latency_p99_ms" not in windows:
+        return pd.Series(False, index=windows.index)
+    return windows["latency_p99_ms"].astype(float).gt(float(limit)).fillna(False)
+
+
 def timeline_figure(
     store: dict,   # `read_store`'s tables; at least one window
     config: dict,  # `dashboard_settings`
@@ -233,8 +244,10 @@ def timeline_figure(
     slo = config["slo"].get("p99_latency_ms")
     if slo is not None:
         latency_axis.axhline(float(slo), color="#d62728", ls="--", lw=1, label=f"SLO p99 {float(slo):g} ms")
-        over = windows["latency_p99_ms"] > float(slo)
-        if over.any():  # the windows that missed the service level, circled in red
+        over = p99_over_slo(windows, config["slo"])
+        if over.any():  # every window that missed the service level, not only the latest: shaded, its p99 circled in red
+            for start, end in zip(windows.loc[over, "window_start"], windows.loc[over, "window_end"], strict=True):
+                latency_axis.axvspan(start, end, color="#d62728", alpha=0.13, lw=0, gid="looplab-slo-breach")
             latency_axis.scatter(middle[over], windows.loc[over, "latency_p99_ms"], s=90, facecolors="none",
                                  edgecolors="#d62728", lw=2, zorder=3, label="p99 above the SLO")
     latency_axis.set_ylabel("latency (ms)")
@@ -427,17 +440,27 @@ def decisions_html(
 
 # %% ../../notebooks/46_dashboard.ipynb #b773c1ce
 def windows_html(
-    windows: pd.DataFrame,  # the store's windows, in time order
-    limit: int = 20,        # how many of the newest to show
+    windows: pd.DataFrame,    # the store's windows, in time order
+    limit: int = 20,          # how many of the newest to show
+    slo: dict | None = None,  # the service levels (`monitoring.slo`): a window with its p99 above `p99_latency_ms` is highlighted
 ) -> str:
-    "The newest windows as a table."
+    "The newest windows as a table; the windows over the p99 latency service level highlighted."
     columns = ["window_start", "window_end", "model_version", "predictions", "labelled", "mae", "baseline_mae",
                "evaluation_mae", "degradation", "drift_features", "latency_p50_ms", "latency_p99_ms", "note"]
     columns = [column for column in columns if column in windows.columns]
     shown = windows[columns].tail(limit).iloc[::-1]
-    return ("<details><summary>The last windows</summary>"
-            + shown.to_html(index=False, float_format=lambda v: format(v, ".4g"), na_rep="—", table_id="looplab-windows")
-            + "</details>")
+    table = shown.to_html(index=False, float_format=lambda v: format(v, ".4g"), na_rep="—", table_id="looplab-windows")
+    over = p99_over_slo(shown, slo)
+    if not over.any():
+        return f"<details><summary>The last windows</summary>{table}</details>"
+    limit_ms = float(slo["p99_latency_ms"])
+    breach = (f"<tr class='looplab-breach' data-breach='true' title='p99 latency above the SLO of {limit_ms:g} ms' "
+              "style='background:#fde8e6;color:#b00;font-weight:bold'>")
+    head, body = table.split("<tbody>", 1)
+    first, *rows = body.split("<tr>")  # one per window shown, in order
+    body = first + "".join((breach if missed else "<tr>") + row for missed, row in zip(over, rows, strict=True))
+    return (f"<details open><summary>The last windows — <span style='color:#b00;font-weight:bold'>{int(over.sum())} "
+            f"over the p99 SLO of {limit_ms:g} ms</span></summary>{head}<tbody>{body}</details>")
 
 # %% ../../notebooks/46_dashboard.ipynb #5779c51d
 STYLE = ("<style>.looplab-dashboard table{border-collapse:collapse}"
@@ -467,9 +490,12 @@ def page(
         return header + EMPTY.format(store=html.escape(str(config["store"]))) + registry_html(state, config["model_name"]) \
             + decisions_html(store["decisions"])
     figure = timeline_figure(store, config)
-    plot = figure_html(figure, "looplab-timeline", "MAE, drift p-values, retrainings, volume and latency per window")
+    over = windows.loc[p99_over_slo(windows, config["slo"]), "window_start"]
+    missed = (f"; p99 latency above the SLO of {float(config['slo']['p99_latency_ms']):g} ms in the window(s) starting "
+              + ", ".join(f"{start:%Y-%m-%d}" for start in over)) if len(over) else ""
+    plot = figure_html(figure, "looplab-timeline", "MAE, drift p-values, retrainings, volume and latency per window" + missed)
     return (header + plot
             + "<div style='display:flex;gap:40px;align-items:flex-start;margin-top:10px;flex-wrap:wrap'>"
             + f"<div>{latest_table(store, state, config['slo'])}</div><div>{registry_html(state, config['model_name'])}</div></div>"
             + f"<div style='margin-top:12px'>{decisions_html(store['decisions'])}</div>"
-            + f"<div style='margin-top:12px'>{windows_html(windows)}</div>")
+            + f"<div style='margin-top:12px'>{windows_html(windows, slo=config['slo'])}</div>")
