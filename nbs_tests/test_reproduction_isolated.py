@@ -128,6 +128,35 @@ def test_a_version_from_a_dirty_tree_is_not_vouched_for(history, tool):
     assert json.loads(looplab(history, "status", "--json").stdout)["models"][0]["aliases"]["champion"] == "1"
 
 
+def test_the_version_records_what_a_rebuild_needs(history, tmp_path):
+    import mlflow
+
+    from looplab.training import feature_definitions_hash, log_executed_notebook, schema_hash
+
+    project = history["project"]
+    version = next(version for version in json.loads(looplab(history, "status", "--json").stdout)["models"][0]["versions"]
+                   if version["version"] == "1")
+    tags, data_params = version["tags"], load_config(env="test", root=project)["data"]
+    assert (tags["code.commit"], tags["code.dirty"], tags["run.seed"]) == (history["first"], "false", "42")
+    assert len(tags["env.lock_hash"]) == 64 and {"data.validated.hash", "data.features.hash"} <= set(tags)
+    assert tags["data.schema.hash"] == schema_hash(data_params)
+    assert tags["data.feature_views.hash"] == feature_definitions_hash(data_params, project)
+    # The lab record's hash goes on the version too, when a run's executed notebook is logged.
+    notebook = tmp_path / "train.ipynb"
+    notebook.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}\n', encoding="utf-8")
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        log_executed_notebook(version["run_id"], notebook)
+        client = mlflow.MlflowClient()
+        digest = client.get_run(version["run_id"]).data.tags["notebook_sha256"]
+        assert client.get_model_version("bike-demand", "1").tags["run.notebook_sha256"] == digest
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
 def test_promote_verifies_by_default_in_prod():
     assert load_config("parameters", env="prod")["registry"]["promote_verify"] is True
     assert load_config("parameters")["registry"]["promote_verify"] is False

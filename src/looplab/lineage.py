@@ -130,6 +130,11 @@ def version_tags(
             "env.lock_hash": run_info.get("lock_hash") or "unknown"}
     if "git_dirty" in run_info:
         tags["code.dirty"] = json.dumps(run_info["git_dirty"])
+    if run_info.get("seed") is not None:
+        tags["run.seed"] = str(run_info["seed"])
+    for key, tag in (("schema_hash", "data.schema.hash"), ("feature_definitions_hash", "data.feature_views.hash")):
+        if run_info.get(key):
+            tags[tag] = run_info[key]
     for stage, record in dataset_records(run_info.get("data_versions")).items():
         tags[f"data.{stage}.version"] = record.get("version") or "not stored"
         tags[f"data.{stage}.hash"] = record.get("content_hash") or ""

@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'MODEL_FAMILIES', 'TASKS', 'TRAINING_OUTPUTS', 'PAPERMILL_VALUE_OPTIONS', 'TrainingDataError',
            'training_windows', 'random_split', 'demo_training_project', 'model_columns', 'load_training_data',
            'model_parameters', 'make_estimator', 'training_xy', 'fit_model', 'with_model_parameters', 'time_folds',
-           'search_model', 'train_model', 'train_evaluate_register', 'papermill_paths', 'papermill_output_path',
-           'log_executed_notebook']
+           'search_model', 'schema_hash', 'feature_definitions_hash', 'train_model', 'train_evaluate_register',
+           'papermill_paths', 'papermill_output_path', 'log_executed_notebook']
 
 # %% ../../notebooks/20_training.ipynb #9c46fb63
 class TrainingDataError(ValueError):
@@ -367,6 +367,29 @@ def search_model(
     logger.info("search: best of %d candidates %s (cv %s %.4g)", len(candidates), best["params"], metric, best["score"])
     return fit_model(train_set, data_params, with_model_parameters(training_params, best["params"])), candidates
 
+# %% ../../notebooks/20_training.ipynb #c07cf0f2
+def _sha256_of(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def schema_hash(
+    data_params: dict,  # the `data` parameters
+) -> str:               # SHA-256, hex
+    "SHA-256 of the schema the data was validated against (`data.validation.schema`, as canonical JSON)."
+    return _sha256_of((data_params.get("validation") or {}).get("schema") or {})
+
+
+def feature_definitions_hash(
+    data_params: dict,               # the `data` parameters
+    root: Path | str | None = None,  # project root of `data.features.repo_path`
+) -> str:                            # SHA-256, hex
+    "SHA-256 of what defines the Feast feature views: `data.features` (groups, lags, time-to-live) and the repository's files."
+    features = {key: value for key, value in data_params["features"].items() if key != "repo_path"}
+    repo = resolve_path(data_params["features"]["repo_path"], root)
+    files = {path.relative_to(repo).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+             for path in sorted(repo.rglob("*")) if path.is_file() and "__pycache__" not in path.parts}
+    return _sha256_of({"features": features, "groups": feature_groups(data_params), "files": files})
+
 # %% ../../notebooks/20_training.ipynb #57d67f87
 def _data_version_tags(data_versions: dict) -> dict[str, str]:
     tags = {}
@@ -402,6 +425,7 @@ def train_model(
     train_set, evaluation_set = load_training_data(data_params, training_params, root=root, validated_version=validated_version)
     windows = training_windows(training_params)
     commit, lock = git_commit(root), lock_hash(root)
+    definitions = {"schema_hash": schema_hash(data_params), "feature_definitions_hash": feature_definitions_hash(data_params, root)}
     search = bool((training_params.get("search") or {}).get("enabled"))
     if features is not None and len(features) and "features" in records and content_hash(features) != records["features"]["content_hash"]:
         logger.warning("train_model: the feature table differs from the one data_versions recorded")
@@ -434,6 +458,7 @@ def train_model(
         mlflow.set_tags({
             "git_commit": commit["commit"], "git_dirty": json.dumps(commit["dirty"]), "lock_hash": lock,
             "model_name": name, "train_set_hash": content_hash(train_set), "evaluation_set_hash": content_hash(evaluation_set),
+            **definitions,
             **_data_version_tags(data_versions),
         })
         if records:
@@ -452,7 +477,7 @@ def train_model(
             "data_versions": {record["stage"]: {"version": record.get("version"), "content_hash": record["content_hash"]}
                               for record in records.values()},
             "window": {key: str(value) for key, value in windows.items()},
-            "seed": int(training_params["seed"]),
+            "seed": int(training_params["seed"]), **definitions,
             "classes": np.asarray(model.classes_).tolist() if getattr(model, "classes_", None) is not None else None,
             "model_params": {**model_parameters(training_params), **(best["params"] if best else {})},
         }
@@ -538,5 +563,10 @@ def log_executed_notebook(
         return f"not logged: {where}"
     client = mlflow.MlflowClient()
     client.log_artifact(run_id, str(notebook), artifact_path="notebook")
-    client.set_tag(run_id, "notebook_sha256", hashlib.sha256(notebook.read_bytes()).hexdigest())  # which copy is the record
+    digest = hashlib.sha256(notebook.read_bytes()).hexdigest()
+    client.set_tag(run_id, "notebook_sha256", digest)  # which copy is the record
+    registered = client.get_run(run_id).data.tags.get("looplab.registered_version")
+    if registered:  # the version's own entry says which lab record made it
+        name, _, version = registered.rpartition("/")
+        client.set_model_version_tag(name, version, "run.notebook_sha256", digest)
     return f"logged {notebook.name} to run {run_id} under notebook/"
