@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+import yaml
 
 from looplab.core import load_config
 from looplab.monitoring import load_store
@@ -78,3 +79,47 @@ def test_the_window_is_compared_with_the_evaluation_and_the_class_prior(busy, to
     # the class-prior baseline: the most frequent class of the labels known before the window (its first nine days)
     before = busy["data"].loc[busy["data"]["timestamp"] < WEEK[0], "busy"].mode().iloc[0]
     assert window["baseline_error_rate"] == pytest.approx(float(np.mean(busy["week"]["busy"] != before)))
+
+
+LATER = ("2011-02-12", "2011-02-23")  # the days after the file `looplab init` was given: a window of them is due by the end
+
+
+@pytest.fixture(scope="module")
+def replayed(busy, tool, quiet_env):
+    "`looplab replay --env busy --data later.csv`: the twelve days after the environment's data, day by day through the loop."
+    project = busy["project"]
+    rides = demo_rides(load_config(root=project)["data"], root=project)
+    rides = rides[(rides["timestamp"] >= LATER[0]) & (rides["timestamp"] < pd.Timestamp(LATER[1]) + pd.Timedelta(days=1))]
+    later = rides.drop(columns=["casual", "registered"]).assign(busy=np.where(rides["bikers"] > 100, "Yes", "No")).drop(columns="bikers")
+    later.to_csv(project.parent / "later.csv", index=False)
+    # as `looplab init` says: its ranges are January's, widened by the user for the days still to come (the weather columns are 0–1)
+    conf = project / "conf" / "busy" / "parameters_data.yml"
+    parameters = yaml.safe_load(conf.read_text())
+    for spec in parameters["data"]["validation"]["schema"]["columns"].values():
+        if spec["dtype"] == "float64":
+            spec.update(min=0.0, max=1.0)
+    conf.write_text(yaml.safe_dump(parameters, sort_keys=False))
+    run = subprocess.run([tool("looplab"), "replay", "--env", "busy", "--data", str(project.parent / "later.csv"), "--no-progress"],
+                         cwd=project, env=quiet_env, capture_output=True, text=True, timeout=1200)
+    return {"run": run, "later": later}
+
+
+def test_the_replay_takes_a_file_of_days_for_an_environment(busy, replayed):
+    run = replayed["run"]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"replay {LATER[0]} – {LATER[1]}" in run.stdout and "  error rate: policy " in run.stdout, run.stdout
+    folder = busy["project"] / "data" / "busy" / "08_reporting" / "replay"  # beside the environment's monitoring store
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["task"] == "classification" and summary["requests"] == len(replayed["later"]), summary
+    # the policy's error rate, recomputed from the prediction log's answers for those hours and the file's labels
+    from looplab.monitoring import logged_predictions
+
+    logged, _ = logged_predictions(busy["project"] / "data" / "busy" / "07_model_output" / "predictions", "busy", "classification", "all")
+    answers = logged[logged["event_time"] >= LATER[0]].set_index("event_time")["prediction"]
+    labels = replayed["later"].assign(timestamp=pd.to_datetime(replayed["later"]["timestamp"])).set_index("timestamp")["busy"]
+    assert len(answers) == len(labels)
+    assert summary["policy_error_rate"] == pytest.approx(float((answers != labels.reindex(answers.index)).mean()))
+    assert "Error rate over the replay" in (folder / f"replay-{LATER[0]}-{LATER[1]}.html").read_text()
+    windows = load_store(root=busy["project"], env="busy")["windows"]
+    scored = windows[(windows["window_start"] >= "2011-02-07") & windows["error_rate"].notna()]
+    assert len(scored) >= 1, windows[["window_start", "predictions", "labelled", "error_rate", "note"]]

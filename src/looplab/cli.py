@@ -199,7 +199,7 @@ def status(env: str | None, as_json: bool) -> None:
 @cli.command()
 @click.argument("spec")
 @_ENV_OPTION
-@click.option("--tolerance", default=1e-6, show_default=True, help="Relative tolerance per metric.")
+@click.option("--tolerance", default=1e-6, show_default=True, help="Relative tolerance per metric (--isolated: none, exact).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @click.option("--isolated", is_flag=True,
               help="Rebuild with the recorded commit's code (a temporary git worktree) in a throwaway environment of the "
@@ -368,17 +368,21 @@ def _days(value: str) -> int:
     return int(text)
 
 
-def _replay(start, end, step_days: int | None, mode: str | None, url: str | None, progress: bool, env: str | None) -> dict:
+def _replay(start, end, step_days: int | None, mode: str | None, url: str | None, progress: bool, env: str | None,
+            data: Path | None = None) -> dict:
     "Run the replay and print its summary (shared by `looplab replay` and `looplab loop`)."
+    from looplab.replay import REPLAY_METRIC
     from looplab.replay import replay as run_replay
 
     try:
-        summary = run_replay(start, end, step_days, env=env, mode=mode, url=url, progress=progress)
+        summary = run_replay(start, end, step_days, env=env, mode=mode, url=url, progress=progress, data=data)
     except (RuntimeError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"replay {summary['start']} – {summary['end']}: {summary['days']} days in {summary['seconds']} s "
                f"({summary['days_per_second']} days/s), {summary['requests']} predictions")
-    click.echo(f"  MAE: policy {summary['policy_mae']:.2f} vs static {summary['static_mae']:.2f}; "
+    key, name = REPLAY_METRIC[summary["task"]]
+    digits = 2 if key == "mae" else 3
+    click.echo(f"  {name}: policy {summary[f'policy_{key}']:.{digits}f} vs static {summary[f'static_{key}']:.{digits}f}; "
                f"{summary['retrainings']} retraining(s), {summary['promotions']} promoted; "
                f"champion {summary['champion_start']} → {summary['champion_end']}; drift in {summary['drift_windows']} window(s)")
     click.echo(f"  report: {summary['report']}")
@@ -393,16 +397,21 @@ def _replay(start, end, step_days: int | None, mode: str | None, url: str | None
               help="Serve in this process, or through a running gateway (default: replay.mode).")
 @click.option("--url", default=None, help="The gateway for --mode http (default: replay.url).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--data", "data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A .csv or .parquet file of the days to replay, for an environment of your own data (default: replay.data).")
 @_ENV_OPTION
 def replay(start: str | None, end: str | None, step: str | None, mode: str | None, url: str | None,
-           no_progress: bool, env: str | None) -> None:
+           no_progress: bool, data: Path | None, env: str | None) -> None:
     """Backtest the closed loop day by day: land, ingest, serve, monitor, retrain; then report policy vs static."""
     from looplab.core import setup_logging
 
     setup_logging("WARNING")
     settings = load_config("parameters", env=env).get("replay") or {}
-    _replay(start or settings.get("start"), end or settings.get("end"), _days(step) if step else None, mode, url,
-            not no_progress, env)
+    defaults = {} if data else settings  # a file of days: from its first day to its last unless told
+    if not data and not ((start or settings.get("start")) and (end or settings.get("end"))):
+        raise click.UsageError("give --start and --end (or replay.start and replay.end in conf)")
+    _replay(start or defaults.get("start"), end or defaults.get("end"), _days(step) if step else None, mode, url,
+            not no_progress, env, data.resolve() if data else None)
 
 
 # `loop`, not `run`: Kedro adds this command group to its own project commands, and `kedro run` must stay Kedro's.

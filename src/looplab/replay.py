@@ -20,6 +20,7 @@ import pandas as pd
 from .core import DATA_LAYERS, Settings, catalog_config, configure_mlflow, find_project_root, load_config, mlflow_settings
 from .evaluation import figure_png, json_ready
 from .gateway import GatewayError, api_keys_for
+from .ingestion import arrives_untimed
 from .monitoring import due_labels, load_store, monitor_windows, monitoring_settings, window_of
 from .pipelines.data import create_pipeline
 from .registry import alias_version, load_model
@@ -31,9 +32,9 @@ from .versioning import load_version
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['MODES', 'replay_days', 'day_requests', 'InProcessServing', 'HttpServing', 'run_data_pipeline', 'quiet_kedro',
-           'window_line', 'compare_policy', 'episodes', 'plot_replay', 'report_html', 'replay', 'write_report',
-           'data_clock', 'days_left', 'generated_state', 'reset_project']
+__all__ = ['MODES', 'REPLAY_METRIC', 'replay_days', 'read_days', 'land_day', 'day_requests', 'InProcessServing', 'HttpServing',
+           'run_data_pipeline', 'quiet_kedro', 'window_line', 'row_errors', 'compare_policy', 'episodes', 'plot_replay',
+           'report_html', 'replay', 'write_report', 'data_clock', 'days_left', 'generated_state', 'reset_project']
 
 # %% ../../notebooks/44_replay.ipynb #972c55eb
 MODES = ("in_process", "http")
@@ -50,6 +51,37 @@ def replay_days(
     if int(step_days) < 1:
         raise ValueError(f"replay: step must be at least one day, got {step_days!r}")
     return list(pd.date_range(start, end, freq=f"{int(step_days)}D"))
+
+# %% ../../notebooks/44_replay.ipynb #5246dd70
+def read_days(path: Path) -> pd.DataFrame:
+    "The file of days to replay: a .csv or .parquet file."
+    if not path.is_file():
+        raise ValueError(f"replay: no file {path} (looplab replay --data FILE, or replay.data)")
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def land_day(
+    data_params: dict,     # the `data` parameters: `timestamp`, `sources.landing.path`
+    frame: pd.DataFrame,   # the user's days (`read_days`)
+    day: Any,              # the day to land
+    root: Path,            # project root
+) -> Path | None:          # the landing file (written, or already there); None when the day has no rows
+    "Land one day of the user's file in the environment's landing folder."
+    timestamp, landing = data_params["timestamp"], (data_params.get("sources") or {}).get("landing") or {}
+    if timestamp not in frame.columns:
+        raise ValueError(f"replay: the file has no column {timestamp!r} (data.timestamp)")
+    if not landing.get("path"):
+        raise ValueError("replay: the environment has no landing folder to land its days in (data.sources.landing.path)")
+    day = pd.Timestamp(day).normalize()
+    rows = frame[pd.to_datetime(frame[timestamp], errors="coerce").dt.normalize() == day]
+    if rows.empty:
+        return None
+    path = root / landing["path"] / f"replay-{day:%Y-%m-%d}.csv"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows.to_csv(path.with_suffix(".partial"), index=False)
+        path.with_suffix(".partial").replace(path)  # whole or not at all: ingestion never reads half a day
+    return path
 
 # %% ../../notebooks/44_replay.ipynb #d122e0fa
 def day_requests(
@@ -183,25 +215,41 @@ def window_line(window: dict[str, Any]) -> str:
     "One line on a monitored window, for the replay's output."
     start, end = pd.Timestamp(window["window_start"]), pd.Timestamp(window["window_end"]) - pd.Timedelta(days=1)
     numbers = (f"MAE {window['mae']:.1f} (baseline {window['baseline_mae']:.1f}, at evaluation {window['evaluation_mae']:.1f})"
-               if _finite(window.get("mae")) else (window.get("note") or "not scored"))
+               if _finite(window.get("mae")) else
+               f"error rate {window['error_rate']:.3f} (class prior {window['baseline_error_rate']:.3f}, at evaluation {window['evaluation_error_rate']:.3f})"
+               if _finite(window.get("error_rate")) else (window.get("note") or "not scored"))
     drift = f"drift on {window['drift_features']} feature(s)" if window.get("drift") else "no drift"
     return f"window {start:%m-%d}–{end:%m-%d}, version {window['model_version']}: {numbers}; {drift}"
 
 # %% ../../notebooks/44_replay.ipynb #cf1f6907
+# A task's replay metric: its key in the summary and the table, and its name on the page.
+REPLAY_METRIC = {"regression": ("mae", "MAE"), "classification": ("error_rate", "error rate")}
+
+
+def row_errors(predicted: pd.Series, labels: pd.Series, task: str) -> pd.Series:
+    "Each served row's error: a regressor's absolute error; a classifier's 1 for a wrong class, 0 for the right one."
+    if task == "regression":
+        return (predicted - labels).abs()
+    return (predicted.astype(str).to_numpy() != labels.astype(str).to_numpy()).astype(float)
+
+
 def compare_policy(
     served: pd.DataFrame,       # event_time, entity, prediction (the policy), static (the static model)
     labels: pd.DataFrame,       # `due_labels` at the end
     window_days: int,           # monitoring window length
     anchor: str,                # window anchor
-) -> pd.DataFrame:              # per window: rows, policy_mae, static_mae
-    "MAE per window of the served (policy) predictions and the static model's."
+    task: str = "regression",   # regression (MAE) | classification (error rate)
+) -> pd.DataFrame:              # per window: rows, policy_mae, static_mae (a classifier: policy_error_rate, static_error_rate)
+    "The error per window of the served (policy) predictions and the static model's."
+    key = REPLAY_METRIC[task][0]
     joined = served.merge(labels, on=["entity", "event_time"], how="inner")
     if joined.empty:
-        return pd.DataFrame(columns=["window_start", "rows", "policy_mae", "static_mae"])
+        return pd.DataFrame(columns=["window_start", "rows", f"policy_{key}", f"static_{key}"])
     joined["window_start"] = [window_of(time, window_days, anchor)[0] for time in joined["event_time"]]
-    joined["policy_error"] = (joined["prediction"] - joined["label"]).abs()
-    joined["static_error"] = (joined["static"] - joined["label"]).abs()
-    table = joined.groupby("window_start").agg(rows=("label", "size"), policy_mae=("policy_error", "mean"), static_mae=("static_error", "mean"))
+    joined["policy_error"] = row_errors(joined["prediction"], joined["label"], task)
+    joined["static_error"] = row_errors(joined["static"], joined["label"], task)
+    table = joined.groupby("window_start").agg(**{"rows": ("label", "size"), f"policy_{key}": ("policy_error", "mean"),
+                                                  f"static_{key}": ("static_error", "mean")})
     return table.reset_index()
 
 # %% ../../notebooks/44_replay.ipynb #c1d18af9
@@ -221,16 +269,22 @@ def episodes(windows: pd.DataFrame) -> list[dict[str, Any]]:
     return found
 
 # %% ../../notebooks/44_replay.ipynb #79c6fb24
-def plot_replay(comparison: pd.DataFrame, decisions: pd.DataFrame):
-    "MAE per window, policy against static, with the retrainings marked."
+def plot_replay(
+    comparison: pd.DataFrame,   # `compare_policy`
+    decisions: pd.DataFrame,    # the retraining decisions of the replay
+    task: str = "regression",   # which error the table holds
+    unit: str | None = None,    # the target's unit (`data.validation.schema.columns.<target>.unit`), for the axis
+):
+    "The error per window, policy against static, with the retrainings marked."
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 4), dpi=100)
-    axis.plot(comparison["window_start"], comparison["static_mae"], marker="o", color="#999999", label="static model (never retrained)")
-    axis.plot(comparison["window_start"], comparison["policy_mae"], marker="o", color="#1f77b4", label="policy (retrained by the trigger)")
+    key, name = REPLAY_METRIC[task]
+    axis.plot(comparison["window_start"], comparison[f"static_{key}"], marker="o", color="#999999", label="static model (never retrained)")
+    axis.plot(comparison["window_start"], comparison[f"policy_{key}"], marker="o", color="#1f77b4", label="policy (retrained by the trigger)")
     fired = decisions[decisions["fired"] == True] if len(decisions) else decisions  # noqa: E712
     for row in fired.itertuples():
         colour = {"promoted": "#2ca02c", "rejected": "#ff7f0e"}.get(row.outcome, "#d62728")
@@ -238,8 +292,8 @@ def plot_replay(comparison: pd.DataFrame, decisions: pd.DataFrame):
         axis.annotate(f"retrain: {row.outcome}", (pd.Timestamp(row.clock), axis.get_ylim()[1]), rotation=90, va="top", ha="right",
                       fontsize=8, color=colour)
     axis.set_xlabel("monitoring window (start)")
-    axis.set_ylabel("MAE (bikers per hour)")
-    axis.set_title("Replay: MAE per window, policy vs static model")
+    axis.set_ylabel(f"{name} ({unit})" if unit and task == "regression" else name)
+    axis.set_title(f"Replay: {name} per window, policy vs static model")
     axis.legend(loc="upper left")
     axis.grid(alpha=0.3)
     figure.autofmt_xdate()
@@ -256,15 +310,17 @@ def report_html(summary: dict, comparison: pd.DataFrame, decisions: pd.DataFrame
     rows = "".join(f"<tr><td>{html.escape(str(row.clock))[:10]}</td><td>{html.escape('; '.join(row.reasons or []))}</td>"
                    f"<td>{html.escape(str(row.outcome))}</td><td>{row.champion_before} → {row.champion_after}</td></tr>" for row in fired.itertuples())
     table = comparison.assign(window_start=comparison["window_start"].astype(str).str[:10]).round(2).to_html(index=False, border=0)
+    key, name = REPLAY_METRIC[summary.get("task", "regression")]
+    digits = 2 if key == "mae" else 3
     episode_rows = "".join(f"<li>{item['start']} – {item['end']}: {item['windows']} window(s), up to {item['max_features']} drifted feature(s)</li>"
                            for item in summary["drift_episodes"]) or "<li>none</li>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>looplab replay {summary['start']} – {summary['end']}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{padding:.2em .8em;border-bottom:1px solid #ddd}}</style></head>
 <body><h1>Replay {summary['start']} – {summary['end']}</h1>
-<p>{summary['days']} days, {summary['requests']} hourly predictions. MAE over the replay: policy <b>{summary['policy_mae']:.2f}</b>,
-static model <b>{summary['static_mae']:.2f}</b>. Retrainings: {summary['retrainings']} ({summary['promotions']} promoted).
+<p>{summary['days']} days, {summary['requests']} predictions. {name[0].upper() + name[1:]} over the replay: policy <b>{summary[f'policy_{key}']:.{digits}f}</b>,
+static model <b>{summary[f'static_{key}']:.{digits}f}</b>. Retrainings: {summary['retrainings']} ({summary['promotions']} promoted).
 Champion at the start: version {summary['champion_start']}, at the end: version {summary['champion_end']}.</p>
-<img alt="MAE per window, policy vs static" src="data:image/png;base64,{base64.b64encode(image_png).decode()}">
+<img alt="{name} per window, policy vs static" src="data:image/png;base64,{base64.b64encode(image_png).decode()}">
 <h2>Retrainings</h2><table><tr><th>when</th><th>why</th><th>outcome</th><th>champion</th></tr>{rows}</table>
 <h2>Drift episodes</h2><ul>{episode_rows}</ul>
 <h2>Per window</h2>{table}</body></html>"""
@@ -278,6 +334,7 @@ def replay(
     mode: str | None = None,            # in_process | http; conf `replay.mode` when None
     url: str | None = None,             # the gateway for http mode; conf `replay.url` when None
     progress: bool = True,              # show a progress bar
+    data: Path | str | None = None,     # the file of days to replay (not the demo's data); conf `replay.data` when None
 ) -> dict[str, Any]:                    # the summary (also in the report)
     "Replay the loop over [start, end] and report policy against static."
     from threadpoolctl import threadpool_limits
@@ -291,8 +348,20 @@ def replay(
     mode = mode or settings.get("mode", "in_process")
     if mode not in MODES:
         raise ValueError(f"replay.mode must be one of {', '.join(MODES)}, got {mode!r}")
-    days = replay_days(start, end, step_days)
     data_params, training_params = parameters["data"], parameters["training"]
+    task, source = training_params.get("task", "regression"), data or settings.get("data")
+    if arrives_untimed(data_params):
+        raise ValueError("replay: the data has no time of its own (data.event_time: arrival), so it has no days to replay")
+    if source is None and not (data_params.get("demo") or {}).get("enabled"):
+        raise ValueError("replay: this environment's data is not the bundled demo's: give the file of days to replay "
+                         "(looplab replay --data FILE, or replay.data)")
+    future = read_days(root / source) if source is not None else None
+    if future is not None and (start is None or end is None):  # the file's own days unless told
+        times = pd.to_datetime(future[data_params["timestamp"]], errors="coerce").dropna()
+        if times.empty:
+            raise ValueError(f"replay: the file has no times in its column {data_params['timestamp']!r} (data.timestamp)")
+        start, end = start or f"{times.min():%Y-%m-%d}", end or f"{times.max():%Y-%m-%d}"
+    days = replay_days(start, end, step_days)
     monitoring = monitoring_settings(parameters, root)
     name = monitoring["model_name"]
     configure_mlflow(env, root)
@@ -309,7 +378,7 @@ def replay(
             for offset in range(step_days):
                 day = first + pd.Timedelta(days=offset)
                 if day <= pd.Timestamp(end):
-                    replay_day(data_params, f"{day:%Y-%m-%d}", root)
+                    replay_day(data_params, f"{day:%Y-%m-%d}", root) if future is None else land_day(data_params, future, day, root)
             try:
                 catalog = run_data_pipeline(root, env, parameters)
             except Exception as error:
@@ -342,9 +411,9 @@ def replay(
     elapsed = time.perf_counter() - started
     served = pd.concat(served_rows, ignore_index=True) if served_rows else pd.DataFrame(columns=["event_time", "entity", "prediction", "static"])
     final_now = days[-1] + pd.Timedelta(days=step_days)
-    labels = due_labels(validated, data_params, final_now + pd.Timedelta(hours=monitoring["label_delay_hours"]), monitoring["label_delay_hours"])
+    labels = due_labels(validated, data_params, final_now + pd.Timedelta(hours=monitoring["label_delay_hours"]), monitoring["label_delay_hours"], task)
     store = load_store(store_path=monitoring["store_path"])
-    comparison = compare_policy(served, labels, monitoring["window_days"], monitoring["window_anchor"])
+    comparison = compare_policy(served, labels, monitoring["window_days"], monitoring["window_anchor"], task)
     clock = pd.to_datetime(store["decisions"]["clock"], errors="coerce") if len(store["decisions"]) else pd.Series(dtype="datetime64[ns]")
     decisions = store["decisions"][(clock >= days[0]) & (clock <= final_now)] if len(store["decisions"]) else store["decisions"]
     fired = decisions[decisions["fired"] == True] if len(decisions) else decisions  # noqa: E712
@@ -352,26 +421,30 @@ def replay(
     summary = {
         "start": f"{days[0]:%Y-%m-%d}", "end": f"{pd.Timestamp(end):%Y-%m-%d}", "days": len(days) * step_days, "requests": len(served),
         "seconds": round(elapsed, 1), "days_per_second": round(len(days) * step_days / elapsed, 3) if elapsed else math.nan,
-        "policy_mae": float((scored["prediction"] - scored["label"]).abs().mean()) if len(scored) else math.nan,
-        "static_mae": float((scored["static"] - scored["label"]).abs().mean()) if len(scored) else math.nan,
+        "task": task, "metric": REPLAY_METRIC[task][1],
+        **{f"{who}_{REPLAY_METRIC[task][0]}": float(row_errors(scored[column], scored["label"], task).mean()) if len(scored) else math.nan
+           for who, column in (("policy", "prediction"), ("static", "static"))},
+        "unit": ((data_params.get("validation") or {}).get("schema", {}).get("columns", {}).get(data_params["target"]) or {}).get("unit"),
         "retrainings": int(len(fired)), "promotions": int((fired["outcome"] == "promoted").sum()) if len(fired) else 0,
         "champion_start": champion_start, "champion_end": alias_version(name, "champion"),
         "windows": int(len(store["windows"])), "drift_windows": int(store["windows"]["drift"].fillna(False).astype(bool).sum()) if len(store["windows"]) else 0,
         "drift_episodes": episodes(store["windows"][store["windows"]["window_start"] >= days[0] - pd.Timedelta(days=monitoring["window_days"])]) if len(store["windows"]) else [],
     }
-    summary["report"] = str(write_report(summary, comparison, decisions, root, env))
+    summary["report"] = str(write_report(summary, comparison, decisions, root, env, Path(monitoring["store_path"]).parent / "replay"))
     return summary
 
 # %% ../../notebooks/44_replay.ipynb #aa646c1b
-def write_report(summary: dict, comparison: pd.DataFrame, decisions: pd.DataFrame, root: Path, env: str | None) -> Path:
-    "Write the replay report under data/08_reporting/replay/ and log it to MLflow (experiment monitoring)."
+def write_report(summary: dict, comparison: pd.DataFrame, decisions: pd.DataFrame, root: Path, env: str | None,
+                 folder: Path | None = None) -> Path:
+    "Write the replay report into `folder` (data/08_reporting/replay/ when None) and log it to MLflow (experiment monitoring)."
     import json
 
     import mlflow
 
-    folder = root / "data" / "08_reporting" / "replay"
+    folder = folder or root / "data" / "08_reporting" / "replay"
     folder.mkdir(parents=True, exist_ok=True)
-    figure = plot_replay(comparison, decisions)
+    task = summary.get("task", "regression")
+    figure = plot_replay(comparison, decisions, task, summary.get("unit"))
     image = figure_png(figure)
     (folder / "replay.png").write_bytes(image)
     path = folder / f"replay-{summary['start']}-{summary['end']}.html"
@@ -380,7 +453,8 @@ def write_report(summary: dict, comparison: pd.DataFrame, decisions: pd.DataFram
     comparison.to_csv(folder / "comparison.csv", index=False)
     configure_mlflow(env, root, experiment="monitoring")
     with mlflow.start_run(run_name=f"replay {summary['start']} – {summary['end']}"):
-        mlflow.log_metrics({key: float(summary[key]) for key in ("policy_mae", "static_mae", "retrainings", "promotions", "days",
+        metric = REPLAY_METRIC[task][0]
+        mlflow.log_metrics({key: float(summary[key]) for key in (f"policy_{metric}", f"static_{metric}", "retrainings", "promotions", "days",
                                                                   "requests", "days_per_second", "drift_windows") if _finite(summary[key])})
         mlflow.log_params({"start": summary["start"], "end": summary["end"], "champion_start": summary["champion_start"]})
         mlflow.log_artifact(str(path), "replay")
