@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,3 +124,15 @@ def test_the_replay_takes_a_file_of_days_for_an_environment(busy, replayed):
     windows = load_store(root=busy["project"], env="busy")["windows"]
     scored = windows[(windows["window_start"] >= "2011-02-07") & windows["error_rate"].notna()]
     assert len(scored) >= 1, windows[["window_start", "predictions", "labelled", "error_rate", "note"]]
+
+
+def test_the_dashboard_shows_a_classifier_s_error_rates(busy, replayed, tool, quiet_env):
+    "The monitoring dashboard's page for the environment (built in a process of its own, as the Voila app does)."
+    script = "import sys; from looplab.dashboard import page; print(page(sys.argv[1], 'busy'))"
+    shown = subprocess.run([str(Path(tool("python"))), "-c", script, str(busy["project"])], cwd=busy["project"], env=quiet_env,
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    page = shown.stdout
+    assert "looplab-error" not in page, page[:2000]
+    assert "data-field='error_rate'" in page and "evaluation accuracy" in page and "<th>error_rate</th>" in page, page[:3000]
+    assert "data-field='mae'" not in page and "alt='error rate, drift p-values" in page

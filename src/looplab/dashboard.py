@@ -18,7 +18,7 @@ from .core import figure_png, load_config, mlflow_settings, new_figure
 from .monitoring import load_store, monitoring_settings
 
 # %% auto #0
-__all__ = ['OUTCOME_COLOURS', 'STYLE', 'EMPTY', 'StoreError', 'dashboard_settings', 'unreadable_files', 'read_store',
+__all__ = ['OUTCOME_COLOURS', 'ERRORS', 'STYLE', 'EMPTY', 'StoreError', 'dashboard_settings', 'unreadable_files', 'read_store',
            'registry_state', 'version_runs', 'p99_over_slo', 'timeline_figure', 'figure_html', 'number', 'raw', 'cell',
            'latest_table', 'registry_html', 'champion_change', 'decisions_html', 'windows_html', 'page']
 
@@ -30,19 +30,23 @@ class StoreError(Exception):
 def dashboard_settings(
     root: Path | str,        # the project root
     env: str | None = None,  # config environment; `local` when None
-) -> dict:                   # {model_name, store, slo, policy, p_value}
+) -> dict:                   # {model_name, store, slo, policy, p_value, task, target}
     "The dashboard's settings from conf: the model, the store folder, the SLO and the retraining policy."
     parameters = load_config("parameters", env=env, root=root)
     try:
         monitoring = monitoring_settings(parameters, root)
     except ValueError as error:
         raise StoreError(f"{error} (conf/base/parameters_monitoring.yml)") from None
+    data = parameters.get("data") or {}
+    spec = ((data.get("validation") or {}).get("schema") or {}).get("columns", {}).get(data.get("target")) or {}
     return {
         "model_name": monitoring["model_name"],
         "store": Path(monitoring["store_path"]).resolve(),
         "slo": monitoring.get("slo") or {},
         "policy": (parameters.get("retraining") or {}).get("policy") or {},
         "p_value": (monitoring.get("drift") or {}).get("p_value"),
+        "task": monitoring["task"],
+        "target": " ".join(part for part in (spec.get("label"), spec.get("unit")) if part) or data.get("target"),
     }
 
 # %% ../../notebooks/46_dashboard.ipynb #8f8ff816
@@ -121,6 +125,13 @@ def registry_state(
 
 # %% ../../notebooks/46_dashboard.ipynb #801560db
 OUTCOME_COLOURS = {"promoted": "#2ca02c", "rejected": "#ff7f0e", "failed": "#d62728", "running": "#1f77b4", None: "#7f7f7f"}
+# A window's error by task: the store's columns for the model, its baseline and its evaluation, and their names.
+ERRORS = {
+    "regression": {"value": "mae", "baseline": "baseline_mae", "evaluation": "evaluation_mae", "name": "MAE",
+                   "baseline_name": "seasonal-naive baseline"},
+    "classification": {"value": "error_rate", "baseline": "baseline_error_rate", "evaluation": "evaluation_error_rate",
+                       "name": "error rate", "baseline_name": "class-prior baseline"},
+}
 
 
 def version_runs(
@@ -183,16 +194,21 @@ def timeline_figure(
                       ha="center", va="bottom", fontsize=9, color="#333")
 
     # MAE against the baseline and the evaluation, with the policy's degradation threshold
-    mae_axis.plot(middle, windows["mae"], "o-", color="#1f77b4", lw=2, label="model MAE")
-    mae_axis.plot(middle, windows["baseline_mae"], "s--", color="#7f7f7f", label="seasonal-naive baseline MAE")
-    mae_axis.hlines(windows["evaluation_mae"], windows["window_start"], windows["window_end"], colors="#2ca02c",
-                    linestyles=":", lw=2, label="evaluation MAE (serving version)")
+    error = ERRORS[config.get("task", "regression")]
+    for column in (error["value"], error["baseline"], error["evaluation"]):
+        if column not in windows:  # a store written before the column existed
+            windows = windows.assign(**{column: math.nan})
+    mae_axis.plot(middle, windows[error["value"]], "o-", color="#1f77b4", lw=2, label=f"model {error['name']}")
+    mae_axis.plot(middle, windows[error["baseline"]], "s--", color="#7f7f7f", label=f"{error['baseline_name']} {error['name']}")
+    mae_axis.hlines(windows[error["evaluation"]], windows["window_start"], windows["window_end"], colors="#2ca02c",
+                    linestyles=":", lw=2, label=f"evaluation {error['name']} (serving version)")
     degradation = config["policy"].get("degradation")
     if degradation is not None:
-        mae_axis.hlines(windows["evaluation_mae"] * (1 + float(degradation)), windows["window_start"], windows["window_end"],
+        mae_axis.hlines(windows[error["evaluation"]] * (1 + float(degradation)), windows["window_start"], windows["window_end"],
                         colors="#d62728", linestyles=(0, (1, 3)), lw=1.2,
                         label=f"retraining threshold (evaluation + {float(degradation):.0%})")
-    mae_axis.set_ylabel("MAE (bikers / hour)")
+    target = config.get("target") if error["value"] == "mae" else None
+    mae_axis.set_ylabel(f"{error['name']} ({target})" if target else error["name"])
     mae_axis.set_ylim(bottom=0)
     mae_axis.set_title("Error per window: model vs baseline vs evaluation", loc="left", fontsize=10)
 
@@ -343,10 +359,12 @@ def latest_table(
     store: dict,  # `read_store`'s tables; at least one window
     state: dict,  # `registry_state`
     slo: dict | None = None,  # the service levels (`monitoring.slo`): a p99 latency above `p99_latency_ms` is highlighted
+    task: str = "regression", # which error the windows hold (`ERRORS`)
 ) -> str:
     "The latest window's numbers as an HTML table; a latency over its service level highlighted."
     windows, drift = store["windows"], store["drift"]
-    latest = windows.iloc[-1]
+    latest, error = windows.iloc[-1], ERRORS[task]
+    value, baseline, evaluation = (latest.get(error[key], math.nan) for key in ("value", "baseline", "evaluation"))
     limit = (slo or {}).get("p99_latency_ms")
     over = limit is not None and pd.notna(latest["latency_p99_ms"]) and float(latest["latency_p99_ms"]) > float(limit)
     in_window = drift[(drift["window_start"] == latest["window_start"]) & (drift["window_end"] == latest["window_end"])]
@@ -359,9 +377,9 @@ def latest_table(
         cell("predictions", "predictions", number(int(latest["predictions"])), int(latest["predictions"])),
         cell("labelled", "labelled rows", number(int(latest["labelled"])), int(latest["labelled"]),
              f"{int(latest['missing_labels'])} label(s) missing" if pd.notna(latest["missing_labels"]) else ""),
-        cell("mae", "MAE", number(latest["mae"]), latest["mae"], "" if pd.notna(latest["mae"]) else "no labels yet"),
-        cell("baseline_mae", "baseline MAE (seasonal naive)", number(latest["baseline_mae"]), latest["baseline_mae"]),
-        cell("evaluation_mae", "evaluation MAE", number(latest["evaluation_mae"]), latest["evaluation_mae"]),
+        cell(error["value"], error["name"], number(value), value, "" if pd.notna(value) else "no labels yet"),
+        cell(error["baseline"], f"{error['name']} of the {error['baseline_name']}", number(baseline), baseline),
+        cell(error["evaluation"], f"evaluation {error['name']}", number(evaluation), evaluation),
         cell("degradation", "degradation vs evaluation",
              "—" if pd.isna(degradation) else f"{float(degradation):+.1%}", degradation),
         cell("drift_features", "drifted features", number(int(latest["drift_features"])), int(latest["drift_features"]),
@@ -383,10 +401,12 @@ def latest_table(
 def registry_html(
     state: dict,      # `registry_state`
     model_name: str,  # the registered model
+    task: str = "regression",  # a regressor's evaluation MAE, a classifier's accuracy
 ) -> str:
     "Champion and challenger with their evaluation metrics, or the note saying the registry is unreachable."
     note = (f"<div id='looplab-registry-note' class='looplab-registry-note' data-source='{state['source']}' "
             f"style='color:{'#555' if state['source'] == 'registry' else '#b00'};margin:4px 0'>{html.escape(state['note'] or '')}</div>")
+    metric, name = ("mae", "MAE") if task == "regression" else ("accuracy", "accuracy")
     rows = []
     for role in ("champion", "challenger"):
         version = state.get(role)
@@ -396,13 +416,13 @@ def registry_html(
             f"<tr class='looplab-{role}' data-role='{role}' data-version='{html.escape(version or '')}'>"
             f"<td>{role}</td><td>{html.escape('v' + version if version else 'none')}</td>"
             f"<td>{html.escape((facts.get('created') or '—')[:19])}</td>"
-            f"<td style='text-align:right'>{number(metrics.get('mae'))}</td>"
-            f"<td style='text-align:right'>{number(metrics.get('baseline_mae'))}</td>"
+            f"<td style='text-align:right'>{number(metrics.get(metric))}</td>"
+            f"<td style='text-align:right'>{number(metrics.get(f'baseline_{metric}'))}</td>"
             f"<td class='looplab-reason' style='max-width:460px;white-space:normal'>"
             f"{html.escape(str(facts.get('tags', {}).get('gate.reason', '')))}</td></tr>")
     return (f"<table id='looplab-registry' class='looplab-registry' data-source='{state['source']}' style='font-size:14px'>"
             f"<caption style='text-align:left;font-weight:bold'>{html.escape(model_name)}: champion / challenger</caption>"
-            "<tr><th>alias</th><th>version</th><th>registered</th><th>evaluation MAE</th><th>baseline MAE</th><th>gate</th></tr>"
+            f"<tr><th>alias</th><th>version</th><th>registered</th><th>evaluation {name}</th><th>baseline {name}</th><th>gate</th></tr>"
             + "".join(rows) + "</table>" + note)
 
 # %% ../../notebooks/46_dashboard.ipynb #61759fa9
@@ -443,10 +463,12 @@ def windows_html(
     windows: pd.DataFrame,    # the store's windows, in time order
     limit: int = 20,          # how many of the newest to show
     slo: dict | None = None,  # the service levels (`monitoring.slo`): a window with its p99 above `p99_latency_ms` is highlighted
+    task: str = "regression", # which error the windows hold (`ERRORS`)
 ) -> str:
     "The newest windows as a table; the windows over the p99 latency service level highlighted."
-    columns = ["window_start", "window_end", "model_version", "predictions", "labelled", "mae", "baseline_mae",
-               "evaluation_mae", "degradation", "drift_features", "latency_p50_ms", "latency_p99_ms", "note"]
+    error = ERRORS[task]
+    columns = ["window_start", "window_end", "model_version", "predictions", "labelled", error["value"], error["baseline"],
+               error["evaluation"], "degradation", "drift_features", "latency_p50_ms", "latency_p99_ms", "note"]
     columns = [column for column in columns if column in windows.columns]
     shown = windows[columns].tail(limit).iloc[::-1]
     table = shown.to_html(index=False, float_format=lambda v: format(v, ".4g"), na_rep="—", table_id="looplab-windows")
@@ -487,15 +509,16 @@ def page(
     windows = store["windows"]
     state = registry_state(config["model_name"], windows, store["decisions"], root, env)
     if not len(windows):
-        return header + EMPTY.format(store=html.escape(str(config["store"]))) + registry_html(state, config["model_name"]) \
+        return header + EMPTY.format(store=html.escape(str(config["store"]))) + registry_html(state, config["model_name"], config["task"]) \
             + decisions_html(store["decisions"])
     figure = timeline_figure(store, config)
     over = windows.loc[p99_over_slo(windows, config["slo"]), "window_start"]
     missed = (f"; p99 latency above the SLO of {float(config['slo']['p99_latency_ms']):g} ms in the window(s) starting "
               + ", ".join(f"{start:%Y-%m-%d}" for start in over)) if len(over) else ""
-    plot = figure_html(figure, "looplab-timeline", "MAE, drift p-values, retrainings, volume and latency per window" + missed)
+    plot = figure_html(figure, "looplab-timeline", f"{ERRORS[config['task']]['name']}, drift p-values, retrainings, volume and latency per window" + missed)
     return (header + plot
             + "<div style='display:flex;gap:40px;align-items:flex-start;margin-top:10px;flex-wrap:wrap'>"
-            + f"<div>{latest_table(store, state, config['slo'])}</div><div>{registry_html(state, config['model_name'])}</div></div>"
+            + f"<div>{latest_table(store, state, config['slo'], config['task'])}</div>"
+            + f"<div>{registry_html(state, config['model_name'], config['task'])}</div></div>"
             + f"<div style='margin-top:12px'>{decisions_html(store['decisions'])}</div>"
-            + f"<div style='margin-top:12px'>{windows_html(windows, slo=config['slo'])}</div>")
+            + f"<div style='margin-top:12px'>{windows_html(windows, slo=config['slo'], task=config['task'])}</div>")
