@@ -53,7 +53,7 @@ def pytest_configure(config):
 LONGEST_FIRST = (
     "test_monitoring.py", "test_scale_postgres.py", "test_training_pipeline.py", "test_serving.py", "test_benchmarks.py",
     "test_serve_gateway.py", "test_drift.py", "test_app_monitoring.py", "test_app_serving.py", "test_second_dataset_training.py",
-    "test_scale_redis.py", "test_serving_load.py", "test_scale_dask.py", "test_settings.py",
+    "test_scale_redis.py", "test_serving_load.py", "test_scale_dask.py", "test_settings.py", "test_reproduction_isolated.py",
 )
 
 

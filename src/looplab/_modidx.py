@@ -523,6 +523,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'looplab.reproduction.compare_predictions': ( 'reproduction.html#compare_predictions',
                                                                                     'looplab/reproduction.py'),
                                       'looplab.reproduction.difference': ('reproduction.html#difference', 'looplab/reproduction.py'),
+                                      'looplab.reproduction.environment_differences': ( 'reproduction.html#environment_differences',
+                                                                                        'looplab/reproduction.py'),
                                       'looplab.reproduction.environment_route': ( 'reproduction.html#environment_route',
                                                                                   'looplab/reproduction.py'),
                                       'looplab.reproduction.format_reproduction': ( 'reproduction.html#format_reproduction',

@@ -35,8 +35,9 @@ _logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['CHAMPION_METRIC_MARKERS', 'UV_CACHE', 'RUNNER_MARK', 'ISOLATED_RUNNER', 'ReproductionError', 'read_record',
            'temporary_feature_store', 'compare_metrics', 'model_metrics', 'reproduced_metrics', 'unflatten_params',
-           'vouch_reason', 'checkout_commit', 'remove_checkout', 'environment_route', 'build_environment',
-           'compare_predictions', 'run_isolated', 'rebuild_isolated', 'reproduce', 'format_reproduction', 'difference']
+           'vouch_reason', 'checkout_commit', 'remove_checkout', 'environment_differences', 'environment_route',
+           'build_environment', 'compare_predictions', 'run_isolated', 'rebuild_isolated', 'reproduce',
+           'format_reproduction', 'difference']
 
 # %% ../../notebooks/23_reproduction.ipynb #7af7bedd
 class ReproductionError(RegistryError):
@@ -224,14 +225,47 @@ def remove_checkout(root: Path, folder: Path) -> None:
 UV_CACHE = "data/.cache/uv"  # uv's package cache, inside the project's git-ignored data folder
 
 
+def environment_differences(
+    lock: Path,  # a requirements.lock of exact pins
+) -> list[str]:  # one line per pin the running environment does not honour
+    "Where the running environment differs from `lock`: missing packages and other versions (pins for other platforms skipped)."
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    differences = []
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        pin = Requirement(line)
+        if pin.marker is not None and not pin.marker.evaluate():
+            continue
+        wanted = next(iter(pin.specifier)).version
+        try:
+            installed = distribution(pin.name).version
+        except PackageNotFoundError:
+            differences.append(f"{pin.name} {wanted} is not installed")
+            continue
+        if Version(installed) != Version(wanted):
+            differences.append(f"{pin.name} {installed} installed, {wanted} locked")
+    return differences
+
+
 def environment_route(
-    recorded_lock: str,  # the lock hash the run recorded
-    current_lock: str,   # the hash of the lock the current environment was installed from
-) -> tuple[str, str]:    # ("shared" or "lock", why, in words)
+    recorded_lock: str,             # the lock hash the run recorded
+    current_lock: str,              # the hash of the current project's lock
+    differences: list[str] = (),    # where the running environment differs from the current lock (`environment_differences`)
+) -> tuple[str, str]:               # ("shared" or "lock", why, in words)
     "How the throwaway environment gets the recorded lock."
+    if recorded_lock == current_lock and not differences:
+        return "shared", (f"the recorded lock {recorded_lock[:12]} is the current environment's lock (every pin installed), so the "
+                          "throwaway environment reads the current environment's packages and gets only the recorded commit's looplab")
     if recorded_lock == current_lock:
-        return "shared", (f"the recorded lock {recorded_lock[:12]} is the current environment's lock, so the throwaway "
-                          "environment reads the current environment's packages and gets only the recorded commit's looplab")
+        return "lock", (f"the recorded lock {recorded_lock[:12]} is the current project's, but the running environment differs from it "
+                        f"({len(differences)} package(s): {'; '.join(differences[:3])}), so uv installs the recorded commit's "
+                        f"requirements.lock (--no-deps, from its cache in {UV_CACHE} where it can)")
     return "lock", (f"the recorded lock {recorded_lock[:12]} differs from the current environment's {current_lock[:12]}, so uv "
                     f"installs the recorded commit's requirements.lock (--no-deps, from its cache in {UV_CACHE} where it can)")
 
@@ -435,7 +469,9 @@ def rebuild_isolated(
     if reason:
         raise ReproductionError(f"cannot vouch for {what}: {reason}")
     commit, recorded_lock = run_info["git_commit"], run_info["lock_hash"]
-    route, why = environment_route(recorded_lock, training.lock_hash(root))
+    current_lock = training.lock_hash(root)
+    differences = environment_differences(root / "requirements.lock") if current_lock == recorded_lock else []
+    route, why = environment_route(recorded_lock, current_lock, differences)
     folder, seconds = Path(tempfile.mkdtemp(prefix="looplab-isolated-")), {}
     checkout, environment = folder / "checkout", folder / "environment"
     try:
