@@ -478,23 +478,24 @@ def rebuild_isolated(
         started = time.monotonic()
         say(f"checking out commit {commit[:12]} into a temporary git worktree")
         checkout_commit(root, commit, checkout)
-        found_lock = training.lock_hash(checkout)
+        project = checkout / _git(root, "rev-parse", "--show-prefix")  # the project may be a folder of a larger repository
+        found_lock = training.lock_hash(project)
         if found_lock != recorded_lock:
             raise ReproductionError(f"cannot vouch for {what}: requirements.lock at commit {commit[:12]} hashes "
                                     f"{found_lock[:12]}, its run recorded {recorded_lock[:12]}")
         seconds["checkout"] = round(time.monotonic() - started, 2)
         say(f"building a throwaway environment with uv, route {route}: {why}")
         started = time.monotonic()
-        python = build_environment(checkout, environment, route, root)
+        python = build_environment(project, environment, route, root)
         seconds["environment"] = round(time.monotonic() - started, 2)
         say(f"rebuilding with the looplab of commit {commit[:12]}")
         started = time.monotonic()
-        request = {"name": version.name, "version": str(version.version), "checkout": str(checkout), "root": str(root),
-                   "record": _feature_repo_of(record, checkout), "training_params": training_params,
+        request = {"name": version.name, "version": str(version.version), "checkout": str(project), "root": str(root),
+                   "record": _feature_repo_of(record, project), "training_params": training_params,
                    "evaluation_params": evaluation_params,
                    "tracking": {"tracking_uri": client.tracking_uri,
                                 "registry_uri": getattr(client, "_registry_uri", None) or client.tracking_uri}}
-        answer = run_isolated(python, checkout, request, folder, say, timeout=timeout, env=env)
+        answer = run_isolated(python, project, request, folder, say, timeout=timeout, env=env)
         seconds["rebuild"] = round(time.monotonic() - started, 2)
     finally:
         if keep:
