@@ -124,6 +124,11 @@ def test_the_replay_takes_a_file_of_days_for_an_environment(busy, replayed):
     windows = load_store(root=busy["project"], env="busy")["windows"]
     scored = windows[(windows["window_start"] >= "2011-02-07") & windows["error_rate"].notna()]
     assert len(scored) >= 1, windows[["window_start", "predictions", "labelled", "error_rate", "note"]]
+    # a retraining the trigger fires runs the training notebook on the classifier's data to the end
+    decisions = load_store(root=busy["project"], env="busy")["decisions"]
+    fired = decisions[decisions["fired"] == True]  # noqa: E712
+    assert not (fired["outcome"] == "failed").any(), fired.to_dict("records")
+    assert summary["retrainings"] == len(fired)
 
 
 def test_the_dashboard_shows_a_classifier_s_error_rates(busy, replayed, tool, quiet_env):
