@@ -10,6 +10,7 @@ current environment's packages): nothing is downloaded while the tests run.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def test_isolated_reproduce_keeps_the_worktree_when_asked(history):
     assert ORIGINAL_FIT in (checkout / "src" / "looplab" / "training.py").read_text(encoding="utf-8")
     assert (checkout.parent / "environment" / "bin" / "python").exists()
     git(project, "worktree", "remove", "--force", str(checkout))
+    shutil.rmtree(checkout.parent)  # what --keep left: the environment, the runner and its answer
 
 
 def test_a_version_from_a_dirty_tree_is_not_vouched_for(history, tool):
