@@ -141,3 +141,16 @@ def test_the_dashboard_shows_a_classifier_s_error_rates(busy, replayed, tool, qu
     assert "looplab-error" not in page, page[:2000]
     assert "data-field='error_rate'" in page and "evaluation accuracy" in page and "<th>error_rate</th>" in page, page[:3000]
     assert "data-field='mae'" not in page and "alt='error rate, drift p-values" in page
+
+
+def test_the_drift_notebook_checks_the_served_week_in_the_environment(busy, tool, quiet_env, root):
+    "papermill with `-p env busy`: the week the champion served, against its training data; the result in the environment's reports."
+    run = subprocess.run([tool("papermill"), str(root / "notebooks" / "runs" / "drift.ipynb"), str(busy["project"].parent / "drift-busy.ipynb"),
+                          "-k", "looplab", "-p", "env", "busy", "-p", "window_start", WEEK[0], "-p", "window_end", WEEK[1],
+                          "-p", "model_alias", "1"],
+                         cwd=busy["project"], env=quiet_env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [path] = (busy["project"] / "data" / "busy" / "08_reporting" / "drift").glob("busy-1-*.json")
+    result = json.loads(path.read_text())
+    assert (result["status"], result["model_version"], result["window_rows"]) == ("checked", "1", len(busy["week"])), result
+    assert {row["feature"] for row in result["features"]} >= {"temp", "hr"}, result["features"]
