@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -37,33 +38,72 @@ def test_first_run_takes_history_and_landing_days(project):
     assert report["rows_valid"] == len(validated)
 
 
-def test_rerun_without_new_data_adds_nothing(project, tool, quiet_env):
+def stored_files(project: Path, params: dict) -> dict[str, int]:
+    "Every file the data layer stores (the versioned tables, the Feast source, registry and online store), with its mtime."
+    folders = [project / params[key] for key in ("validated_path", "features_path", "feature_store_path")]
+    files = [path for folder in folders for path in folder.rglob("*") if path.is_file()]
+    files.append(project / params["feast_source_path"])
+    return {str(path.relative_to(project)): path.stat().st_mtime_ns for path in files}
+
+
+def test_rerun_without_new_data_writes_no_stored_data(project, tool, quiet_env):
     params = load_config(env="test", root=project)["data"]
-    table = project / params["validated_path"]
-    before = load_version(table)
+    table, features = project / params["validated_path"], project / params["features_path"]
+    before, before_files = load_version(table), stored_files(project, params)
+    versions = {"validated_rides": list_versions(table), "features": list_versions(features)}
+    log = project / params["versions_log"]
+    records = log.read_text().splitlines()
     kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
-    after = load_version(table)
-    assert len(list_versions(table)) == 2
-    pd.testing.assert_frame_equal(before, after)
+    # nothing rewritten: the same versions, every stored file untouched (Feast was not materialised again)
+    assert {"validated_rides": list_versions(table), "features": list_versions(features)} == versions
+    assert stored_files(project, params) == before_files
+    pd.testing.assert_frame_equal(before, load_version(table))
     report = latest_json(project / "data" / "08_reporting" / "validation_report.json")
     assert report["rows_in"] == 0
+    append = json.loads((project / "data" / "08_reporting" / "append_report.json").read_text())
+    assert append["kept_version"] == versions["validated_rides"][-1] and append["rows_after"] == len(before)
+    store = json.loads((project / "data" / "08_reporting" / "feature_store_report.json").read_text())
+    assert store["unchanged"] is True and store["materialized"] is True
+    # the versions log says nothing changed, naming the versions kept and the run that recorded them
+    last, previous = json.loads(log.read_text().splitlines()[-1]), json.loads(records[-1])
+    assert len(log.read_text().splitlines()) == len(records) + 1 and last["unchanged"] is True
+    for name in ("validated_rides", "features"):
+        assert last["datasets"][name]["version"] == versions[name][-1]
+        assert last["datasets"][name]["content_hash"] == previous["datasets"][name]["content_hash"]
+    assert last["mlflow_run_id"] == previous["mlflow_run_id"]
+    shown = subprocess.run([tool("looplab"), "data", "versions", "--env", "test", "--json"], cwd=project, env=quiet_env,
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    history = json.loads(shown.stdout)
+    for name in ("validated_rides", "features"):  # the kept version, described by the run that stored it
+        newest = history[name]["versions"][-1]
+        assert newest["version"] == versions[name][-1] and newest["batch_id"] == previous["batch_id"] and newest["batch_id"]
+        assert newest["content_hash"] == previous["datasets"][name]["content_hash"]
 
 
 def test_a_new_landing_day_is_appended_once(project, tool, quiet_env):
     from looplab.sources import replay_day
 
     params = load_config(env="test", root=project)["data"]
-    table = project / params["validated_path"]
-    before = load_version(table)
+    table, features = project / params["validated_path"], project / params["features_path"]
+    before, feature_versions = load_version(table), list_versions(features)
     day = (before["timestamp"].max() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
     replay_day(params, day, root=project)
     kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
     after = load_version(table)
     added = after[after["timestamp"].dt.strftime("%Y-%m-%d") == day]
     assert len(after) == len(before) + len(added) and len(added) > 20
-    # The landing file is taken once: another run finds nothing new.
+    # the features are built again from the new table, and materialised
+    assert len(list_versions(features)) == len(feature_versions) + 1
+    rebuilt = load_version(features)
+    assert len(rebuilt) == len(after) and rebuilt["event_timestamp"].max() == after["timestamp"].max()
+    store = json.loads((project / "data" / "08_reporting" / "feature_store_report.json").read_text())
+    assert store["materialized"] is True and "unchanged" not in store and store["end"] == str(after["timestamp"].max())
+    # The landing file is taken once: another run finds nothing new, and writes no new version.
+    stored = {"validated_rides": list_versions(table), "features": list_versions(features)}
     kedro_run(tool, quiet_env, project, "-p", "data", "--env", "test")
     assert len(load_version(table)) == len(after)
+    assert {"validated_rides": list_versions(table), "features": list_versions(features)} == stored
 
 
 def test_versions_are_recorded_with_hashes(project):

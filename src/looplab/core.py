@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,8 +27,8 @@ __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STR
            'OWNER_TAGS', 'LOG_FORMAT', 'FIGURE_DPI', 'is_project_root', 'find_project_root', 'ProjectPaths',
            'project_paths', 'project_files', 'copy_project_files', 'merge_config', 'config_loader_class', 'load_config',
            'catalog_config', 'resolve_store_uri', 'mlflow_settings', 'configure_mlflow', 'RunOwner',
-           'close_abandoned_runs', 'Settings', 'setup_logging', 'file_sha256', 'model_threads', 'figure_png',
-           'new_figure']
+           'close_abandoned_runs', 'Settings', 'setup_logging', 'file_sha256', 'mark_kept', 'kept_version',
+           'mark_made_from', 'made_from', 'made_from_file', 'model_threads', 'figure_png', 'new_figure']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -486,6 +487,62 @@ def file_sha256(
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+# %% ../../notebooks/00_core.ipynb #a8129b0c
+_NOTES: dict[int, tuple[weakref.ref, dict]] = {}  # id(frame) -> (a weak reference to it, its notes)
+
+
+def _notes(frame: Any, create: bool = False) -> dict:
+    "The notes on this very object (a copy has none); created when `create`."
+    entry = _NOTES.get(id(frame))
+    if entry is not None and entry[0]() is frame:
+        return entry[1]
+    if not create:
+        return {}
+    key = id(frame)
+    _NOTES[key] = (weakref.ref(frame, lambda _, key=key: _NOTES.pop(key, None)), {})
+    return _NOTES[key][1]
+
+
+def mark_kept(
+    frame: Any,        # a stored version of a versioned dataset (a DataFrame), as it was read, unchanged
+    path: Path | str,  # the dataset's path (its `filepath` in the catalog)
+    version: str,      # the stored version `frame` is
+) -> Any:              # `frame` itself, marked
+    "Mark `frame` as the stored `version` of the versioned dataset at `path`, unchanged: saving it writes nothing."
+    _notes(frame, create=True)["kept"] = (str(Path(path).resolve()), str(version))
+    return frame
+
+
+def kept_version(
+    frame: Any,        # a node's input or output
+    path: Path | str,  # the versioned dataset's path
+) -> str | None:       # the stored version `frame` is, unchanged; None when it is not marked as one of that dataset
+    "The stored version of the dataset at `path` that `frame` was marked as (`mark_kept`), or None."
+    kept = _notes(frame).get("kept")
+    return kept[1] if kept and kept[0] == str(Path(path).resolve()) else None
+
+
+def mark_made_from(
+    frame: Any,    # a table about to be stored
+    sources: dict, # what it was built from (JSON-ready): the versions and settings that decide its content
+) -> Any:          # `frame` itself, marked
+    "Note what `frame` was built from; `StoredTableDataset` writes it beside the version it stores (`made_from_file`)."
+    _notes(frame, create=True)["made_from"] = sources
+    return frame
+
+
+def made_from(frame: Any) -> dict | None:
+    "What `frame` was noted as built from (`mark_made_from`), or None."
+    return _notes(frame).get("made_from")
+
+
+def made_from_file(
+    path: Path | str,  # a versioned dataset's path
+    version: str,      # one of its stored versions
+) -> Path:             # `<path>/<version>/made_from.json`
+    "Where the versioned dataset at `path` keeps what `version` was built from."
+    return Path(path) / version / "made_from.json"
 
 # %% ../../notebooks/00_core.ipynb #a83bd391
 def model_threads(training_params: dict):

@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import sqlite3
+import sys
 import types
 import warnings
 from dataclasses import dataclass
@@ -20,17 +23,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core import find_project_root
+from .core import find_project_root, kept_version, made_from_file, mark_kept
 
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'EVENT_TIMESTAMP', 'LABEL_TTL', 'RETRIEVAL_ENGINES', 'FILE_OFFLINE_STORES', 'lag_column',
-           'same_hour_mean_column', 'feature_inputs', 'feature_groups', 'label_view', 'lagged_values',
+__all__ = ['logger', 'EVENT_TIMESTAMP', 'LABEL_TTL', 'MATERIALIZED_FILE', 'RETRIEVAL_ENGINES', 'FILE_OFFLINE_STORES',
+           'lag_column', 'same_hour_mean_column', 'feature_inputs', 'feature_groups', 'label_view', 'lagged_values',
            'canonical_times', 'build_features', 'to_feast_time', 'from_feast_time', 'FeatureStorePaths', 'resolve_path',
-           'feature_store_paths', 'store_config', 'use_feast_sqlite_codecs', 'feast_quietly', 'open_feature_store',
-           'online_store_errors', 'load_definitions', 'feast_objects', 'materialize_features', 'feature_references',
-           'with_feature_dtypes', 'pandas_point_in_time', 'feast_point_in_time', 'training_set', 'online_features']
+           'feature_store_paths', 'store_config', 'features_made_from', 'stored_features', 'use_feast_sqlite_codecs',
+           'feast_quietly', 'open_feature_store', 'online_store_errors', 'load_definitions', 'feast_objects',
+           'store_fingerprint', 'materialize_features', 'feature_references', 'with_feature_dtypes',
+           'pandas_point_in_time', 'feast_point_in_time', 'training_set', 'online_features']
 
 # %% ../../notebooks/13_features.ipynb #1793592c
 def lag_column(target: str, hours: int) -> str:
@@ -226,6 +230,51 @@ def store_config(params: dict, root: Path | str | None = None) -> dict[str, Any]
         config["online_store"] = {**online, "type": "sqlite", "path": Path(online.get("path", "online_store.db")).name}
     return config
 
+# %% ../../notebooks/13_features.ipynb #e857147f
+def _code_fingerprint() -> str:
+    "SHA-256 of the code that builds features: this module's file (the functions' bytecode where there is no file)."
+    module = sys.modules.get(build_features.__module__)
+    file = Path(getattr(module, "__file__", None) or "")
+    if file.suffix == ".py" and file.is_file():
+        return hashlib.sha256(file.read_bytes()).hexdigest()
+    code = b"".join(function.__code__.co_code for function in (build_features, lagged_values, canonical_times, feature_inputs))
+    return hashlib.sha256(code).hexdigest()
+
+
+def features_made_from(
+    validated_rides: pd.DataFrame,   # the node's input
+    params: dict,                    # the `data` parameters: validated_path, features, entity, timestamp, target, timezone
+    root: Path | str | None = None,  # project root for relative paths
+) -> dict | None:                    # {"validated_rides": version, "settings": SHA-256}; None when the input is no stored version
+    "What features built now from `validated_rides` are built from: its stored version and a hash of what else decides them."
+    version = kept_version(validated_rides, resolve_path(params["validated_path"], root)) if params.get("validated_path") else None
+    if version is None:
+        return None
+    decides = {"features": {key: value for key, value in params["features"].items() if key != "repo_path"},
+               "entity": params["entity"]["column"], "timestamp": params["timestamp"], "target": params["target"],
+               "timezone": params["timezone"], "code": _code_fingerprint()}
+    return {"validated_rides": version, "settings": hashlib.sha256(json.dumps(decides, sort_keys=True, default=str).encode()).hexdigest()}
+
+
+def stored_features(
+    sources: dict,                   # what `features_made_from` gives
+    params: dict,                    # the `data` parameters: features_path
+    root: Path | str | None = None,  # project root for relative paths
+) -> pd.DataFrame | None:            # the newest stored feature table, marked as kept; None when it was built from anything else
+    "The newest stored feature table when it was built from `sources` (its `made_from.json`), so it need not be built again."
+    path = resolve_path(params["features_path"], root)
+    versions = sorted(version.name for version in path.iterdir() if (version / path.name).is_file()) if path.is_dir() else []
+    if not versions:
+        return None
+    try:
+        recorded = json.loads(made_from_file(path, versions[-1]).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if recorded != sources:
+        return None
+    logger.info("features: version %s was built from validated_rides %s with the same settings; not built again", versions[-1], sources["validated_rides"])
+    return mark_kept(pd.read_parquet(path / versions[-1] / path.name), path, versions[-1])
+
 # %% ../../notebooks/13_features.ipynb #a3de1cff
 def use_feast_sqlite_codecs() -> None:
     "Register Feast's SQLite date/time adapters and converters again, process-wide."
@@ -334,6 +383,33 @@ def feast_objects(features: pd.DataFrame, params: dict, paths: FeatureStorePaths
     )
 
 
+MATERIALIZED_FILE = "materialized.json"  # in the store folder: which stored features version is materialised, with what definitions
+
+
+def store_fingerprint(params: dict, root: Path | str | None = None) -> str:
+    "SHA-256 of what decides the Feast objects and where they are kept: the effective store configuration, `data.features`, the entity, target and time zone, and the repository's files."
+    paths = feature_store_paths(params, root)
+    files = {path.relative_to(paths.repo).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+             for path in sorted(paths.repo.rglob("*")) if path.is_file() and "__pycache__" not in path.parts}
+    decides = {"config": store_config(params, root), "features": params["features"], "entity": params["entity"],
+               "target": params["target"], "timezone": params["timezone"], "source": str(paths.source), "files": files}
+    return hashlib.sha256(json.dumps(decides, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _materialized(state: Path) -> dict:
+    "What the store folder's `materialized.json` says; empty when there is none (or it cannot be read)."
+    try:
+        return json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _store_present(report: dict, paths: FeatureStorePaths) -> bool:
+    "Whether the files a materialisation left (the Feast source, the registry, a SQLite online store) are all still there."
+    files = [paths.source, report.get("registry_path"), report.get("online_store_path")]
+    return all(Path(file).is_file() for file in files if file)
+
+
 def materialize_features(
     features: pd.DataFrame,         # the output of `build_features`
     params: dict,                   # the `data` parameters
@@ -348,6 +424,13 @@ def materialize_features(
     if features.empty:
         logger.warning("materialize_features: the feature table is empty; the feature store is left as it is")
         return report
+    version = kept_version(features, resolve_path(params["features_path"], root)) if params.get("features_path") else None
+    state, fingerprint = paths.store / MATERIALIZED_FILE, store_fingerprint(params, root)
+    previous = _materialized(state) if version is not None else {}
+    if version is not None and previous.get("features_version") == version and previous.get("fingerprint") == fingerprint and _store_present(previous["report"], paths):
+        logger.info("feature store: version %s of the features is materialised already, with the same definitions; left as it is", version)
+        return {**previous["report"], "unchanged": True}
+    state.unlink(missing_ok=True)  # the store is about to change: no claim about it stands until this materialisation ends
     objects = feast_objects(features, params, paths)
     source = features.copy()
     source[EVENT_TIMESTAMP] = to_feast_time(source[EVENT_TIMESTAMP], params["timezone"])
@@ -375,6 +458,8 @@ def materialize_features(
         "online_store": store.config.online_store.type,
     })
     logger.info("feature store: %d rows of %d entities materialised (%s … %s)", report["rows"], report["entities"], report["start"], report["end"])
+    if version is not None:  # a stored version of the features: the next run with the same one need not materialise again
+        state.write_text(json.dumps({"features_version": version, "fingerprint": fingerprint, "report": report}), encoding="utf-8")
     return report
 
 # %% ../../notebooks/13_features.ipynb #c038756f

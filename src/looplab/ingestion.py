@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .core import mark_kept
 from .sources import SourceBatch, SourceError, describe, make_source, resolve_path
 
 logger = logging.getLogger(__name__)
@@ -461,6 +462,16 @@ def append_validated(
         first = batch.loc[repeated, keys].iloc[0].tolist()
         raise ValueError(f"validated batch repeats {int(repeated.sum())} key(s) ({', '.join(keys)}), e.g. {first}")
 
+    conflict = params.get("on_conflict") or "update"
+    if conflict not in CONFLICT_RULES:
+        raise ValueError(f"data.on_conflict must be one of {', '.join(CONFLICT_RULES)}, got {conflict!r}")
+    table_path = resolve_path(params["validated_path"], root)
+    if stored_file is not None and batch.empty:  # nothing new: the stored version stays as it is, not written again
+        report = {"rows_before": len(stored), "added": 0, "updated": 0, "unchanged": 0, "kept_stored": 0,
+                  "revisions": {"rows": 0, "rule": conflict, "kept_in": None, "held": 0}, "rows_after": len(stored),
+                  "batch_rows": 0, "version_read": stored_file.parent.name, "kept_version": stored_file.parent.name}
+        return mark_kept(stored, table_path, stored_file.parent.name), report
+    as_read = stored
     batch, stored = (frame.astype({keys[1]: "datetime64[ns]"}) for frame in (batch, stored))
     new, old = batch.set_index(keys), stored.set_index(keys)
     data_columns = [c for c in dict.fromkeys([*new.columns, *old.columns]) if not str(c).startswith(LINEAGE_PREFIX)]
@@ -468,10 +479,6 @@ def append_validated(
     mine, theirs = new.loc[common].reindex(columns=data_columns), old.loc[common].reindex(columns=data_columns)
     same = ((mine == theirs) | (mine.isna() & theirs.isna())).all(axis=1)
     updated, added = common[~same.to_numpy()], new.index.difference(old.index)
-
-    conflict = params.get("on_conflict") or "update"
-    if conflict not in CONFLICT_RULES:
-        raise ValueError(f"data.on_conflict must be one of {', '.join(CONFLICT_RULES)}, got {conflict!r}")
     revised = {"rows": len(updated), "rule": conflict, "kept_in": None, "held": 0}
     if len(updated) and conflict == "update":
         revised["kept_in"] = keep_revisions(old.loc[updated], new.loc[updated], params, root)
@@ -485,14 +492,19 @@ def append_validated(
     elif len(updated):
         logger.warning("%d stored row(s) re-sent with other values: the stored values stay (data.on_conflict: keep)", len(updated))
         updated = updated[:0]
-    parts = [part for part in (old.drop(index=updated), new.loc[updated.append(added)]) if len(part)]
-    table = pd.concat(parts) if parts else new.iloc[:0]
-    known = [*old.columns, *new.columns] if stored_file is not None else [*new.columns, *old.columns]  # stored order wins
-    columns = [keys[1], keys[0], *dict.fromkeys(known)]
-    table = table.reset_index().reindex(columns=columns).sort_values(keys, ignore_index=True)
+    kept = stored_file is not None and not len(added) and not len(updated)
+    if kept:  # every row as stored: that version stays, not written again
+        table = mark_kept(as_read, table_path, stored_file.parent.name)
+    else:
+        parts = [part for part in (old.drop(index=updated), new.loc[updated.append(added)]) if len(part)]
+        table = pd.concat(parts) if parts else new.iloc[:0]
+        known = [*old.columns, *new.columns] if stored_file is not None else [*new.columns, *old.columns]  # stored order wins
+        columns = [keys[1], keys[0], *dict.fromkeys(known)]
+        table = table.reset_index().reindex(columns=columns).sort_values(keys, ignore_index=True)
     report = {"rows_before": len(stored), "added": len(added), "updated": len(updated),
               "unchanged": int(same.sum()), "kept_stored": revised["rows"] - len(updated), "revisions": revised,
-              "rows_after": len(table), "batch_rows": len(batch), "version_read": stored_file.parent.name if stored_file else None}
+              "rows_after": len(table), "batch_rows": len(batch), "version_read": stored_file.parent.name if stored_file else None,
+              **({"kept_version": stored_file.parent.name} if kept else {})}
     assert report["added"] + report["updated"] + report["unchanged"] + report["kept_stored"] == len(batch), report  # every batch row accounted for
     return table, report
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .features import EVENT_TIMESTAMP, build_features, feature_inputs
+from .core import mark_made_from
+from .features import EVENT_TIMESTAMP, build_features, feature_inputs, features_made_from, stored_features
 from .ingestion import empty_batch, ingest_sources, new_batch_id, normalise_batch, order_columns, read_source, state_store, uniform_column_types
 from .sources import SourceBatch, SourceError, describe, file_entry, file_stamp, make_source, newest_time, unchanged_files
 from .validation import DEFAULT_SAMPLE_ROWS, batch_problems, build_schema, canonical_rows, count_rejected, quarantine_rows, rejection_reasons, validate_batch
@@ -513,7 +514,13 @@ def validate_on_engine(
 def features_on_engine(
     validated_rides: pd.DataFrame,  # the validated table
     params: dict,                   # the `data` block; `engine` picks pandas or Dask
+    root: Path | str | None = None, # project root for relative paths; found when needed
 ) -> pd.DataFrame:                  # what `build_features` gives
-    "The pipeline's features: `build_features`, or `features_on_dask` when `data.engine` is dask."
+    "The pipeline's features: the stored ones when built from the same stored input (`stored_features`), else `build_features`, or `features_on_dask` when `data.engine` is dask."
+    sources = features_made_from(validated_rides, params, root)
+    stored = stored_features(sources, params, root) if sources is not None else None
+    if stored is not None:
+        return stored
     step = features_on_dask if data_engine(params) == "dask" else build_features
-    return step(validated_rides, params)
+    features = step(validated_rides, params)
+    return mark_made_from(features, sources) if sources is not None else features

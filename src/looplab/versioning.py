@@ -16,16 +16,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from kedro.io.core import AbstractDataset
+from kedro_datasets.pandas import ParquetDataset
 
-from .core import configure_mlflow, find_project_root, load_config
+from .core import configure_mlflow, find_project_root, kept_version, load_config, made_from, made_from_file, mark_kept
 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['HASH_LENGTH', 'DATASETS', 'SCHEMA_SAMPLE_ROWS', 'content_hash', 'DataVersionError', 'list_versions', 'versioned_path',
-           'resolve_version', 'load_version', 'column_profile', 'diff_frames', 'format_table', 'format_diff',
-           'dataset_name', 'configured_paths', 'dataset_paths', 'describe_version', 'record_data_versions',
-           'log_data_inputs', 'read_versions_log', 'version_history', 'format_history', 'diff_versions']
+           'resolve_version', 'load_version', 'StoredTableDataset', 'column_profile', 'diff_frames', 'format_table',
+           'format_diff', 'dataset_name', 'configured_paths', 'dataset_paths', 'describe_version', 'read_versions_log',
+           'record_data_versions', 'log_data_inputs', 'version_history', 'format_history', 'diff_versions']
 
 # %% ../../notebooks/14_versioning.ipynb #bf438dab
 HASH_LENGTH = 32  # hex digits; MLflow stores dataset digests in a String(36) column
@@ -103,6 +105,36 @@ def load_version(
 ) -> pd.DataFrame:
     "One stored version of a versioned parquet dataset, through Kedro's `ParquetDataset`."
     return _parquet_dataset(path, resolve_version(path, version)).load()
+
+# %% ../../notebooks/14_versioning.ipynb #a8ec9382
+class StoredTableDataset(ParquetDataset):
+    "A versioned Parquet table (Kedro's `pandas.ParquetDataset`) that writes a new version only when its data changed."
+
+    @classmethod
+    def _save_wrapper(cls, save_func):  # the plain wrapper: `ParquetDataset.save`, called inside, does the versioning
+        return AbstractDataset._save_wrapper.__func__(cls, save_func)
+
+    def save(self, data: pd.DataFrame) -> None:
+        kept = kept_version(data, self._filepath) if self._version is not None else None
+        if kept is not None and kept in self.list_versions(full_path=False)[:1]:  # the newest stored version, unchanged
+            self._kept = data
+            _logger.info("%s: unchanged, version %s kept (nothing written)", self._filepath.name, kept)
+            return
+        self._kept = None
+        ParquetDataset.save(self, data)
+        sources = made_from(data)
+        if sources is not None and self._version is not None and self._protocol == "file":
+            made_from_file(self._filepath, self.list_versions(full_path=False)[0]).write_text(json.dumps(sources), encoding="utf-8")
+
+    def load(self) -> pd.DataFrame:
+        if getattr(self, "_kept", None) is not None:
+            return self._kept
+        frame = ParquetDataset.load(self)
+        return mark_kept(frame, self._filepath, self.resolve_load_version()) if self._version is not None else frame
+
+    def _release(self) -> None:
+        self._kept = None
+        super()._release()
 
 # %% ../../notebooks/14_versioning.ipynb #9cd182ad
 def _plain(value: Any) -> Any:
@@ -282,12 +314,14 @@ def describe_version(
     name: str,              # catalog name
     path: Path | None,      # where the dataset is stored (None: not a file)
     label: Path | str | None = None,  # the path as configured (relative), for the record; `path` when None
+    recorded: dict[tuple[str, str], str] | None = None,  # (name, version) -> content hash recorded before (the versions log)
 ) -> dict[str, Any]:        # dataset, stage, path, version, source, content_hash, rows, columns
     "The record of one dataset: stored version, content hash, row count and schema."
-    digest = content_hash(frame)
     label = str(label if label is not None else path) if path is not None else None
-    version = None
-    if path is not None and list_versions(path):
+    version = kept_version(frame, path) if path is not None else None  # a stored version as read: no need to read it again
+    digest = (recorded or {}).get((name, version)) if version else None  # a version's content never changes
+    digest = digest or content_hash(frame)
+    if version is None and path is not None and list_versions(path):
         latest = resolve_version(path)
         if content_hash(_parquet_dataset(path, latest).load()) == digest:
             version = latest
@@ -306,6 +340,24 @@ def describe_version(
     }
 
 # %% ../../notebooks/14_versioning.ipynb #35608ff6
+def read_versions_log(
+    path: Path | str,  # the JSON-lines file `record_data_versions` appends to
+) -> list[dict[str, Any]]:  # one record per pipeline run, oldest first; empty when there is no log yet
+    "The records of the versions log; a line that is not JSON is a `DataVersionError` naming the line."
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise DataVersionError(f"{path}, line {number}: not a JSON record ({error.msg})") from error
+    return records
+
+
 def _batch_id(ingested_batch: pd.DataFrame) -> str | None:
     if "_batch_id" not in ingested_batch.columns or ingested_batch.empty:
         return None
@@ -349,15 +401,17 @@ def record_data_versions(
     env: str | None = None,         # config environment of the MLflow settings; `$KEDRO_ENV` or local when None
 ) -> dict[str, Any]:                # recorded_at, batch_id, mlflow_run_id, datasets: {name: record}
     "Record the stored version, content hash, rows and schema of the raw, validated and feature data (log + MLflow)."
-    import mlflow
-
     if not params.get("versions_log"):
         raise ValueError("data parameters lack versions_log, the JSON-lines file of recorded versions")
     root = find_project_root(root)
     configured = configured_paths(params, root)
     paths = {name: _absolute(path, root) for name, path in configured.items()}
+    log = _absolute(params["versions_log"], root)
+    earlier = read_versions_log(log)
+    recorded = {(name, record["version"]): record["content_hash"]
+                for run in earlier for name, record in run.get("datasets", {}).items() if record.get("version")}
     frames = {"ingested_batch": ingested_batch, "validated_rides": validated_rides, "features": features}
-    records = {name: describe_version(frame, name, paths[name], configured[name]) for name, frame in frames.items()}
+    records = {name: describe_version(frame, name, paths[name], configured[name], recorded) for name, frame in frames.items()}
     versions = {
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "batch_id": _batch_id(ingested_batch),
@@ -365,21 +419,30 @@ def record_data_versions(
         "datasets": records,
     }
 
-    configure_mlflow(env, root, experiment="data")
-    with mlflow.start_run(run_name=f"data versions {versions['batch_id'] or versions['recorded_at']}") as run:
-        for name, record in records.items():
-            mlflow.log_input(_mlflow_dataset(record, frames[name]), context=record["stage"], tags=_input_tags(record))
-            mlflow.log_metric(f"rows_{record['stage']}", record["rows"])
-        if versions["batch_id"]:
-            mlflow.set_tag("batch_id", versions["batch_id"])
-        versions["mlflow_run_id"] = run.info.run_id
-        mlflow.log_dict(versions, "data_versions.json")
+    last = earlier[-1] if earlier else {}
+    if ingested_batch.empty and last.get("mlflow_run_id") and all(
+            records[name]["version"] and (last.get("datasets", {}).get(name) or {}).get("version") == records[name]["version"]
+            for name in ("validated_rides", "features")):
+        # nothing new and the same stored versions as the last record: its MLflow run already describes them
+        versions.update(mlflow_run_id=last["mlflow_run_id"], unchanged=True)
+    else:
+        import mlflow
 
-    log = _absolute(params["versions_log"], root)
+        configure_mlflow(env, root, experiment="data")
+        with mlflow.start_run(run_name=f"data versions {versions['batch_id'] or versions['recorded_at']}") as run:
+            for name, record in records.items():
+                mlflow.log_input(_mlflow_dataset(record, frames[name]), context=record["stage"], tags=_input_tags(record))
+                mlflow.log_metric(f"rows_{record['stage']}", record["rows"])
+            if versions["batch_id"]:
+                mlflow.set_tag("batch_id", versions["batch_id"])
+            versions["mlflow_run_id"] = run.info.run_id
+            mlflow.log_dict(versions, "data_versions.json")
+
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as handle:  # one line per run: appends never interleave records
         handle.write(json.dumps(versions) + "\n")
-    _logger.info("recorded data versions: %s", ", ".join(f"{n}={r['version'] or 'in memory'}" for n, r in records.items()))
+    _logger.info("recorded data versions%s: %s", " (nothing changed)" if versions.get("unchanged") else "",
+                 ", ".join(f"{n}={r['version'] or 'in memory'}" for n, r in records.items()))
     return versions
 
 # %% ../../notebooks/14_versioning.ipynb #2cb4f066
@@ -399,24 +462,6 @@ def log_data_inputs(
     return list(records)
 
 # %% ../../notebooks/14_versioning.ipynb #5238fd16
-def read_versions_log(
-    path: Path | str,  # the JSON-lines file `record_data_versions` appends to
-) -> list[dict[str, Any]]:  # one record per pipeline run, oldest first; empty when there is no log yet
-    "The records of the versions log; a line that is not JSON is a `DataVersionError` naming the line."
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise DataVersionError(f"{path}, line {number}: not a JSON record ({error.msg})") from error
-    return records
-
-
 def _footer(path: str) -> tuple[int | None, int | None]:
     "Rows and data columns of a stored parquet file or folder, from metadata only."
     import pyarrow.dataset
@@ -435,11 +480,10 @@ def version_history(
     log_path: Path | str | None = None,  # the versions log; None: no recorded hashes
 ) -> dict[str, dict[str, Any]]:     # name -> {stage, path, versions: [...]}
     "Every stored version of each dataset, joined with what the versions log recorded about it."
-    recorded = {
-        (name, record.get("version")): {**run, **record}
-        for run in (read_versions_log(log_path) if log_path else [])
-        for name, record in run.get("datasets", {}).items()
-    }
+    recorded: dict[tuple, dict] = {}
+    for run in read_versions_log(log_path) if log_path else []:
+        for name, record in run.get("datasets", {}).items():  # the run that stored a version, not a later one that kept it
+            recorded.setdefault((name, record.get("version")), {**run, **record})
     history = {}
     for name, path in paths.items():
         versions = list_versions(path) if path is not None else []

@@ -44,7 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["validated_rides", "append_report"],
                 name="append_validated_node",
             ),
-            Node(features_on_engine, ["validated_rides", "params:data"], "features", name="build_features_node"),
+            Node(with_settings(features_on_engine, "root"), ["validated_rides", "params:data", "settings"], "features", name="build_features_node"),
             Node(
                 with_settings(materialize_features, "root"),
                 ["features", "params:data", "settings"],
