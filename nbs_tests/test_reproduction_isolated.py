@@ -4,7 +4,8 @@ lock; plain `reproduce` rebuilds with today's code; `promote --verify` refuses a
 The project is a copy made into a git repository of its own. Version 1 is trained at a first commit; a second
 commit changes the training code so that it predicts differently. The lock is the one this environment was
 installed from, so the isolated rebuild takes uv's *shared* route (the recorded commit's looplab on top of the
-current environment's packages): nothing is downloaded while the tests run.
+current environment's packages): nothing is downloaded while the tests run (`--fresh-env`, uv's *lock* route,
+would download the whole lock into a cold cache, so only its command line is checked here).
 """
 
 from __future__ import annotations
@@ -82,11 +83,24 @@ def test_isolated_reproduce_rebuilds_the_recorded_commit(history):
     assert isolated["commit"] == reproduction["commit"]["recorded"] == history["first"]
     assert isolated["route"] == "shared" and "the recorded lock" in isolated["why"]
     assert set(isolated["seconds"]) == {"checkout", "environment", "rebuild"} and isolated["kept"] is None
-    for step in ("checking out commit", "route shared", "at the recorded commit: refitting on"):
+    # The schema and the feature views, hashed from the first commit's files by its own looplab, are the recorded ones.
+    definitions = {row["tag"]: row for row in reproduction["definitions"]}
+    assert set(definitions) == {"data.schema.hash", "data.feature_views.hash"}, definitions
+    assert all(row["same"] and len(row["rebuilt"]) == 64 for row in definitions.values()), definitions
+    for step in ("checking out commit", "route shared", "at the recorded commit: hashing the schema and the feature view definitions",
+                 "at the recorded commit: refitting on"):
         assert step in result.stderr, result.stderr  # progress, on stderr
     # The worktree and the environment are gone; the project's own checkout still has the second commit's code.
     assert git(project, "worktree", "list").count("\n") == 0
     assert CHANGED_FIT in (project / "src" / "looplab" / "training.py").read_text(encoding="utf-8")
+
+
+def test_fresh_env_goes_with_isolated(history):
+    "--fresh-env (uv installs the recorded lock even when the shared route would do) means nothing without --isolated."
+    result = looplab(history, "reproduce", "bike-demand/1", "--fresh-env")
+    assert result.returncode == 2 and "--fresh-env builds the environment of an isolated rebuild" in result.stderr, result.stderr
+    shown = " ".join(looplab(history, "reproduce", "--help").stdout.split())
+    assert "--fresh-env With --isolated: install the recorded requirements.lock with uv" in shown, shown
 
 
 def test_isolated_reproduce_keeps_the_worktree_when_asked(history):
@@ -162,3 +176,28 @@ def test_the_version_records_what_a_rebuild_needs(history, tmp_path):
 def test_promote_verifies_by_default_in_prod():
     assert load_config("parameters", env="prod")["registry"]["promote_verify"] is True
     assert load_config("parameters")["registry"]["promote_verify"] is False
+
+
+def test_feature_definitions_the_commit_does_not_hold_are_not_vouched_for(history, tool):
+    """A git-ignored file in the Feast repository changes what defines the feature views and leaves the tree clean:
+    the version records a feature-definitions hash that its commit does not hold, and the isolated rebuild says so."""
+    project = history["project"]
+    stray = project / "conf" / "feature_repo" / "stale.pyc"
+    stray.write_bytes(b"left behind by an older checkout")
+    try:
+        kedro_run(tool, history["env"], project, "-p", "training", "--env", "test")
+    finally:
+        stray.unlink()
+    versions = json.loads(looplab(history, "status", "--json").stdout)["models"][0]["versions"]
+    latest = max(versions, key=lambda version: int(version["version"]))
+    assert (latest["tags"]["code.commit"], latest["tags"]["code.dirty"]) == (history["second"], "false"), latest["tags"]
+    result = looplab(history, "reproduce", f"bike-demand/{latest['version']}", "--isolated", "--json")
+    assert result.returncode == 1 and result.stdout, result.stdout + result.stderr
+    reproduction = json.loads(result.stdout)
+    definitions = {row["tag"]: row for row in reproduction["definitions"]}
+    assert definitions["data.schema.hash"]["same"], definitions
+    views = definitions["data.feature_views.hash"]
+    assert not views["same"] and views["recorded"] == latest["tags"]["data.feature_views.hash"] != views["rebuilt"], views
+    assert not reproduction["matches"]
+    # The model itself rebuilds bit for bit: only the definitions stand in the way.
+    assert reproduction["predictions"]["identical"] and all(row["matches"] for row in reproduction["metrics"]), reproduction

@@ -205,17 +205,24 @@ def status(env: str | None, as_json: bool) -> None:
               help="Rebuild with the recorded commit's code (a temporary git worktree) in a throwaway environment of the "
                    "recorded lock (uv); metrics must be identical and predictions bit-identical.")
 @click.option("--keep", is_flag=True, help="With --isolated: keep the worktree and the environment afterwards.")
-def reproduce(spec: str, env: str | None, tolerance: float, as_json: bool, isolated: bool, keep: bool) -> None:
+@click.option("--fresh-env", "fresh_env", is_flag=True,
+              help="With --isolated: install the recorded requirements.lock with uv into the throwaway environment even when "
+                   "the running environment has every pin (route lock instead of shared; uv's cache is data/.cache/uv, a "
+                   "package not in it is downloaded).")
+def reproduce(spec: str, env: str | None, tolerance: float, as_json: bool, isolated: bool, keep: bool, fresh_env: bool) -> None:
     """Rebuild SPEC (NAME@ALIAS, NAME@VERSION or NAME/VERSION) from its recorded data and compare its metrics.
 
     Exits with status 1 when a metric (with --isolated: or a prediction) differs, or when --isolated cannot
-    vouch for the version (trained from a tree with uncommitted changes).
+    vouch for the version (trained from a tree with uncommitted changes, or the recorded commit's schema or
+    feature view definitions do not hash as the version recorded).
     """
     from looplab import reproduction
 
+    if fresh_env and not isolated:
+        raise click.UsageError("--fresh-env builds the environment of an isolated rebuild: use it with --isolated")
     _registry(env)
     result = _registry_call(reproduction.reproduce, spec, tolerance=tolerance, env=env, progress=_progress,
-                            isolated=isolated, keep=keep)
+                            isolated=isolated, keep=keep, fresh_environment=fresh_env)
     click.echo(json.dumps(result, indent=2) if as_json else reproduction.format_reproduction(result))
     if not result["matches"]:
         raise click.exceptions.Exit(1)

@@ -8,14 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
@@ -24,26 +19,21 @@ import numpy as np
 import pandas as pd
 
 from . import evaluation as evaluation_module
-from . import training
+from . import isolation, training
 from .core import find_project_root, load_config
 from .features import materialize_features, resolve_path
-from .registry import RECORD_ARTIFACT, RegistryError, first_line, model_version, parse_spec, quiet_downloads, registry_client, registry_errors
+from .isolation import ReproductionError
+from .registry import RECORD_ARTIFACT, first_line, model_version, parse_spec, quiet_downloads, registry_client, registry_errors
 from .versioning import DataVersionError, content_hash, format_table, load_version
 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CHAMPION_METRIC_MARKERS', 'UV_CACHE', 'RUNNER_MARK', 'ISOLATED_RUNNER', 'ReproductionError', 'read_record',
-           'temporary_feature_store', 'compare_metrics', 'model_metrics', 'reproduced_metrics', 'unflatten_params',
-           'vouch_reason', 'checkout_commit', 'remove_checkout', 'environment_differences', 'environment_route',
-           'build_environment', 'compare_predictions', 'run_isolated', 'rebuild_isolated', 'reproduce',
+__all__ = ['CHAMPION_METRIC_MARKERS', 'read_record', 'temporary_feature_store', 'compare_metrics', 'model_metrics',
+           'reproduced_metrics', 'unflatten_params', 'compare_predictions', 'rebuild_isolated', 'reproduce',
            'format_reproduction', 'difference']
 
 # %% ../../notebooks/23_reproduction.ipynb #7af7bedd
-class ReproductionError(RegistryError):
-    "A version that cannot be rebuilt: its record or its data is missing or changed."
-
-
 def read_record(version, client=None) -> dict:
     "The `looplab/reproduction.json` of a version's run."
     import mlflow
@@ -171,144 +161,6 @@ def unflatten_params(
             level[leaf] = text
     return nested
 
-# %% ../../notebooks/23_reproduction.ipynb #ff255466
-def vouch_reason(
-    run_info: dict,  # the record's `run_info`: git_commit, git_dirty, lock_hash
-) -> str | None:     # None when the recorded commit and lock are the code and environment that made the version
-    "Why a rebuild at the recorded commit and lock could not vouch for a version."
-    commit, lock = run_info.get("git_commit") or "unknown", run_info.get("lock_hash") or "unknown"
-    if commit == "unknown":
-        return "its run recorded no git commit (it was trained outside a git checkout), so there is no code to check out"
-    if run_info.get("git_dirty") is None:
-        return f"its run did not record whether the tree at commit {commit[:12]} had uncommitted changes"
-    if run_info["git_dirty"]:
-        return (f"it was trained from a tree with uncommitted changes on top of commit {commit[:12]} (code.dirty = true), "
-                "so no commit holds the code that made it")
-    if lock == "unknown":
-        return "its run recorded no requirements.lock hash, so its environment cannot be rebuilt"
-    return None
-
-
-def _git(root: Path, *args: str, timeout: float = 300) -> str:
-    try:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise ReproductionError(f"git {args[0]} in {root}: {first_line(error)}") from error
-    if done.returncode:
-        said = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[-1]
-        raise ReproductionError(f"git {' '.join(args)} in {root}: {said}")
-    return done.stdout.strip()
-
-
-def checkout_commit(
-    root: Path,    # the project, a git checkout
-    commit: str,   # the recorded commit
-    folder: Path,  # where the checkout goes; must not exist
-) -> Path:         # `folder`: a detached git worktree of `commit`
-    "The recorded commit, checked out as a temporary git worktree of the project's repository."
-    _git(root, "rev-parse", "--git-dir")
-    try:
-        _git(root, "cat-file", "-e", f"{commit}^{{commit}}")
-    except ReproductionError:
-        raise ReproductionError(f"commit {commit[:12]} is not in the git repository at {root}; fetch it first") from None
-    _git(root, "worktree", "add", "--detach", "--quiet", str(folder), commit)
-    return folder
-
-
-def remove_checkout(root: Path, folder: Path) -> None:
-    "Remove a worktree `checkout_commit` made, and git's note of it."
-    subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(folder)], capture_output=True, timeout=300)
-    shutil.rmtree(folder, ignore_errors=True)
-    subprocess.run(["git", "-C", str(root), "worktree", "prune"], capture_output=True, timeout=300)
-
-# %% ../../notebooks/23_reproduction.ipynb #6339f0ba
-UV_CACHE = "data/.cache/uv"  # uv's package cache, inside the project's git-ignored data folder
-
-
-def environment_differences(
-    lock: Path,  # a requirements.lock of exact pins
-) -> list[str]:  # one line per pin the running environment does not honour
-    "Where the running environment differs from `lock`: missing packages and other versions (pins for other platforms skipped)."
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    from packaging.requirements import Requirement
-    from packaging.version import Version
-
-    differences = []
-    for line in lock.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", "-")):
-            continue
-        pin = Requirement(line)
-        if pin.marker is not None and not pin.marker.evaluate():
-            continue
-        wanted = next(iter(pin.specifier)).version
-        try:
-            installed = distribution(pin.name).version
-        except PackageNotFoundError:
-            differences.append(f"{pin.name} {wanted} is not installed")
-            continue
-        if Version(installed) != Version(wanted):
-            differences.append(f"{pin.name} {installed} installed, {wanted} locked")
-    return differences
-
-
-def environment_route(
-    recorded_lock: str,             # the lock hash the run recorded
-    current_lock: str,              # the hash of the current project's lock
-    differences: list[str] = (),    # where the running environment differs from the current lock (`environment_differences`)
-) -> tuple[str, str]:               # ("shared" or "lock", why, in words)
-    "How the throwaway environment gets the recorded lock."
-    if recorded_lock == current_lock and not differences:
-        return "shared", (f"the recorded lock {recorded_lock[:12]} is the current environment's lock (every pin installed), so the "
-                          "throwaway environment reads the current environment's packages and gets only the recorded commit's looplab")
-    if recorded_lock == current_lock:
-        return "lock", (f"the recorded lock {recorded_lock[:12]} is the current project's, but the running environment differs from it "
-                        f"({len(differences)} package(s): {'; '.join(differences[:3])}), so uv installs the recorded commit's "
-                        f"requirements.lock (--no-deps, from its cache in {UV_CACHE} where it can)")
-    return "lock", (f"the recorded lock {recorded_lock[:12]} differs from the current environment's {current_lock[:12]}, so uv "
-                    f"installs the recorded commit's requirements.lock (--no-deps, from its cache in {UV_CACHE} where it can)")
-
-
-def _uv(arguments: list[str], environment: dict, what: str, timeout: float) -> None:
-    from uv import find_uv_bin
-
-    try:
-        done = subprocess.run([find_uv_bin(), *arguments], capture_output=True, text=True, env=environment, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ReproductionError(f"{what}: uv took longer than {timeout:.0f} s") from None
-    if done.returncode:
-        said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-        raise ReproductionError(f"{what}: {' '.join(said[-3:]) or f'uv exited with status {done.returncode}'}")
-
-
-def build_environment(
-    checkout: Path,          # the recorded commit's worktree
-    folder: Path,            # where the environment goes; must not exist
-    route: str,              # from `environment_route`
-    root: Path,              # the project (uv's cache is in its data folder)
-    timeout: float = 1800,   # seconds per uv step
-) -> Path:                   # the environment's python
-    "A throwaway virtual environment with the recorded lock and the recorded commit's looplab (editable)."
-    import sysconfig
-
-    environment = {**os.environ, "VIRTUAL_ENV": str(folder), "UV_CACHE_DIR": str(root / UV_CACHE), "UV_NO_PROGRESS": "1"}
-    environment.pop("PYTHONPATH", None)
-    _uv(["venv", "--quiet", "--python", sys.executable, str(folder)], environment, "creating the throwaway environment", timeout)
-    offline = []
-    if route == "shared":
-        site = next(folder.glob("lib/python*/site-packages"))
-        # a path line adds the folder, not the .pth files in it: the current checkout's editable looplab stays out
-        shared = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-        (site / "looplab-shared-environment.pth").write_text("".join(f"{path}\n" for path in shared), encoding="utf-8")
-        offline = ["--offline"]
-    else:
-        _uv(["pip", "install", "--quiet", "--no-deps", "-r", str(checkout / "requirements.lock")], environment,
-            "installing the recorded lock", timeout)
-    _uv(["pip", "install", "--quiet", *offline, "--no-deps", "--no-build-isolation", "-e", str(checkout)], environment,
-        "installing the recorded commit's looplab", timeout)
-    return folder / "bin" / "python"
-
 # %% ../../notebooks/23_reproduction.ipynb #a8c606ca
 def compare_predictions(
     registered: list,  # the registered model's predictions on the evaluation set (a row may be a list: probabilities)
@@ -336,111 +188,6 @@ def compare_predictions(
     return {"rows": len(left), "identical": identical, "differing": len(differing), "max_abs_difference": largest,
             "first": [{"row": int(row), "registered": left[row].tolist(), "rebuilt": right[row].tolist()} for row in differing[:shown]]}
 
-# %% ../../notebooks/23_reproduction.ipynb #a6c9f7b2
-RUNNER_MARK = "looplab-isolated: "  # the runner's progress lines start with it
-
-ISOLATED_RUNNER = r'''"""Rebuild one registered version with the looplab of its own commit, for `looplab reproduce --isolated`.
-
-Run with the throwaway environment's python inside the recorded commit's worktree: python -I runner.py REQUEST.json
-"""
-import json
-import sys
-import tempfile
-from pathlib import Path
-
-
-def say(line):
-    print(f"looplab-isolated: {line}", file=sys.stderr, flush=True)
-
-
-def plain(values):
-    import numpy as np
-
-    return np.asarray(values).tolist()
-
-
-def main(request_path):
-    request = json.loads(Path(request_path).read_text(encoding="utf-8"))
-    import looplab
-
-    checkout = Path(request["checkout"]).resolve()
-    if checkout not in Path(looplab.__file__).resolve().parents:
-        raise SystemExit(f"looplab is imported from {looplab.__file__}, not from the recorded commit's checkout {checkout}")
-    import numpy
-    import sklearn
-    from looplab import evaluation, registry, training
-    from looplab.reproduction import reproduced_metrics, temporary_feature_store
-
-    record, root = request["record"], Path(request["root"])
-    training_params, evaluation_params = request["training_params"], request["evaluation_params"]
-    with tempfile.TemporaryDirectory(prefix="looplab-isolated-") as folder:
-        say("loading the recorded features and validated rides and materialising them into a temporary feature store")
-        data_params = temporary_feature_store(record, root, Path(folder))
-        train_set, evaluation_set = training.load_training_data(
-            data_params, training_params, root=root, validated_version=record["data_versions"]["validated"]["version"])
-        say(f"refitting on {len(train_set)} rows (seed {training_params.get('seed')})")
-        model = training.fit_model(train_set, data_params, training_params)
-        say(f"evaluating on {len(evaluation_set)} rows")
-        result = evaluation.evaluate(model, evaluation_set, data_params, training_params, evaluation_params)
-    inputs = evaluation_set[training.model_columns(training_params)]
-    say(f"predicting on the same rows with {request['name']} version {request['version']} from the registry")
-    registered = registry.load_model(request["name"], request["version"], registry.registry_client(request["tracking"]))
-    answer = {"metrics": reproduced_metrics(result), "rows": len(inputs),
-              "predictions": {"registered": plain(registered.predict(inputs)), "rebuilt": plain(model.predict(inputs))},
-              "looplab": str(Path(looplab.__file__).parent), "python": sys.version.split()[0],
-              "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
-    if training_params.get("task") == "classification" and hasattr(model, "predict_proba") and hasattr(registered, "predict_proba"):
-        answer["probabilities"] = {"registered": plain(registered.predict_proba(inputs)), "rebuilt": plain(model.predict_proba(inputs))}
-    Path(request["answer"]).write_text(json.dumps(answer), encoding="utf-8")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
-'''
-
-
-def run_isolated(
-    python: Path,                  # the throwaway environment's python
-    checkout: Path,                # the recorded commit's worktree (the runner's working directory)
-    request: dict,                 # what the runner reads: name, version, checkout, root, record, parameters, tracking
-    folder: Path,                  # where the runner, its request and its answer go
-    say: Callable[[str], None],    # progress
-    timeout: float = 3600,         # seconds before the rebuild is stopped
-    env: str | None = None,        # config environment, passed on as KEDRO_ENV
-) -> dict:                         # the runner's answer
-    "Run `ISOLATED_RUNNER` in the checkout with the throwaway environment's python; its answer."
-    runner, request_path, answer = folder / "runner.py", folder / "request.json", folder / "answer.json"
-    runner.write_text(ISOLATED_RUNNER, encoding="utf-8")
-    request_path.write_text(json.dumps({**request, "answer": str(answer)}, default=str), encoding="utf-8")
-    environment = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "PYTHONHOME")}
-    environment.update({"LOOPLAB_PROJECT_ROOT": str(request["root"]), "VIRTUAL_ENV": str(python.parent.parent)})
-    if env:
-        environment["KEDRO_ENV"] = env
-    process = subprocess.Popen([str(python), "-I", str(runner), str(request_path)], cwd=checkout, env=environment,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    expired = threading.Event()
-    timer = threading.Timer(timeout, lambda: (expired.set(), process.kill()))
-    timer.start()
-    said: deque[str] = deque(maxlen=50)
-    try:
-        for line in process.stdout:
-            if line.startswith(RUNNER_MARK):
-                say(f"at the recorded commit: {line[len(RUNNER_MARK):].strip()}")
-            elif line.strip():
-                said.append(line.rstrip())
-        process.wait()
-    finally:
-        timer.cancel()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    (folder / "runner.log").write_text("\n".join(said) + "\n", encoding="utf-8")
-    if expired.is_set():
-        raise ReproductionError(f"the rebuild at the recorded commit took longer than {timeout:.0f} s and was stopped")
-    if process.returncode or not answer.is_file():
-        raise ReproductionError(f"the rebuild at the recorded commit failed: {said[-1] if said else f'exit status {process.returncode}'}")
-    return json.loads(answer.read_text(encoding="utf-8"))
-
 # %% ../../notebooks/23_reproduction.ipynb #24e16ccd
 def _feature_repo_of(record: dict, checkout: Path) -> dict:
     "The record with its Feast repository taken from the checkout: the recorded commit's definitions."
@@ -462,23 +209,26 @@ def rebuild_isolated(
     env: str | None = None,        # config environment
     keep: bool = False,            # leave the worktree and the environment for a look
     timeout: float = 3600,         # seconds for the rebuild
-) -> dict:                         # the runner's answer and "isolated": route, why, commit, lock, folders, seconds
+    fresh_environment: bool = False,  # build the recorded lock with uv even when the shared route would do
+) -> dict:                         # the runner's answer, "definitions" compared, and "isolated": route, why, commit, lock, folders, seconds
     "Rebuild a version with its recorded commit's looplab in a throwaway environment of its recorded lock."
     run_info, what = record.get("run_info") or {}, f"{version.name} version {version.version}"
-    reason = vouch_reason(run_info)
+    reason = isolation.vouch_reason(run_info)
     if reason:
         raise ReproductionError(f"cannot vouch for {what}: {reason}")
     commit, recorded_lock = run_info["git_commit"], run_info["lock_hash"]
     current_lock = training.lock_hash(root)
-    differences = environment_differences(root / "requirements.lock") if current_lock == recorded_lock else []
-    route, why = environment_route(recorded_lock, current_lock, differences)
+    same_lock = current_lock == recorded_lock and not fresh_environment
+    differences = isolation.environment_differences(root / "requirements.lock") if same_lock else []
+    route, why = isolation.environment_route(recorded_lock, current_lock, differences, fresh=fresh_environment)
+    definitions = isolation.recorded_definitions(getattr(version, "tags", None), run_info)
     folder, seconds = Path(tempfile.mkdtemp(prefix="looplab-isolated-")), {}
     checkout, environment = folder / "checkout", folder / "environment"
     try:
         started = time.monotonic()
         say(f"checking out commit {commit[:12]} into a temporary git worktree")
-        checkout_commit(root, commit, checkout)
-        project = checkout / _git(root, "rev-parse", "--show-prefix")  # the project may be a folder of a larger repository
+        isolation.checkout_commit(root, commit, checkout)
+        project = isolation.project_in_checkout(root, checkout)
         found_lock = training.lock_hash(project)
         if found_lock != recorded_lock:
             raise ReproductionError(f"cannot vouch for {what}: requirements.lock at commit {commit[:12]} hashes "
@@ -486,23 +236,24 @@ def rebuild_isolated(
         seconds["checkout"] = round(time.monotonic() - started, 2)
         say(f"building a throwaway environment with uv, route {route}: {why}")
         started = time.monotonic()
-        python = build_environment(project, environment, route, root)
+        python = isolation.build_environment(project, environment, route, root)
         seconds["environment"] = round(time.monotonic() - started, 2)
         say(f"rebuilding with the looplab of commit {commit[:12]}")
         started = time.monotonic()
         request = {"name": version.name, "version": str(version.version), "checkout": str(project), "root": str(root),
                    "record": _feature_repo_of(record, project), "training_params": training_params,
-                   "evaluation_params": evaluation_params,
+                   "evaluation_params": evaluation_params, "definitions": definitions,
                    "tracking": {"tracking_uri": client.tracking_uri,
                                 "registry_uri": getattr(client, "_registry_uri", None) or client.tracking_uri}}
-        answer = run_isolated(python, project, request, folder, say, timeout=timeout, env=env)
+        answer = isolation.run_isolated(python, project, request, folder, say, timeout=timeout, env=env)
         seconds["rebuild"] = round(time.monotonic() - started, 2)
     finally:
         if keep:
             say(f"kept: the worktree {checkout}, the environment {environment} (remove with git worktree remove, rm -r)")
         else:
-            remove_checkout(root, checkout)
+            isolation.remove_checkout(root, checkout)
             shutil.rmtree(folder, ignore_errors=True)
+    answer["definitions"] = isolation.compare_definitions(definitions, answer.get("definitions") or {})
     answer["isolated"] = {"route": route, "why": why, "commit": commit, "lock": recorded_lock, "seconds": seconds,
                           "kept": {"checkout": str(checkout), "environment": str(environment)} if keep else None,
                           "python": answer.pop("python", None),
@@ -511,7 +262,7 @@ def rebuild_isolated(
 
 # %% ../../notebooks/23_reproduction.ipynb #1bb92218
 def _isolated_result(version, logged: dict[str, float], answer: dict) -> dict:
-    "`reproduce`'s result for an isolated rebuild: metrics compared exactly, predictions bit for bit."
+    "`reproduce`'s result for an isolated rebuild: metrics compared exactly, predictions bit for bit, definition hashes as recorded."
     metrics = compare_metrics(logged, answer["metrics"], 0.0)
     isolated = answer["isolated"]
     result = {
@@ -519,11 +270,11 @@ def _isolated_result(version, logged: dict[str, float], answer: dict) -> dict:
         "predictions": compare_predictions(answer["predictions"]["registered"], answer["predictions"]["rebuilt"]),
         "commit": {"recorded": isolated["commit"], "current": isolated["commit"], "same": True},
         "lock": {"recorded": isolated["lock"], "current": isolated["lock"], "same": True},
-        "isolated": isolated,
+        "definitions": answer["definitions"], "isolated": isolated,
     }
     if answer.get("probabilities"):
         result["probabilities"] = compare_predictions(answer["probabilities"]["registered"], answer["probabilities"]["rebuilt"])
-    result["matches"] = (bool(metrics) and all(row["matches"] for row in metrics)
+    result["matches"] = (bool(metrics) and all(row["matches"] for row in metrics) and all(row["same"] for row in result["definitions"])
                          and all(result[key]["identical"] for key in ("predictions", "probabilities") if key in result))
     return result
 
@@ -538,8 +289,9 @@ def reproduce(
     isolated: bool = False,            # rebuild with the recorded commit's code and lock (`rebuild_isolated`)
     keep: bool = False,                # isolated: keep the worktree and the environment
     timeout: float = 3600,             # isolated: seconds for the rebuild
+    fresh_environment: bool = False,   # isolated: build the recorded lock with uv even when the shared route would do
 ) -> dict:                             # name, version, run_id, matches, tolerance, metrics, commit, lock; isolated: predictions too
-    "Rebuild a registered version from its recorded data, parameters and seed; compare its metrics (and, isolated, its predictions)."
+    "Rebuild a registered version from its recorded data, parameters and seed; compare its metrics (and, isolated, its predictions and definitions)."
     say = progress or (lambda line: _logger.info("reproduce: %s", line))
     name, reference = parse_spec(spec)
     client = client or registry_client()
@@ -560,7 +312,8 @@ def reproduce(
                          or load_config("parameters", env=env, root=root)["evaluation"])
     if isolated:
         return _isolated_result(version, logged, rebuild_isolated(
-            version, record, training_params, evaluation_params, root, say, client, env=env, keep=keep, timeout=timeout))
+            version, record, training_params, evaluation_params, root, say, client, env=env, keep=keep, timeout=timeout,
+            fresh_environment=fresh_environment))
     with tempfile.TemporaryDirectory(prefix="looplab-reproduce-") as folder:
         say("loading the recorded features and validated rides (checking their content hashes) "
             "and materialising them into a temporary feature store")
@@ -611,6 +364,7 @@ def format_reproduction(result: dict) -> str:
             lines.append(f"{key}: {_predictions_line(result[key])}")
     took = ", ".join(f"{step} {seconds:g} s" for step, seconds in isolated["seconds"].items())
     lines += [
+        f"definitions: {isolation.definitions_line(result.get('definitions') or [], commit['recorded'])}",
         f"rebuilt in isolation at commit {commit['recorded']}, lock {str(lock['recorded'])[:12]} ({took})",
         f"environment: {isolated['route']}: {isolated['why']}",
         ("reproduced: every metric identical, every prediction bit-identical" if result["matches"] else
@@ -646,4 +400,7 @@ def difference(result: dict) -> str:
             largest = comparison["max_abs_difference"]
             parts.append(comparison.get("note") or f"{comparison['differing']} of {comparison['rows']} {key} differ"
                          + ("" if largest is None else f" (max abs difference {largest:.6g})"))
+    definitions = result.get("definitions") or []
+    if not all(row["same"] for row in definitions):
+        parts.append(isolation.definitions_line(definitions, result["commit"]["recorded"]))
     return "; ".join(parts)
