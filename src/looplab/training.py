@@ -17,6 +17,7 @@ import pandas as pd
 
 from .core import find_project_root, load_config, model_threads
 from .drift import log_model_reference
+from .estimation import EstimationError, fit_estimator, log_estimator
 from .evaluation import evaluate_model, is_better, metrics, model_scores
 from .features import EVENT_TIMESTAMP, build_features, canonical_times, feature_groups, materialize_features, resolve_path, training_set
 from .registry import register_model
@@ -408,6 +409,18 @@ def _log_drift_reference(model: Any, train_set: pd.DataFrame, training_params: d
     log_model_reference(model, train_set, training_params, settings)
 
 
+def _log_estimator(model: Any, evaluation_set: pd.DataFrame, data_params: dict, training_params: dict) -> None:
+    "Fit the model's performance estimator on its evaluation set and keep it in the active run; too few rows only warn."
+    try:
+        with model_threads(training_params):
+            estimator = fit_estimator(model, evaluation_set, model_columns(training_params), data_params["target"],
+                                      training_params.get("task", "regression"), seed=int(training_params.get("seed", 0)))
+    except EstimationError as error:
+        logger.warning("train_model: this model version gets no performance estimator: %s", error)
+        return
+    log_estimator(estimator)
+
+
 def train_model(
     features: pd.DataFrame,          # the data layer's feature table (orders the node after it)
     data_versions: dict,             # the data layer's version record (`record_data_versions`)
@@ -471,6 +484,7 @@ def train_model(
         else:
             model, best = fit_model(train_set, data_params, training_params), None
         _log_drift_reference(model, train_set, training_params, root, env)
+        _log_estimator(model, evaluation_set, data_params, training_params)
         run_info = {
             "run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "model_name": name,
             "git_commit": commit["commit"], "git_dirty": commit["dirty"], "lock_hash": lock,
