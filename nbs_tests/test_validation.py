@@ -378,3 +378,6 @@ def test_kedro_node_returns_html_and_logs(params, scratch_project):
     experiment = client.get_experiment_by_name(load_config("mlflow", root=scratch_project)["mlflow"]["experiments"]["data"])
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["rejected"] == "false" and runs[0].data.metrics["rows_valid"] == 5.0
+    _, _, empty = validate_batch(clean_batch(5).iloc[:0], params)  # a run that read nothing: the page, no MLflow run
+    assert report_validation(empty, params).startswith("<!DOCTYPE html>")
+    assert len(client.search_runs([experiment.experiment_id])) == 1

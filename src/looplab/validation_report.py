@@ -184,10 +184,11 @@ def report_validation(
     root: Path | str | None = None,  # project root (Kedro: the run's settings)
     env: str | None = None,          # config environment of the MLflow settings (Kedro: the run's settings)
 ) -> str:                            # the HTML page, for the `validation_report_html` dataset
-    "The Kedro node: render the report as HTML and log it to MLflow; a batch whose structure fits no row ends the run."
+    "The Kedro node: render the report as HTML and log it to MLflow (not when the run read nothing); a batch whose structure fits no row ends the run."
     if append_report and append_report.get("revisions"):
         report = {**report, "revisions": append_report["revisions"]}
-    log_validation_report(report, params, env=env, root=root)
+    if report.get("rows_in") or report.get("rejected_files"):  # a run that read nothing has nothing to show in MLflow
+        log_validation_report(report, params, env=env, root=root)
     page = validation_report_html(report)
     if problem := structural_failure(report, params):  # the report is stored and in MLflow: the run stops here
         raise BatchStructureError(problem)
