@@ -55,6 +55,8 @@ def test_bench_data_stream_smoke(root, tmp_path, quiet_env):
     for figure in (stream["anchor_pyarrow"], stream["data_run"], stream["noop_run"]):
         assert figure["seconds"] > 0 and figure["peak_rss_mb"] > 0
     assert set(stream["met"]) == {"peak_rss", "noop_seconds"} and stream["targets"]["noop_seconds_max"] == 5.0
+    split = stream["noop_run"]["in_process"]
+    assert split["startup_seconds"] > 0 and split["pipeline_seconds"] > 0
     assert " MB CSV: data run " in result["summary"] and "nothing new" in result["summary"]
     assert not list(tmp_path.glob("looplab-bench-data-*")), "temporary files are removed"
 
