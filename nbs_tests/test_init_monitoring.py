@@ -65,6 +65,11 @@ def test_the_served_week_is_one_window_scored_by_its_error_rate(busy):
     expected = float(np.mean(served != busy["week"]["busy"].to_numpy()))  # the served classes against the CSV's labels
     assert window["error_rate"] == pytest.approx(expected), (window["error_rate"], expected)
     assert pd.isna(window["mae"]) and pd.isna(window["evaluation_mae"])  # no numbers averaged for classes
+    # the error rate estimated before labels: the served version's probabilities on the logged inputs, calibrated on its
+    # evaluation set; the estimate's own error once the labels are in
+    assert 0 <= window["estimated_error_rate_low"] <= window["estimated_error_rate"] <= window["estimated_error_rate_high"] <= 1, window.to_dict()
+    assert window["estimated_error_rate"] < 0.5 and pd.isna(window["estimated_mae"])
+    assert window["estimate_error"] == pytest.approx(window["estimated_error_rate"] - window["error_rate"])
     assert "error rate" in busy["run"] and "class prior" in busy["run"], busy["run"][-3000:]
 
 

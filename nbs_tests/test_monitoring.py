@@ -146,9 +146,19 @@ def test_windows_are_scored_once_their_labels_are_due(project, fresh_store):
     labels = validated(project).set_index("timestamp")["bikers"]
     assert 0 < window["mae"] < labels.mean() and math.isfinite(window["baseline_mae"]) and window["model_version"] == "1"
     assert math.isfinite(window["evaluation_mae"]) and window["drift_backend"] in ("alibi", "scipy")
+    # the error estimated from the logged inputs and predictions alone, by the estimator version 1's training run kept,
+    # beside the realised one; the window's MLflow run has both
+    assert 0 < window["estimated_mae_low"] <= window["estimated_mae"] <= window["estimated_mae_high"], window
+    assert window["estimate_error"] == pytest.approx(window["estimated_mae"] - window["mae"])
+    assert math.isnan(window["estimated_error_rate"])
+    import mlflow
+
+    logged = mlflow.get_run(window["run_id"]).data.metrics
+    assert logged["estimated_mae"] == pytest.approx(window["estimated_mae"]) and logged["mae"] == pytest.approx(window["mae"])
     assert monitor(project, "2011-01-21")["windows"] == []           # monitored once
     stored = load_store(project, "test")
     assert len(stored["windows"]) == 1 and set(stored["drift"]["feature"]) >= {"temp", "weathersit", "prediction"}
+    assert stored["windows"]["estimated_mae"].iloc[0] == pytest.approx(window["estimated_mae"])
     assert "hr" not in set(stored["drift"]["feature"])  # monitoring.drift.ignore: calendar columns
 
 

@@ -421,6 +421,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.monitoring.read_decisions': ('monitoring.html#read_decisions', 'looplab/monitoring.py'),
                                     'looplab.monitoring.store_files': ('monitoring.html#store_files', 'looplab/monitoring.py'),
                                     'looplab.monitoring.window_drift': ('monitoring.html#window_drift', 'looplab/monitoring.py'),
+                                    'looplab.monitoring.window_estimate': ('monitoring.html#window_estimate', 'looplab/monitoring.py'),
                                     'looplab.monitoring.window_of': ('monitoring.html#window_of', 'looplab/monitoring.py'),
                                     'looplab.monitoring.window_performance': ( 'monitoring.html#window_performance',
                                                                                'looplab/monitoring.py'),

@@ -127,10 +127,10 @@ def registry_state(
 OUTCOME_COLOURS = {"promoted": "#2ca02c", "rejected": "#ff7f0e", "failed": "#d62728", "running": "#1f77b4", None: "#7f7f7f"}
 # A window's error by task: the store's columns for the model, its baseline and its evaluation, and their names.
 ERRORS = {
-    "regression": {"value": "mae", "baseline": "baseline_mae", "evaluation": "evaluation_mae", "name": "MAE",
-                   "baseline_name": "seasonal-naive baseline"},
+    "regression": {"value": "mae", "baseline": "baseline_mae", "evaluation": "evaluation_mae", "estimate": "estimated_mae",
+                   "name": "MAE", "baseline_name": "seasonal-naive baseline"},
     "classification": {"value": "error_rate", "baseline": "baseline_error_rate", "evaluation": "evaluation_error_rate",
-                       "name": "error rate", "baseline_name": "class-prior baseline"},
+                       "estimate": "estimated_error_rate", "name": "error rate", "baseline_name": "class-prior baseline"},
 }
 
 
@@ -207,6 +207,14 @@ def timeline_figure(
         mae_axis.hlines(windows[error["evaluation"]] * (1 + float(degradation)), windows["window_start"], windows["window_end"],
                         colors="#d62728", linestyles=(0, (1, 3)), lw=1.2,
                         label=f"retraining threshold (evaluation + {float(degradation):.0%})")
+    # the error estimated before labels (looplab.estimation): on the same axis as the realised one, its band shaded
+    estimate = error["estimate"]
+    values = {column: pd.to_numeric(windows[column], errors="coerce") if column in windows else pd.Series(math.nan, index=windows.index)
+              for column in (estimate, f"{estimate}_low", f"{estimate}_high")}
+    if values[estimate].notna().any():
+        mae_axis.fill_between(middle, values[f"{estimate}_low"], values[f"{estimate}_high"], color="#9467bd", alpha=0.18, lw=0,
+                              label=f"estimated {error['name']}: 95 % band", gid="looplab-estimate-band")
+        mae_axis.plot(middle, values[estimate], "^-", color="#9467bd", lw=1.5, label=f"estimated {error['name']} (before labels)")
     target = config.get("target") if error["value"] == "mae" else None
     mae_axis.set_ylabel(f"{error['name']} ({target})" if target else error["name"])
     mae_axis.set_ylim(bottom=0)

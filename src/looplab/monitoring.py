@@ -18,6 +18,7 @@ import pandas as pd
 
 from .core import configure_mlflow, find_project_root, load_config
 from .drift import load_reference, make_detector
+from .estimation import ESTIMATE_COLUMNS, estimate_window
 from .evaluation import metrics
 from .ingestion import arrives_untimed
 from .prediction_log import read_prediction_log
@@ -27,8 +28,8 @@ _logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['WINDOW_COLUMNS', 'DRIFT_COLUMNS', 'DECISION_COLUMNS', 'DEFAULT_ANCHOR', 'TASK_ERROR', 'monitoring_settings',
            'window_of', 'due_windows', 'logged_predictions', 'due_labels', 'class_errors', 'window_performance',
-           'evaluation_metric', 'window_drift', 'store_files', 'read_decisions', 'write_window', 'load_store',
-           'late_entries', 'log_window', 'monitor_window', 'monitoring_now', 'monitor_windows']
+           'evaluation_metric', 'window_drift', 'window_estimate', 'store_files', 'read_decisions', 'write_window',
+           'load_store', 'late_entries', 'log_window', 'monitor_window', 'monitoring_now', 'monitor_windows']
 
 # %% ../../notebooks/40_monitoring.ipynb #b40f5422
 WINDOW_COLUMNS = [
@@ -38,6 +39,10 @@ WINDOW_COLUMNS = [
     "drift", "drift_features", "drift_backend", "latency_p50_ms", "latency_p99_ms", "duplicates",
     "log_lines", "late_entries", "rescored",  # lines scored on, lines that came after the first scoring, re-scorings
     "out_of_range",  # predictions served with inputs outside the dataset's rules (serving.out_of_range: flag)
+    # the error estimated from inputs and predictions alone, with its 95 % band (looplab.estimation), and the
+    # estimate's own error (estimated - realised) once labels are in
+    "estimated_mae", "estimated_mae_low", "estimated_mae_high",
+    "estimated_error_rate", "estimated_error_rate_low", "estimated_error_rate_high", "estimate_error",
     "note", "monitored_at",
 ]
 DRIFT_COLUMNS = ["window_start", "window_end", "feature", "test", "p_value", "distance", "drift", "model_version"]
@@ -294,6 +299,35 @@ def window_drift(
     features = result.features.copy()
     return {"drift": bool(result.drift), "drift_features": int(result.n_drifted), "drift_backend": str(result.backend)}, features
 
+# %% ../../notebooks/40_monitoring.ipynb #e5a1c0d2
+_WITHOUT_ESTIMATOR: set[tuple[str, str]] = set()  # versions already warned about
+
+
+def window_estimate(
+    rows: pd.DataFrame,          # the window's `logged_predictions` rows
+    name: str,                   # registered model name
+    version: str,                # the version that served the window
+    task: str = "regression",    # regression | classification
+    realised: float = math.nan,  # the window's realised error (mae or error_rate), once labels are in
+) -> dict[str, float]:           # every estimate column (NaN when there is no estimate) and estimate_error
+    "The window's estimated error and band, from the serving version's estimator, and the estimate's own error."
+    found = {column: math.nan for columns in ESTIMATE_COLUMNS.values() for column in columns}
+    found["estimate_error"] = math.nan
+    if not len(rows) or not version:
+        return found
+    try:
+        found.update(estimate_window(rows, name, str(version), task))
+    except Exception as error:  # no estimator kept, or inputs it cannot read: the window keeps its other numbers
+        if (name, str(version)) not in _WITHOUT_ESTIMATOR:
+            _WITHOUT_ESTIMATOR.add((name, str(version)))
+            _logger.warning("monitoring: no estimated error for %s version %s: %s", name, version,
+                            str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return found
+    estimate = found[ESTIMATE_COLUMNS[task][0]]
+    if math.isfinite(estimate) and realised is not None and math.isfinite(realised):
+        found["estimate_error"] = estimate - realised
+    return found
+
 # %% ../../notebooks/40_monitoring.ipynb #dbd50856
 def store_files(store_path: Path | str) -> dict[str, Path]:
     "The files of a monitoring store."
@@ -452,6 +486,7 @@ def monitor_window(
         window["evaluation_error_rate"] = 1 - evaluation_metric(settings["model_name"], window["model_version"], "accuracy")
     error, evaluated = (window[column] for column in TASK_ERROR[task])
     window["degradation"] = error / evaluated - 1 if math.isfinite(error) and math.isfinite(evaluated) and evaluated > 0 else math.nan
+    window.update(window_estimate(rows, settings["model_name"], window["model_version"], task, error))
     window.update(drift=False, drift_features=0, drift_backend="")
     drift = pd.DataFrame(columns=DRIFT_COLUMNS)
     if len(rows):

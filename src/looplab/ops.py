@@ -43,6 +43,15 @@ WINDOW_GAUGES = {  # column of windows.parquet → (metric, help)
     "prediction_mean": ("looplab_monitoring_prediction_mean", "mean prediction in the latest window"),
     "latency_p99_ms": ("looplab_monitoring_window_latency_p99_ms", "p99 server latency (ms) in the latest window"),
     "out_of_range": ("looplab_monitoring_window_out_of_range", "predictions in the latest window served with inputs out of range (flagged)"),
+    "error_rate": ("looplab_monitoring_window_error_rate", "a classifier's share of wrong classes in the latest window"),
+    # the error estimated before labels (looplab.estimation), its 95 % band, and how far it was off once labels came
+    "estimated_mae": ("looplab_monitoring_window_estimated_mae", "MAE of the latest window estimated from inputs and predictions"),
+    "estimated_mae_low": ("looplab_monitoring_window_estimated_mae_low", "lower end of the estimated MAE's 95 % band"),
+    "estimated_mae_high": ("looplab_monitoring_window_estimated_mae_high", "upper end of the estimated MAE's 95 % band"),
+    "estimated_error_rate": ("looplab_monitoring_window_estimated_error_rate", "a classifier's error rate of the latest window, estimated"),
+    "estimated_error_rate_low": ("looplab_monitoring_window_estimated_error_rate_low", "lower end of the estimated error rate's 95 % band"),
+    "estimated_error_rate_high": ("looplab_monitoring_window_estimated_error_rate_high", "upper end of the estimated error rate's 95 % band"),
+    "estimate_error": ("looplab_monitoring_window_estimate_error", "estimated - realised error of the latest window, once labelled"),
 }
 
 # %% ../../notebooks/43_ops.ipynb #08d5b100
