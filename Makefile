@@ -133,7 +133,7 @@ SIZES ?= 1000000 10000000
 REPS ?= 3
 DURATION ?= 15
 
-bench: setup bench-data bench-training bench-serving bench-monitoring  ## run every benchmark
+bench: setup bench-data bench-training bench-serving bench-monitoring bench-estimation  ## run every benchmark
 
 STREAM_MB ?= 200
 
@@ -151,6 +151,12 @@ MONITORING_ROWS ?= 100000
 
 bench-monitoring: setup  ## drift check of a 100k-row window, both backends (target <= 1 s); replay days/s (MONITORING_ROWS, REPS)
 	$(BIN)/python benchmarks/monitoring/run.py --rows $(MONITORING_ROWS) --repetitions $(REPS)
+
+.PHONY: bench-estimation
+ESTIMATION_DATASETS ?= bike,bike-busy,breast-cancer
+
+bench-estimation: setup  ## estimated vs realised error per window, looplab vs NannyML (own venv in benchmarks/nannyml) (ESTIMATION_DATASETS)
+	$(BIN)/python benchmarks/estimation/run.py --datasets $(ESTIMATION_DATASETS)
 
 # Serving: the champion on $(SERVE_WORKERS) uvicorn workers behind the nginx gateway; Ctrl-C stops both.
 .PHONY: serve
