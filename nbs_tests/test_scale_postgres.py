@@ -228,8 +228,13 @@ def test_prod_conf_on_postgres_and_a_tracking_server(servers, project, root, too
     assert experiment.artifact_location.startswith("mlflow-artifacts:"), experiment.artifact_location
     assert any(path.name == "MLmodel" for path in tracking.artifacts.rglob("MLmodel")), "the server did not store the model"
 
-    # promotion through the command line, against the same registry
-    promoted = subprocess.run([tool("looplab"), "promote", MODEL, "2", "--env", "prod"], cwd=project, env=env,
+    # promotion through the command line, against the same registry. prod rebuilds a version before it
+    # promotes it (registry.promote_verify); this copy is no git checkout, so that is refused with the reason
+    refused = subprocess.run([tool("looplab"), "promote", MODEL, "2", "--env", "prod"], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "no git commit" in refused.stderr, refused.stderr[-3000:]
+    assert client_of(tracking).get_model_version_by_alias(MODEL, "champion").version == "1"
+    promoted = subprocess.run([tool("looplab"), "promote", MODEL, "2", "--env", "prod", "--no-verify"], cwd=project, env=env,
                               capture_output=True, text=True, timeout=300)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     assert client_of(tracking).get_model_version_by_alias(MODEL, "champion").version == "2"
