@@ -148,7 +148,10 @@ def test_ctrl_c_stops_make_serve_cleanly(root, tmp_path):
     recipe = subprocess.run(["make", "-s", "-n", "-o", "setup", "-o", "system-packages", "serve", f"BIN={fake}"],
                             cwd=root, capture_output=True, text=True, timeout=120)
     assert recipe.returncode == 0 and f"{fake}/looplab gateway" in recipe.stdout, recipe.stdout + recipe.stderr
-    shell = subprocess.Popen(["bash", "-c", recipe.stdout], start_new_session=True, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: SIGINT at its default (a test runner's worker may ignore it, and a shell that starts with a
+    # signal ignored cannot trap it)
+    shell = subprocess.Popen(["bash", "-c", recipe.stdout], start_new_session=True, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def group() -> list[str]:
         listed = subprocess.run(["pgrep", "-g", str(shell.pid)], capture_output=True, text=True, timeout=30).stdout.split()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from conftest import CHROMIUM, copy_project, free_port, running_server, wait_until
+from conftest import CHROMIUM, copy_project, running_server, wait_until
 
 RENDER_TIMEOUT_MS = 120_000
 
@@ -41,10 +41,25 @@ def declared(project) -> dict:
     return {"layers": layers, "datasets": datasets, "catalog": set(catalog), "tasks": {name: tags[0] for name, tags in tasks.items()}}
 
 
+def viz_port() -> int:
+    "A free 127.0.0.1 port that kedro-viz accepts: it refuses any above 49151 (the dynamic range free_port draws from)."
+    import random
+    import socket
+
+    for candidate in random.sample(range(20000, 49000), 500):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    raise RuntimeError("no free port between 20000 and 49000")
+
+
 @pytest.fixture(scope="module")
 def viz_url(project, tool, quiet_env, tmp_path_factory):
     "`kedro viz run` on a free 127.0.0.1 port of the copy, once its API answers; stopped after the module."
-    port = free_port()
+    port = viz_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("kedro-viz-log") / "viz.log"
     command = [tool("kedro"), "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
