@@ -138,7 +138,17 @@ def test_windows_are_scored_once_their_labels_are_due(project, fresh_store):
     from looplab.monitoring import load_store
 
     rows = write_log(project, "2011-01-10", "2011-01-17", repeat=2)  # every line twice: counted once
-    assert monitor(project, "2011-01-18")["windows"] == []           # labels due two days after the window
+    early = monitor(project, "2011-01-18")                           # labels due two days after the window
+    assert early["windows"] == []
+    # before its labels the window is estimated: its error from the logged inputs and predictions alone, stored at once
+    (estimated,) = early["estimated"]
+    assert estimated["status"] == "estimated" and estimated["labelled"] == 0 and math.isnan(estimated["mae"]), estimated
+    assert 0 < estimated["estimated_mae_low"] <= estimated["estimated_mae"] <= estimated["estimated_mae_high"], estimated
+    assert estimated["note"].startswith("labels due 2011-01-19 00:00") and "run_id" not in estimated
+    assert len(load_store(project, "test")["windows"]) == 0                  # not a scored window: the trigger never sees it
+    (pending,) = load_store(project, "test", estimated=True)["windows"].to_dict("records")
+    assert pending["status"] == "estimated" and pending["estimated_mae"] == pytest.approx(estimated["estimated_mae"])
+    assert monitor(project, "2011-01-18 12:00")["estimated"] == []         # nothing served since: not estimated again
     report = monitor(project, "2011-01-20")
     (window,) = report["windows"]
     assert window["window_start"] == "2011-01-10 00:00:00" and window["predictions"] == rows == window["labelled"]
@@ -158,6 +168,9 @@ def test_windows_are_scored_once_their_labels_are_due(project, fresh_store):
     assert monitor(project, "2011-01-21")["windows"] == []           # monitored once
     stored = load_store(project, "test")
     assert len(stored["windows"]) == 1 and set(stored["drift"]["feature"]) >= {"temp", "weathersit", "prediction"}
+    # the estimated row was scored in place: one row, the realised MAE beside the estimate made before the labels
+    assert list(load_store(project, "test", estimated=True)["windows"]["status"]) == ["scored"]
+    assert window["estimated_mae"] == pytest.approx(estimated["estimated_mae"])
     assert stored["windows"]["estimated_mae"].iloc[0] == pytest.approx(window["estimated_mae"])
     assert "hr" not in set(stored["drift"]["feature"])  # monitoring.drift.ignore: calendar columns
 

@@ -418,6 +418,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.monitoring.monitoring_now': ('monitoring.html#monitoring_now', 'looplab/monitoring.py'),
                                     'looplab.monitoring.monitoring_settings': ( 'monitoring.html#monitoring_settings',
                                                                                 'looplab/monitoring.py'),
+                                    'looplab.monitoring.pending_windows': ('monitoring.html#pending_windows', 'looplab/monitoring.py'),
                                     'looplab.monitoring.read_decisions': ('monitoring.html#read_decisions', 'looplab/monitoring.py'),
                                     'looplab.monitoring.store_files': ('monitoring.html#store_files', 'looplab/monitoring.py'),
                                     'looplab.monitoring.window_drift': ('monitoring.html#window_drift', 'looplab/monitoring.py'),

@@ -71,7 +71,7 @@ def read_store(
 ) -> dict[str, pd.DataFrame]:    # {"windows", "drift", "decisions"}
     "windows, drift and decisions of the store in `folder`, sorted and typed for plotting."
     try:
-        tables = load_store(store_path=folder)
+        tables = load_store(store_path=folder, estimated=True)
     except Exception as error:  # a corrupt or half-written file: name it, keep the app alive
         named = unreadable_files(folder)
         raise StoreError("cannot read the monitoring store: " + ("; ".join(named) if named else
@@ -378,6 +378,9 @@ def latest_table(
     in_window = drift[(drift["window_start"] == latest["window_start"]) & (drift["window_end"] == latest["window_end"])]
     drifted = sorted(in_window.loc[in_window["drift"].astype(bool), "feature"].astype(str))
     degradation = latest.get("degradation")
+    estimate = error["estimate"]
+    guess, low, high = (pd.to_numeric(latest.get(column, math.nan), errors="coerce")
+                        for column in (estimate, f"{estimate}_low", f"{estimate}_high"))
     rows = [
         cell("window_start", "window start", f"{latest['window_start']:%Y-%m-%d %H:%M}", latest["window_start"].isoformat()),
         cell("window_end", "window end", f"{latest['window_end']:%Y-%m-%d %H:%M}", latest["window_end"].isoformat()),
@@ -386,6 +389,8 @@ def latest_table(
         cell("labelled", "labelled rows", number(int(latest["labelled"])), int(latest["labelled"]),
              f"{int(latest['missing_labels'])} label(s) missing" if pd.notna(latest["missing_labels"]) else ""),
         cell(error["value"], error["name"], number(value), value, "" if pd.notna(value) else "no labels yet"),
+        cell(estimate, f"estimated {error['name']}", number(guess), guess,
+             f"95 % band {number(low)} – {number(high)}" if pd.notna(guess) else "no estimate for this version"),
         cell(error["baseline"], f"{error['name']} of the {error['baseline_name']}", number(baseline), baseline),
         cell(error["evaluation"], f"evaluation {error['name']}", number(evaluation), evaluation),
         cell("degradation", "degradation vs evaluation",

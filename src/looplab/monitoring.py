@@ -27,9 +27,10 @@ _logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['WINDOW_COLUMNS', 'DRIFT_COLUMNS', 'DECISION_COLUMNS', 'DEFAULT_ANCHOR', 'TASK_ERROR', 'monitoring_settings',
-           'window_of', 'due_windows', 'logged_predictions', 'due_labels', 'class_errors', 'window_performance',
-           'evaluation_metric', 'window_drift', 'window_estimate', 'store_files', 'read_decisions', 'write_window',
-           'load_store', 'late_entries', 'log_window', 'monitor_window', 'monitoring_now', 'monitor_windows']
+           'window_of', 'due_windows', 'pending_windows', 'logged_predictions', 'due_labels', 'class_errors',
+           'window_performance', 'evaluation_metric', 'window_drift', 'window_estimate', 'store_files',
+           'read_decisions', 'write_window', 'load_store', 'late_entries', 'log_window', 'monitor_window',
+           'monitoring_now', 'monitor_windows']
 
 # %% ../../notebooks/40_monitoring.ipynb #b40f5422
 WINDOW_COLUMNS = [
@@ -43,6 +44,7 @@ WINDOW_COLUMNS = [
     # estimate's own error (estimated - realised) once labels are in
     "estimated_mae", "estimated_mae_low", "estimated_mae_high",
     "estimated_error_rate", "estimated_error_rate_low", "estimated_error_rate_high", "estimate_error",
+    "status",  # scored: joined with its due labels; estimated: labels not due yet, the error only estimated so far
     "note", "monitored_at",
 ]
 DRIFT_COLUMNS = ["window_start", "window_end", "feature", "test", "p_value", "distance", "drift", "model_version"]
@@ -123,6 +125,21 @@ def due_windows(
             windows.append((start, end))
         start, end = end, end + pd.Timedelta(days=settings["window_days"])
     return windows
+
+
+def pending_windows(
+    times: pd.Series,            # the event times of the logged predictions
+    now: Any,                    # the current time, in event time
+    settings: dict,              # `monitoring_settings`
+) -> list[tuple[pd.Timestamp, pd.Timestamp]]:  # windows holding predictions whose labels are not due yet, oldest first
+    "The windows that hold predictions but whose labels are not due by `now`: so far their error can only be estimated."
+    times = pd.to_datetime(pd.Series(times, dtype=object)).dropna()
+    if times.empty:
+        return []
+    anchor, length = pd.Timestamp(settings["window_anchor"]), pd.Timedelta(days=settings["window_days"])
+    delay = pd.Timedelta(hours=settings["label_delay_hours"])
+    starts = sorted(set(anchor + ((times - anchor) // length) * length))
+    return [(start, start + length) for start in starts if start + length + delay > pd.Timestamp(now)]
 
 # %% ../../notebooks/40_monitoring.ipynb #2f6e786c
 def logged_predictions(
@@ -404,8 +421,9 @@ def load_store(
     root: Path | str | None = None,  # project root; found when None
     env: str | None = None,          # config environment
     store_path: Path | str | None = None,  # the store folder; from conf when None
+    estimated: bool = False,         # also the windows whose labels are not due yet (`status` estimated)
 ) -> dict[str, pd.DataFrame]:        # {"windows", "drift", "decisions"}: empty frames with their columns when nothing is stored
-    "Everything the monitoring layer has stored."
+    "Everything the monitoring layer has stored: the scored windows, and the estimated ones when asked."
     if store_path is None:
         root = Path(root) if root is not None else find_project_root()
         store_path = monitoring_settings(load_config("parameters", env=env, root=root), root)["store_path"]
@@ -415,6 +433,10 @@ def load_store(
     for frame in (windows, drift):
         for column in ("window_start", "window_end"):
             frame[column] = pd.to_datetime(frame[column])
+    if not estimated and len(windows):  # a store written before windows were estimated holds scored ones only
+        pending = windows["status"].astype(object).fillna("scored").astype(str) == "estimated"
+        drift = drift[~drift["window_start"].isin(windows.loc[pending, "window_start"])].reset_index(drop=True)
+        windows = windows[~pending].reset_index(drop=True)
     return {"windows": windows, "drift": drift, "decisions": read_decisions(files["decisions"])}
 
 # %% ../../notebooks/40_monitoring.ipynb #2c9eca85
@@ -522,9 +544,10 @@ def monitor_windows(
     now: Any = None,                # the current time in event time; None: the data's clock
     root: Path | str | None = None, # project root; found when None
     env: str | None = None,         # config environment
-    log_to_mlflow: bool = True,     # log each window as an MLflow run
-) -> dict[str, Any]:                # {"now", "windows": [rows monitored now], "predictions": counts, "store", "late_entries": {window: lines}}
-    "Monitor every window whose labels are due and that is not in the store yet, and score again those that got late log entries."
+    log_to_mlflow: bool = True,     # log each scored window as an MLflow run
+) -> dict[str, Any]:                # {"now", "windows": [rows scored now], "estimated": [rows estimated now], "predictions": counts, "store", "late_entries"}
+    """Score every window whose labels are due and that is not scored yet, score again those that got late log entries, and
+    estimate the windows whose labels are not due yet (again when more predictions were served in them)."""
     root = Path(root) if root is not None else find_project_root()
     env = env or os.environ.get("KEDRO_ENV") or None
     settings = monitoring_settings({"monitoring": monitoring_params, "training": training_params}, root)
@@ -536,10 +559,11 @@ def monitor_windows(
     predictions, counts = logged_predictions(settings["prediction_log"], settings["model_name"], settings["task"], default_entity,
                                              data_params.get("timezone", "UTC") if settings["untimed"] else None)
     labels = due_labels(validated, data_params, now, settings["label_delay_hours"], settings["task"])
-    stored = load_store(store_path=settings["store_path"])["windows"]
+    every = load_store(store_path=settings["store_path"], estimated=True)["windows"]
+    stored = load_store(store_path=settings["store_path"])["windows"]  # the scored ones
     done = set(stored["window_start"])
     first = predictions["event_time"].min() if len(predictions) else None
-    report = {"now": str(now), "store": settings["store_path"], "predictions": counts, "windows": [], "late_entries": {}}
+    report = {"now": str(now), "store": settings["store_path"], "predictions": counts, "windows": [], "estimated": [], "late_entries": {}}
     if first is None:
         report["note"] = f"no predictions with identifying fields in {settings['prediction_log']} yet"
         _logger.info("monitoring: %s", report["note"])
@@ -548,7 +572,7 @@ def monitor_windows(
     todo = due_windows(first, now, settings, done) + [(start, pd.Timestamp(previous[start]["window_end"])) for start in late]
     for start, end in sorted(todo):
         window, drift = monitor_window(start, end, predictions, labels, settings, evaluation_params)
-        window["duplicates"] = counts["duplicates"]
+        window["duplicates"], window["status"] = counts["duplicates"], "scored"
         if start in late:
             before = previous[start]
             window["late_entries"] = _count(before.get("late_entries")) + late[start]
@@ -567,4 +591,22 @@ def monitor_windows(
                      *(window[key] for key in (("mae", "baseline_mae") if settings["task"] == "regression" else ("error_rate", "baseline_error_rate"))),
                      window["drift_features"], f" ({window['note']})" if window["note"] else "")
         report["windows"].append({key: (str(value) if isinstance(value, pd.Timestamp) else value) for key, value in window.items()})
+    estimated = {pd.Timestamp(row["window_start"]): _count(row.get("log_lines")) for row in every.to_dict("records")
+                 if row.get("status") == "estimated"}
+    for start, end in pending_windows(predictions["event_time"] if len(predictions) else [], now, settings):
+        inside = predictions[(predictions["event_time"] >= start) & (predictions["event_time"] < end)]
+        lines = int(pd.to_numeric(inside["log_lines"], errors="coerce").fillna(1).sum()) if "log_lines" in inside else len(inside)
+        if start in done or estimated.get(start) == lines:  # scored already, or nothing served in it since its estimate
+            continue
+        window, drift = monitor_window(start, end, predictions, labels.iloc[:0], settings, evaluation_params)
+        due = end + pd.Timedelta(hours=settings["label_delay_hours"])
+        kept = [part for part in str(window["note"] or "").split("; ") if part.startswith("drift not checked")]
+        window.update(duplicates=counts["duplicates"], status="estimated",
+                      note="; ".join([f"labels due {due:%Y-%m-%d %H:%M}: the error is estimated until then", *kept]))
+        write_window(settings["store_path"], window, drift)
+        name, low, high = ESTIMATE_COLUMNS[settings["task"]]
+        _logger.info("monitoring: window %s–%s: %d predictions so far, estimated %s %.4g (95 %% band %.4g–%.4g), labels due %s",
+                     f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", window["predictions"], name.removeprefix("estimated_").replace("_", " "),
+                     window[name], window[low], window[high], f"{due:%Y-%m-%d %H:%M}")
+        report["estimated"].append({key: (str(value) if isinstance(value, pd.Timestamp) else value) for key, value in window.items()})
     return report
