@@ -133,7 +133,7 @@ SIZES ?= 1000000 10000000
 REPS ?= 3
 DURATION ?= 15
 
-bench: setup bench-data bench-training bench-serving bench-monitoring bench-estimation  ## run every benchmark
+bench: setup bench-data bench-training bench-serving bench-monitoring bench-estimation bench-inference  ## run every benchmark
 
 STREAM_MB ?= 200
 
@@ -157,6 +157,15 @@ ESTIMATION_DATASETS ?= bike,bike-busy,breast-cancer
 
 bench-estimation: setup  ## estimated vs realised error per window, looplab vs NannyML (own venv in benchmarks/nannyml) (ESTIMATION_DATASETS)
 	$(BIN)/python benchmarks/estimation/run.py --datasets $(ESTIMATION_DATASETS)
+
+.PHONY: bench-inference
+INFERENCE_ROUNDS ?= 3
+
+# tl2cgen compiles the model with gcc: installed with apt-get when missing and running as root.
+bench-inference: setup  ## the compiled predictor vs scikit-learn, treelite GTIL and tl2cgen at 1/100/10,000 rows (own venv in benchmarks/treelite) (INFERENCE_ROUNDS)
+	@command -v gcc >/dev/null || { if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null; \
+		else echo "error: bench-inference needs gcc (tl2cgen compiles the model): run 'sudo apt-get install gcc'" >&2; exit 1; fi; }
+	$(BIN)/python benchmarks/inference/run.py --rounds $(INFERENCE_ROUNDS)
 
 # Serving: the champion on $(SERVE_WORKERS) uvicorn workers behind the nginx gateway; Ctrl-C stops both.
 .PHONY: serve
