@@ -14,9 +14,13 @@ one-row JSON POSTs, DURATION seconds each, default 15):
 Then the batch test: N sequential POSTs of 10,000 rows to looplab through the gateway, rows/s —
 once as records (`{"records": [...]}`) and once column-wise (`{"columns": {...}}`, the form for
 large batches: a third of the bytes).
+Right after looplab's first worker alone (no nginx), the HTTP ceiling under the same load: a bare
+ASGI app that parses the JSON body and sends it back (benchmarks/serving/echo.py), on one uvicorn
+worker started as looplab's are (httptools, uvloop, no access log), same body.
 Last, the same load through the gateway over `looplab serve --workers 1` (on a 2-core machine one
 worker, with batches twice as large, can beat two).
-Targets: looplab rps ≥ 10 × mlflow's; looplab p99 ≤ 25 ms; batch ≥ 500,000 rows/s.
+Targets: looplab rps ≥ 10 × mlflow's; looplab p99 ≤ 25 ms; batch ≥ 500,000 rows/s; looplab's one
+worker without nginx ≥ 90 % of the echo's rps.
 
     .venv/bin/python benchmarks/serving/run.py                 # 15 s per server
     DURATION=5 .venv/bin/python benchmarks/serving/run.py --out /tmp/serving.json
@@ -54,6 +58,7 @@ RPS_RATIO_MIN = 10.0
 P99_MAX_MS = 25.0
 BATCH_ROWS_PER_S_MIN = 500_000
 BATCH_ROWS = 10_000
+ECHO_SHARE_MIN = 0.90
 
 
 def child_env(project: Path) -> dict[str, str]:
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         one = records(project, 1)
         big = records(project, BATCH_ROWS)
         taken: set[int] = set()
-        mlflow_port, serving_port, gateway_port = free_port(taken), free_port(taken), free_port(taken)
+        mlflow_port, serving_port, gateway_port, echo_port = free_port(taken), free_port(taken), free_port(taken), free_port(taken)
 
         # mlflow models serve: the anchor
         say(f"[mlflow] mlflow models serve -w 2 --env-manager local on :{mlflow_port}")
@@ -270,6 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         results["looplab_worker_direct"] = wrk(direct_url, looplab_body, work, "looplab-direct", args.duration, args.threads, args.connections)
         say(f"[looplab, one worker, no nginx] {results['looplab_worker_direct']['rps']:.0f} rps, "
             f"p50 {results['looplab_worker_direct'].get('p50_ms')} ms, p99 {results['looplab_worker_direct'].get('p99_ms')} ms")
+        # the HTTP ceiling, right after it: a bare ASGI JSON echo on one uvicorn worker started as looplab's are
+        say(f"[echo] bare ASGI JSON echo, one uvicorn worker on :{echo_port}")
+        echo = start([str(BIN / "python"), "-m", "uvicorn", "echo:app", "--app-dir", str(HERE), "--host", "127.0.0.1",
+                      "--port", str(echo_port), "--no-access-log", "--http", "httptools", "--timeout-keep-alive", "30"],
+                     project, work / "echo.log")
+        processes.append(echo)
+        echo_url = f"http://127.0.0.1:{echo_port}/v1/models/{MODEL}/predict"
+        wait_ready(echo_url, looplab_body, echo, work / "echo.log")
+        wrk(echo_url, looplab_body, work, "echo-warmup", 2, args.threads, args.connections)
+        results["echo"] = wrk(echo_url, looplab_body, work, "echo", args.duration, args.threads, args.connections)
+        stop(echo)
+        say(f"[echo] {results['echo']['rps']:.0f} rps, p50 {results['echo'].get('p50_ms')} ms, p99 {results['echo'].get('p99_ms')} ms; "
+            f"looplab's worker at {results['looplab_worker_direct']['rps'] / results['echo']['rps']:.0%} of it")
         say(f"[batch] {args.batches} × {BATCH_ROWS} rows through the gateway")
         results["batch"] = batch(looplab_url, json.dumps({"records": big}).encode(), args.batches)
         say(f"[batch, records] median {results['batch']['median_s'] * 1000:.1f} ms: {results['batch']['rows_per_second']:.0f} rows/s")
@@ -306,15 +324,20 @@ def main(argv: list[str] | None = None) -> int:
     one = results["looplab_one_worker"]
     ratio_one = one["rps"] / results["mlflow"]["rps"]
     met["one_worker"] = {"rps_ratio": ratio_one >= RPS_RATIO_MIN, "looplab_p99": one["p99_ms"] <= P99_MAX_MS}
+    echo_share = results["looplab_worker_direct"]["rps"] / results["echo"]["rps"]
+    met["echo_share"] = echo_share >= ECHO_SHARE_MIN
     result = {"benchmark": "serving", "machine": info, **results, "rps_ratio": ratio, "rps_ratio_one_worker": ratio_one,
+              "echo_share": echo_share,
               "targets": {"rps_ratio_min": RPS_RATIO_MIN, "looplab_p99_ms_max": P99_MAX_MS,
-                          "batch_rows_per_second_min": BATCH_ROWS_PER_S_MIN},
+                          "batch_rows_per_second_min": BATCH_ROWS_PER_S_MIN, "echo_share_min": ECHO_SHARE_MIN},
               "met": met,
               "settings": {"duration_s": args.duration, "threads": args.threads, "connections": args.connections,
                            "body": "one row of the evaluation set's features", "model": f"models:/{MODEL}@champion (env test)",
                            "mlflow": "mlflow models serve -w 2 --env-manager local; {\"dataframe_records\": [row]} → /invocations",
                            "looplab": "looplab serve --workers 2 + looplab gateway (nginx); {\"records\": [row]} → /v1/models/bike-demand/predict; "
                                       "rate limit raised, max_body_size and body_buffer_size 16m",
+                           "echo": "benchmarks/serving/echo.py (orjson loads + dumps of the body) on uvicorn, 1 worker, --http httptools "
+                                   "--no-access-log; the same body; compared with looplab's first worker without nginx",
                            "setup_s": setup_s},
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     mark = {True: "met", False: "not met"}
@@ -326,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         f"one worker behind nginx {one['rps']:.0f} rps (p99 {one['p99_ms']:.1f} ms, {ratio_one:.1f}×) · "
         f"batch of 10,000: records {results['batch']['rows_per_second'] / 1000:.0f}k rows/s, "
         f"columns {results['batch_columns']['rows_per_second'] / 1000:.0f}k rows/s (target ≥ {BATCH_ROWS_PER_S_MIN // 1000}k: "
-        f"{mark[met['batch_rows_per_second']]})")
+        f"{mark[met['batch_rows_per_second']]}) · one worker without nginx {results['looplab_worker_direct']['rps']:.0f} rps = "
+        f"{echo_share:.0%} of a bare ASGI JSON echo's {results['echo']['rps']:.0f} (target ≥ {ECHO_SHARE_MIN:.0%}: {mark[met['echo_share']]})")
     return write_result(result, args.out)
 
 
