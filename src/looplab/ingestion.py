@@ -289,6 +289,9 @@ def ingest_sources(
         if not settings.get("enabled", True):
             logger.info("source '%s' is disabled; skipped", name)
             continue
+        if settings.get("kind") == "stream":  # pushed, not pulled: its consumer stores it as it arrives
+            logger.info("source '%s' is a stream: its consumer stores it (looplab data stream); skipped", name)
+            continue
         batch = read_source(name, settings, store, params, root)
         timestamp_column = settings.get("timestamp_column", params["timestamp"])
         if batch.rows:
