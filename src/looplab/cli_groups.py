@@ -139,6 +139,53 @@ def data_retry(env: str | None, file: str | None, reason: str | None) -> None:
     click.echo(f"next: kedro run -p data{f' --env {env}' if env else ''}  (valid rows are stored once; the others are quarantined again)")
 
 
+@data.command("stream")
+@click.option("--source", "source_name", default=None, help="The stream source of data.sources to read (default: the only one).")
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None,
+              help="Serve the consumer's Prometheus metrics (lag, pending, counts) at http://127.0.0.1:PORT/metrics.")
+@click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Stop after this many batches.")
+@click.option("--until-idle", is_flag=True, help="Stop when the stream has nothing more to read.")
+@click.option("--pause-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)  # the stream tests' pause point
+@click.option("--pause-at", default="store", hidden=True)
+@_ENV_OPTION
+def data_stream(source_name: str | None, metrics_port: int | None, max_batches: int | None, until_idle: bool,
+                pause_file: Path | None, pause_at: str, env: str | None) -> None:
+    """Consume a stream source (kind: stream): store each batch (valid rows, quarantine), then acknowledge it; Ctrl-C stops."""
+    from looplab.sources import SourceError
+    from looplab.stream import StreamTotals, consume, pick_stream_source, serve_metrics, stream_registry
+
+    root = project_paths().root
+    try:
+        params = load_config("parameters", env=env, root=root)["data"]
+        source = pick_stream_source(params, source_name)
+        source.ensure_group()
+    except (FileNotFoundError, ValueError, KeyError, SourceError) as error:
+        raise click.ClickException(str(error)) from None
+    totals = StreamTotals()
+    metrics = serve_metrics(stream_registry(source, totals), "127.0.0.1", metrics_port) if metrics_port else None
+    click.echo(f"source '{source.name}': stream {source.stream} as {source.group}/{source.consumer}, {source.batch_size} message(s) a batch"
+               + (f"; metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics else "") + "; Ctrl-C stops", err=True)
+
+    def progress(report: dict) -> None:
+        lag = source.lag()
+        click.echo(f"batch {totals.batches}: {report['messages']} message(s) {report['first_id']}..{report['last_id']}"
+                   f"{' (redelivered)' if report['redelivered'] else ''}: {report['stored']} row(s) stored ({report['added']} new), "
+                   f"{report['quarantined']} quarantined; lag {lag['lag']}, pending {lag['pending']}", err=True)
+
+    try:
+        consume(source, params, env=env, root=root, max_batches=max_batches, until_idle=until_idle, totals=totals, progress=progress,
+                pause=pause_file, pause_at=tuple(pause_at.split(",")))
+    except SourceError as error:
+        raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:
+        click.echo("stopped; a batch read and not yet stored is read again at the next start", err=True)
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+    click.echo(f"{totals.messages} message(s) in {totals.batches} batch(es): {totals.stored} row(s) stored ({totals.added} new), "
+               f"{totals.quarantined} quarantined ({totals.poison} message(s) not rows)")
+
+
 
 # --- ops: monitoring exporter, Alertmanager webhook, deploy files rendered from conf ----------------
 def _ops_settings(env: str | None) -> dict:

@@ -27,10 +27,11 @@ from .validation import validate_batch
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'STREAM_KINDS', 'STREAM_ID_COLUMN', 'STORED_DATASETS', 'StreamSource', 'shown_url', 'RedisStreamSource',
-           'stream_sources', 'make_stream_source', 'pick_stream_source', 'stream_id_time', 'poison_row', 'message_rows',
-           'locate_reasons', 'table_lock', 'stream_datasets', 'not_yet_quarantined', 'store_stream_batch',
-           'wait_while_exists', 'StreamTotals', 'consume', 'StreamCollector', 'stream_registry', 'serve_metrics']
+__all__ = ['logger', 'STREAM_KINDS', 'STREAM_ID_COLUMN', 'STORED_DATASETS', 'PAUSE_POINTS', 'StreamSource', 'shown_url',
+           'RedisStreamSource', 'stream_sources', 'make_stream_source', 'pick_stream_source', 'stream_id_time',
+           'poison_row', 'message_rows', 'locate_reasons', 'table_lock', 'stream_datasets', 'not_yet_quarantined',
+           'store_stream_batch', 'pause_here', 'StreamTotals', 'consume', 'StreamCollector', 'stream_registry',
+           'serve_metrics']
 
 # %% ../../notebooks/17_stream.ipynb #e687f8dc
 class StreamSource(Protocol):
@@ -325,8 +326,17 @@ def store_stream_batch(
             "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
 
 # %% ../../notebooks/17_stream.ipynb #15fc4f15
-def wait_while_exists(path: Path, poll_seconds: float = 0.05) -> None:
-    "Block while `path` exists (a pause point: whoever created the pause removes the file to let the consumer go on)."
+PAUSE_POINTS = ("store", "ack")  # a batch read and not stored; stored and not acknowledged
+
+
+def pause_here(path: Path | None, point: str, points: tuple[str, ...], ids: list[str], poll_seconds: float = 0.05) -> None:
+    "A test hook: at a chosen point, write the point and the batch's ids to `path`, then wait until the file is removed."
+    if path is None or point not in points:
+        return
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("\n".join([point, *ids]) + "\n")
+    partial.replace(path)  # whole or not at all: a reader never sees half of it
     while path.exists():
         time.sleep(poll_seconds)
 
@@ -358,9 +368,12 @@ def consume(
     until_idle: bool = False,                # stop at the first read that finds nothing (after the pending entries)
     totals: StreamTotals | None = None,      # counted into (a metrics endpoint reads it)
     progress: Callable[[dict], None] | None = None,  # called with each batch's report
-    pause_before_commit: Path | None = None, # a test hook: with a batch read, write its ids here and wait until the file is removed
+    pause: Path | None = None,               # a test hook: at each of `pause_at`, the point and the ids are written here, and the consumer waits until the file is removed
+    pause_at: tuple[str, ...] = ("store",),  # of `PAUSE_POINTS`
 ) -> StreamTotals:
     "Read, store and only then acknowledge, batch after batch: a crash between read and acknowledgement redelivers, the upsert stores nothing twice."
+    if unknown := set(pause_at) - set(PAUSE_POINTS):
+        raise ValueError(f"unknown pause point(s) {', '.join(sorted(unknown))}; the points are {', '.join(PAUSE_POINTS)}")
     datasets = stream_datasets(env, root)
     totals = totals or StreamTotals()
     timestamp_column = getattr(source, "timestamp_column", None)
@@ -370,11 +383,10 @@ def consume(
             if until_idle:
                 break
             continue
-        if pause_before_commit is not None:
-            Path(pause_before_commit).write_text("\n".join(ids) + "\n")
-            wait_while_exists(Path(pause_before_commit))
+        pause_here(pause, "store", pause_at, ids)
         report = store_stream_batch(messages, ids, source.name, params, datasets, root,
                                     redelivered=bool(getattr(source, "redelivered", False)), timestamp_column=timestamp_column)
+        pause_here(pause, "ack", pause_at, ids)
         source.commit(ids)  # only now: the rows are stored or quarantined
         totals.add(report)
         logger.info("source '%s': %d message(s) %s..%s%s: %d row(s) stored (%d new), %d quarantined", source.name, report["messages"],
