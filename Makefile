@@ -133,7 +133,7 @@ SIZES ?= 1000000 10000000
 REPS ?= 3
 DURATION ?= 15
 
-bench: setup bench-data bench-training bench-serving bench-monitoring bench-estimation bench-inference  ## run every benchmark
+bench: setup bench-data bench-training bench-serving bench-monitoring bench-estimation bench-inference bench-logs  ## run every benchmark
 
 STREAM_MB ?= 200
 
@@ -157,6 +157,12 @@ ESTIMATION_DATASETS ?= bike,bike-busy,breast-cancer
 
 bench-estimation: setup  ## estimated vs realised error per window, looplab vs NannyML (own venv in benchmarks/nannyml) (ESTIMATION_DATASETS)
 	$(BIN)/python benchmarks/estimation/run.py --datasets $(ESTIMATION_DATASETS)
+
+.PHONY: bench-logs
+LOG_LINES ?= 1000000
+
+bench-logs: setup  ## looplab logs filtering a week of JSON logs (LOG_LINES=1M) against grep -c on the same files (target <= 2 s) (REPS)
+	$(BIN)/python benchmarks/logs/run.py --lines $(LOG_LINES) --repetitions $(REPS)
 
 .PHONY: bench-inference
 INFERENCE_ROUNDS ?= 3

@@ -522,13 +522,24 @@ def test_monitoring_stack_reaches_what_it_watches(rendered):
     [url] = [hook["url"] for receiver in alertmanager["receivers"] for hook in receiver.get("webhook_configs", [])]
     match = re.fullmatch(r"http://([\w-]+):(\d+)/v1/alerts", url)
     assert match and int(match.group(2)) in service_port(match.group(1)), f"{overlay}: the webhook {url} is not a Service of the overlay"
-    datasource = yaml.safe_load(config_map("looplab-grafana-provisioning")["datasources.yml"])["datasources"][0]
-    host, port = datasource["url"].removeprefix("http://").split(":")
-    assert int(port) in service_port(host)
+    datasources = yaml.safe_load(config_map("looplab-grafana-provisioning")["datasources.yml"])["datasources"]
+    assert [source["type"] for source in datasources] == ["prometheus", "loki"]
+    for datasource in datasources:
+        host, port = datasource["url"].removeprefix("http://").split(":")
+        assert int(port) in service_port(host)
     dashboards = config_map("looplab-grafana-dashboards")
     assert set(dashboards) == {"serving.json", "model.json"}
-    for text in dashboards.values():
-        assert {panel["datasource"]["uid"] for panel in json.loads(text)["panels"]} == {datasource["uid"]}
+    uids = {source["type"]: source["uid"] for source in datasources}
+    assert {panel["datasource"]["uid"] for panel in json.loads(dashboards["serving.json"])["panels"]} == set(uids.values())  # logs beside metrics
+    assert {panel["datasource"]["uid"] for panel in json.loads(dashboards["model.json"])["panels"]} == {uids["prometheus"]}
+    # the log pipeline: Alloy pushes to the Loki Service, Loki's ruler alerts the Alertmanager Service, the rules are mounted
+    alloy = config_map("looplab-alloy")["config.alloy"]
+    push = re.search(r'url\s*=\s*"http://([\w-]+):(\d+)/loki/api/v1/push"', alloy)
+    assert push and int(push.group(2)) in service_port(push.group(1)), f"{overlay}: Alloy pushes to no Loki Service"
+    loki = yaml.safe_load(config_map("looplab-loki")["loki.yml"])
+    host, port = loki["ruler"]["alertmanager_url"].removeprefix("http://").split(":")
+    assert int(port) in service_port(host) and loki["server"]["http_listen_port"] in service_port("looplab-loki")
+    assert config_map("looplab-loki-rules")["looplab.logs.rules.yml"] == (ROOT / "deploy" / "monitoring" / "rules" / "looplab.logs.rules.yml").read_text()
 
 
 def test_only_alertmanager_and_prometheus_reach_the_webhook(rendered):

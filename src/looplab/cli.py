@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from looplab.cli_groups import _ENV_OPTION, data, ops
+from looplab.cli_groups import _ENV_OPTION, data, logs, ops
 from looplab.core import DATA_LAYERS, load_config, project_paths
 
 # Each command imports the layer it runs inside the command: `looplab --help` and `looplab info` answer in
@@ -410,9 +410,6 @@ def _replay(start, end, step_days: int | None, mode: str | None, url: str | None
 def replay(start: str | None, end: str | None, step: str | None, mode: str | None, url: str | None,
            no_progress: bool, data: Path | None, env: str | None) -> None:
     """Backtest the closed loop day by day: land, ingest, serve, monitor, retrain; then report policy vs static."""
-    from looplab.core import setup_logging
-
-    setup_logging("WARNING")
     settings = load_config("parameters", env=env).get("replay") or {}
     defaults = {} if data else settings  # a file of days: from its first day to its last unless told
     if not data and not ((start or settings.get("start")) and (end or settings.get("end"))):
@@ -437,11 +434,10 @@ def run_loop(start: str, end: str, no_progress: bool, env: str | None) -> None:
     import subprocess
     import sys
 
-    from looplab.core import configure_mlflow, find_project_root, mlflow_settings, setup_logging
+    from looplab.core import configure_mlflow, find_project_root, mlflow_settings
     from looplab.registry import ModelNotFoundError, alias_version
     from looplab.replay import data_clock, days_left
 
-    setup_logging("WARNING")
     try:
         asked = _day(start), _day(end)
     except ValueError as error:
@@ -550,6 +546,7 @@ def apps(app: str, host: str, port: int, env: str | None) -> None:
 
 cli.add_command(data)
 cli.add_command(ops)
+cli.add_command(logs)
 
 if __name__ == "__main__":
     cli()

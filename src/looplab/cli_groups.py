@@ -1,4 +1,4 @@
-"""The `looplab data` and `looplab ops` command groups: data versions and refused data; the monitoring exporter and deploy files."""
+"""The `looplab data` and `looplab ops` command groups (data versions and refused data; the monitoring exporter and deploy files), `looplab logs`, and the JSON logs every command writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,30 @@ import click
 
 from looplab.core import load_config, project_paths
 
-_ENV_OPTION = click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
+# The component a command's records carry in the JSON logs (looplab.logs): by command name, else the command's group
+# (`data`, `ops`), else the command's own name; and the console level of commands that show more than warnings.
+_COMPONENTS = {"serve": "serving", "loop": "replay", "promote": "registry", "rollback": "registry", "status": "registry",
+               "reproduce": "reproduction"}
+_CONSOLE_LEVELS = {("ops", "serve"): "INFO"}
+
+
+def _start_logs(ctx: click.Context, param: click.Parameter, env: str | None) -> str | None:
+    "The `--env` option's callback: the command's JSON logs are set up (`looplab.logs.setup_logs`) before it runs."
+    from looplab.logs import LogSettingsError, setup_logs
+
+    group = ctx.parent.info_name if ctx.parent is not None and ctx.parent.parent is not None else None
+    component = _COMPONENTS.get(ctx.info_name, group or ctx.info_name)
+    try:
+        setup_logs(None, env, component, console_level=_CONSOLE_LEVELS.get((group, ctx.info_name), "WARNING"))
+    except LogSettingsError as error:
+        raise click.ClickException(f"cannot set up the logs: {error}") from None
+    except (FileNotFoundError, ValueError, OSError):
+        pass  # an unknown environment or a project without conf/local: the command itself says so
+    return env
+
+
+_ENV_OPTION = click.option("--env", default=None, callback=_start_logs,
+                           help="Config environment merged over base (default: $KEDRO_ENV or local).")
 
 
 # --- data: versions, differences, refused data --------------------------------------------------
@@ -208,11 +231,9 @@ def ops() -> None:
 @_ENV_OPTION
 def ops_serve(host: str | None, port: int | None, env: str | None) -> None:
     """Serve /metrics (monitoring store, champion, gateway access log) and POST /v1/alerts (Alertmanager → retraining trigger)."""
-    from looplab.core import setup_logging
     from looplab.ops import serve as serve_ops
 
     settings = _ops_settings(env)
-    setup_logging("INFO")
     address = f"{host or settings['ops']['host']}:{port or settings['ops']['port']}"
     click.echo(f"looplab ops on http://{address}: /metrics, POST /v1/alerts, /health; Ctrl-C stops", err=True)
     serve_ops(settings, host=host, port=port, log_level="warning")
@@ -250,3 +271,40 @@ def ops_render_rules(env: str | None) -> None:
         click.echo(render_rules(settings["monitoring"], settings["retraining"]), nl=False)
     except OpsError as error:
         raise click.ClickException(str(error)) from error
+
+
+# --- logs: the JSON logs of every looplab process and the gateway's access log ------------------
+@click.command("logs")
+@click.option("--since", default=None, help="Only records from then on: 90s, 30m, 1h, 2d, 1w, or a time (2026-12-03T18:00, UTC).")
+@click.option("--level", type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False), default=None,
+              help="Only records at this level or above (the gateway's lines: 4xx warning, 5xx error).")
+@click.option("--component", default=None,
+              help="Only this component (serving, gateway, replay, kedro, registry, ops, data, …) or looplab module (retraining).")
+@click.option("--request-id", "request_id", default=None, help="Only the records of this request (the gateway's X-Request-ID).")
+@click.option("--env", default=None,
+              help="The environment whose log folder is read, and only its records (default: the folder of $KEDRO_ENV or local, every record in it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
+def logs(since: str | None, level: str | None, component: str | None, request_id: str | None, env: str | None, as_json: bool) -> None:
+    """The JSON logs of every looplab process, and the gateway's access log, filtered and in time order.
+
+    \b
+    Follow one request from the gateway to the worker:   looplab logs --request-id ID
+    What went wrong in the last hour:                    looplab logs --since 1h --level warning
+    """
+    import sys
+
+    import orjson
+
+    from looplab.logs import LogQuery, format_record, log_files, parse_since, read_logs
+
+    try:
+        query = LogQuery(parse_since(since) if since else None, level, component, request_id, env)
+        files = log_files(project_paths().root, env)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+    records = read_logs(files, query)
+    if records:
+        lines = (orjson.dumps(record).decode() for record in records) if as_json else map(format_record, records)
+        sys.stdout.write("\n".join(lines) + "\n")
+    else:
+        click.echo(f"no matching records in {len(files)} log file(s)", err=True)

@@ -346,6 +346,8 @@ def promote(
         raise RegistryError(f"{name} version {chosen.version} is {chosen.status}, not READY: it cannot be champion")
     with registry_errors(f"promoting {name} version {chosen.version}"):
         previous = _move_champion(client, name, str(chosen.version), "promoted")
+    _logger.info("promoted %s version %s (champion before: %s)", name, chosen.version, previous,
+                 extra={"model_name": name, "model_version": str(chosen.version), "previous_version": previous, "run_id": chosen.run_id})
     return {"name": name, "champion": str(chosen.version), "previous": previous, "changed": previous != str(chosen.version)}
 
 
@@ -386,6 +388,8 @@ def rollback(
         except Exception:
             client.set_registered_model_alias(name, CHAMPION, current)
             raise
+    _logger.info("rolled %s back from version %s to %s", name, current, target,
+                 extra={"model_name": name, "model_version": target, "previous_version": current})
     return {"name": name, "champion": target, "previous": current, "changed": True, "history": history}
 
 
@@ -562,7 +566,8 @@ def register_model(
     aliases = {alias: str(number) for alias, number in sorted(dict(client.get_registered_model(name).aliases).items())}
     moved = aliases.get(CHAMPION) == version
     change = describe_change({"name": name, "champion": version, "previous": previous}) if moved else f"champion of {name} stays version {aliases.get(CHAMPION)}"
-    _logger.info("registered %s version %s (gate %s); %s", name, version, "passed" if gate.get("passed") else "failed", change)
+    _logger.info("registered %s version %s (gate %s); %s", name, version, "passed" if gate.get("passed") else "failed", change,
+                 extra={"model_name": name, "model_version": version, "run_id": run_id, "champion": aliases.get(CHAMPION)})
     return {"name": name, "version": version, "aliases": aliases, "gate": gate, "run_id": run_id,
             "champion_moved": moved, "previous_champion": previous if moved else None}
 

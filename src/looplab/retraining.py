@@ -389,16 +389,19 @@ def retraining_trigger(
     decision.update(decide(store["windows"], store["decisions"], now, new_rows, settings, running, signal))
     if champion is None:  # nothing serves yet: training, not retraining, comes first
         decision.update(fired=False, blocked_by=[*decision["blocked_by"], "no_champion"])
+    model = {"decision_id": decision["id"], "model_name": monitoring["model_name"], "model_version": champion}  # in the JSON logs
     if not decision["fired"]:
         record_decision(monitoring["store_path"], decision)
-        log_decision(decision)
+        decision_run = log_decision(decision)
         _logger.info("retraining: not now (%s)%s", ", ".join(decision["blocked_by"]),
-                     f"; signal: {'; '.join(decision['reasons'])}" if decision["reasons"] else "")
+                     f"; signal: {'; '.join(decision['reasons'])}" if decision["reasons"] else "", extra={**model, "decision_run_id": decision_run})
         return decision
     decision["outcome"] = "running"
-    _logger.info("retraining fired: %s", "; ".join(decision["reasons"]))
+    _logger.info("retraining fired: %s", "; ".join(decision["reasons"]), extra=model)
     _execute(decision, monitoring, settings, now, root, env)
-    _logger.info("retraining %s: champion %s -> %s", decision["outcome"], decision["champion_before"], decision["champion_after"])
+    _logger.info("retraining %s: champion %s -> %s", decision["outcome"], decision["champion_before"], decision["champion_after"],
+                 extra={**model, "model_version": decision["champion_after"], "previous_version": decision["champion_before"],
+                        "run_id": decision.get("run_id"), "outcome": decision["outcome"]})
     return decision
 
 # %% ../../notebooks/42_retraining.ipynb #e4f65007

@@ -24,13 +24,15 @@ import pandas as pd
 
 from . import request_schema
 from .batching import MicroBatcher
-from .core import ENV_VARIABLE, find_project_root, load_config, mlflow_settings, setup_logging
+from .core import ENV_VARIABLE, find_project_root, load_config, mlflow_settings
 from .deployment import ModelHolder, ServedModel
 from .features import online_features
 from .inference import compile_model
+from .logs import log_context, log_fields, setup_logs
 from .prediction_log import PredictionLog, log_request_id
 
 _logger = logging.getLogger(__name__)
+_requests = logging.getLogger(f"{__name__}.requests")  # one record per predict request, with its id
 
 # %% ../../notebooks/31_serving.ipynb #8fa1abe2
 def serving_settings(
@@ -265,18 +267,22 @@ class _HotPath:
                     content_encoding = value
                 elif key == b"x-request-id":
                     request_id = value
-            status = 500
-            try:
-                refused = None if content_encoding is None and content_type in (None, b"application/json") else \
-                    _refused_media(content_type and content_type.decode("latin-1"), content_encoding and content_encoding.decode("latin-1"))
-                status, payload = refused or await self.predict(path[11:-8], b"".join(chunks), started, request_id)
-            except Exception:  # a bug, never the client's fault: a JSON 500, logged and counted like any answer
-                _logger.exception("the predict route failed on a request of %d bytes", sum(map(len, chunks)))
-                status, payload = _INTERNAL_ERROR
-            try:
-                await _answer(send, status, payload)
-            finally:
-                self.metrics.observe_request(PREDICT_ROUTE, "POST", status, time.perf_counter() - started)
+            status, request_id = 500, log_request_id(request_id)
+            with log_context(request_id=request_id):  # every record of this request carries its id (and, once known, the model's)
+                try:
+                    refused = None if content_encoding is None and content_type in (None, b"application/json") else \
+                        _refused_media(content_type and content_type.decode("latin-1"), content_encoding and content_encoding.decode("latin-1"))
+                    status, payload = refused or await self.predict(path[11:-8], b"".join(chunks), started, request_id)
+                except Exception:  # a bug, never the client's fault: a JSON 500, logged and counted like any answer
+                    _logger.exception("the predict route failed on a request of %d bytes", sum(map(len, chunks)))
+                    status, payload = _INTERNAL_ERROR
+                try:
+                    await _answer(send, status, payload)
+                finally:
+                    seconds = time.perf_counter() - started
+                    self.metrics.observe_request(PREDICT_ROUTE, "POST", status, seconds)
+                    _requests.log(logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO,
+                                  "POST %s %d in %.1f ms", path, status, seconds * 1000, extra={"status": status, "latency_ms": round(seconds * 1000, 3)})
             return
         status, answered = 500, False
 
@@ -570,6 +576,7 @@ def create_app(
             predictions, used = await batcher.predict(columns)
         except RuntimeError as error:
             return _problem(503, str(error))
+        log_fields(model_name=used.name, model_version=used.version, rows=len(predictions))
         request_id = log_request_id(request_id)
         answer, labels = {}, predictions
         if predictions.ndim == 2:  # a classifier: the most probable class, and every class's probability
@@ -608,9 +615,9 @@ def create_app(
 # %% ../../notebooks/31_serving.ipynb #3565698f
 def app_factory():
     "The app of `looplab serve`'s workers: conf of environment `$KEDRO_ENV`, the project found from the working folder, the keys of `$LOOPLAB_API_KEYS_FILE`."
-    setup_logging(os.environ.get("LOOPLAB_LOG_LEVEL", "INFO"))
     env = os.environ.get(ENV_VARIABLE) or None
     root = find_project_root()
+    setup_logs(root, env, "serving", console_level=os.environ.get("LOOPLAB_LOG_LEVEL", "INFO"))  # JSON lines in the environment's log folder
     try:
         data_params = load_config("parameters", env=env, root=root).get("data")
     except (FileNotFoundError, ValueError):

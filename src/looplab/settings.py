@@ -65,7 +65,21 @@ class ShortErrorsHook:
             sys.excepthook = functools.partial(_short_errors, previous=sys.excepthook)
 
 
-HOOKS = (ShortErrorsHook(),)
+class JsonLogsHook:
+    """Every `kedro run` writes its log records as JSON lines too (`looplab.logs`), in its environment's log folder.
+
+    The console stays as `conf/logging.yml` makes it; a process that set up its logs before (the replay,
+    which runs Kedro in process) keeps its own file and component.
+    """
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        from looplab.logs import setup_logs
+
+        setup_logs(context.project_path, context.env, "kedro")
+
+
+HOOKS = (ShortErrorsHook(), JsonLogsHook())
 CONTEXT_CLASS = LooplabContext
 
 # OmegaConf deprecates the resolver registration Kedro itself performs; the notice is not for users.

@@ -442,7 +442,9 @@ def record_data_versions(
     with open(log, "a", encoding="utf-8") as handle:  # one line per run: appends never interleave records
         handle.write(json.dumps(versions) + "\n")
     _logger.info("recorded data versions%s: %s", " (nothing changed)" if versions.get("unchanged") else "",
-                 ", ".join(f"{n}={r['version'] or 'in memory'}" for n, r in records.items()))
+                 ", ".join(f"{n}={r['version'] or 'in memory'}" for n, r in records.items()),
+                 extra={"run_id": versions.get("mlflow_run_id"), "batch_id": versions.get("batch_id"),
+                        "data_versions": {n: r["version"] for n, r in records.items()}})
     return versions
 
 # %% ../../notebooks/14_versioning.ipynb #2cb4f066

@@ -1,0 +1,96 @@
+"""One request followed by its id: the gateway's JSON access log → the worker's JSON log line → the prediction-log row.
+
+The real nginx gateway in front of one real serving worker, and `looplab logs --request-id` reading it all back;
+the kedro runs that trained the model wrote their JSON logs too, with the data run's MLflow run id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import requests
+
+from looplab.prediction_log import read_prediction_log
+
+from conftest import free_port, good_record, project_with_models, running_server, wait_until
+
+pytestmark = pytest.mark.skipif(not os.access("/usr/sbin/nginx", os.X_OK), reason="nginx is missing: run make system-packages")
+
+
+@pytest.fixture(scope="module")
+def gateway_and_worker(root, tmp_path_factory, tool, quiet_env):
+    "A project with a champion, one `looplab serve` worker and `looplab gateway` (unbuffered access log) on free loopback ports."
+    project = project_with_models(root, tmp_path_factory.mktemp("logs") / "project", tool, quiet_env)
+    serving_port, gateway_port = free_port(), free_port()
+    while gateway_port == serving_port:
+        gateway_port = free_port()
+    predictions = project / "data" / "07_model_output" / "predictions"
+    (project / "conf" / "local" / "serving.yml").write_text(
+        f"serving:\n  port: {serving_port}\n  workers: 1\n  prediction_log:\n    path: {predictions}\n    flush_rows: 1\n")
+    run_dir = tempfile.mkdtemp(prefix="looplab-gateway-")
+    os.chmod(run_dir, 0o755)  # nginx's workers run as an unprivileged user, who must enter it
+    (project / "conf" / "local" / "gateway.yml").write_text(
+        f"gateway:\n  listen: 127.0.0.1:{gateway_port}\n  run_dir: {run_dir}\n  auth: none\n  access_log_buffer: null\n")
+    env = {**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project)}
+    output = tmp_path_factory.mktemp("logs-output")
+    try:
+        with running_server([tool("looplab"), "serve", "--workers", "1"], project, env, f"http://127.0.0.1:{serving_port}/ready",
+                            output / "serve.log"), \
+             running_server([tool("looplab"), "gateway"], project, env, f"http://127.0.0.1:{gateway_port}/gateway/health",
+                            output / "gateway.log", timeout=60):
+            yield {"project": project, "url": f"http://127.0.0.1:{gateway_port}", "env": env, "predictions": predictions}
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def looplab_logs(tool, served, *options: str) -> list[dict]:
+    result = subprocess.run([tool("looplab"), "logs", "--json", *options], cwd=served["project"], env=served["env"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_one_request_id_from_the_gateway_to_the_prediction_log(gateway_and_worker, tool):
+    served = gateway_and_worker
+    answer = requests.post(f"{served['url']}/v1/models/bike-demand/predict", json={"records": [good_record(served["project"])]}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    request_id = answer.headers["X-Request-ID"]  # made by nginx, sent on to the worker, answered to the client
+    assert answer.json()["request_id"] == request_id
+
+    # the worker writes its line after answering: wait (bounded) for the gateway's line and the worker's
+    trail = wait_until(lambda: (lambda found: found if {r["component"] for r in found} >= {"gateway", "serving"} else None)(
+        looplab_logs(tool, served, "--request-id", request_id)), 30, "the request's gateway and worker log lines")
+    assert [record["component"] for record in trail] == ["gateway", "serving"], trail  # time order: nginx's line has the second only
+    gateway, worker = trail
+    assert gateway["uri"] == "/v1/models/bike-demand/predict" and gateway["status"] == 200
+    assert (worker["level"], worker["status"], worker["model_name"], worker["model_version"], worker["env"]) == \
+        ("INFO", 200, "bike-demand", "1", "local")
+    assert worker["rows"] == 1 and worker["logger"] == "looplab.serving.requests"
+
+    def logged_rows():
+        frame = read_prediction_log(served["predictions"])
+        return frame[frame["request_id"] == request_id].to_dict("records") if len(frame) else None
+
+    logged = wait_until(logged_rows, 30, "the request's prediction-log row")
+    assert len(logged) == 1 and logged[0]["model_version"] == "1", logged
+
+    # a refused request is a warning on both sides, under its own id
+    refused = requests.post(f"{served['url']}/v1/models/bike-demand/predict", json={"records": [{"nonsense": 1}]}, timeout=30)
+    assert refused.status_code == 422
+    warnings = wait_until(lambda: (lambda found: found if len(found) == 2 else None)(
+        looplab_logs(tool, served, "--level", "warning", "--request-id", refused.headers["X-Request-ID"])), 30, "the refusal's lines")
+    assert {record["component"] for record in warnings} == {"gateway", "serving"}
+
+
+def test_kedro_runs_log_json_with_their_data_run(gateway_and_worker, tool):
+    records = looplab_logs(tool, gateway_and_worker, "--component", "kedro", "--env", "test")
+    assert records and all(record["env"] == "test" for record in records)
+    recorded = [record for record in records if record["message"].startswith("recorded data versions")]
+    assert recorded and recorded[0]["logger"] == "looplab.versioning" and recorded[0]["run_id"], recorded
+    registered = [record for record in records if record["message"].startswith("registered bike-demand version 1")]
+    assert registered and registered[0]["model_version"] == "1" and registered[0]["run_id"], records[-5:]
