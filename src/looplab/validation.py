@@ -435,7 +435,9 @@ def acceptance_units(batch: pd.DataFrame) -> dict[str, list[int]]:
         sources = sorted(batch.loc[without, "_source"].dropna().astype(str).unique()) if "_source" in batch.columns else []
         name = f"rows of {', '.join(sources)}" if sources else "rows without a file"
     units = np.where(without, name if without.any() else "", "file " + files.astype(str).to_numpy())
-    return {unit: list(np.flatnonzero(units == unit)) for unit in dict.fromkeys(units)}
+    codes, names = pd.factorize(units)  # in order of first appearance; one pass, however many units (a stream: one per message)
+    groups = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
+    return {unit: list(positions) for unit, positions in zip(names, groups, strict=True)}
 
 
 def keep_one_duplicate(
@@ -512,13 +514,19 @@ def validate_batch(
 
     # The unit of acceptance is the file (or a source's rows): one bad file never takes another's rows with it.
     units = acceptance_units(batch)
+    unit_of = np.zeros(rows_in, dtype=np.int64)
+    for number, positions in enumerate(units.values()):
+        unit_of[positions] = number
+    # each unit's facts in one grouped pass, not one slice per unit (a stream batch has a unit per message)
+    null_shares = batch[present].isna().groupby(unit_of).mean().to_numpy() if present else np.zeros((len(units), 0))
+    extra_present = batch[extra].notna().groupby(unit_of).any().to_numpy() if extra else np.zeros((len(units), 0), dtype=bool)
+    invalid_shares = pd.Series(np.isin(np.arange(rows_in), list(own_reasons))).groupby(unit_of).mean().to_numpy()
     rejected_units: dict[str, list[str]] = {}
-    for unit, positions in units.items():
-        part = batch.iloc[positions]
+    for number, (unit, positions) in enumerate(units.items()):
         reasons_here = rejection_reasons(
-            len(positions), missing, [column for column in extra if part[column].notna().any()], policy, present, schema,
-            {name: float(part[name].isna().mean()) for name in present}, max_null_fraction,
-            sum(position in own_reasons for position in positions) / len(positions), max_invalid_share)
+            len(positions), missing, [column for column, here in zip(extra, extra_present[number], strict=True) if here], policy, present,
+            schema, dict(zip(present, map(float, null_shares[number]), strict=True)), max_null_fraction,
+            float(invalid_shares[number]), max_invalid_share)
         if reasons_here:
             rejected_units[unit] = reasons_here
     whole = len(units) <= 1
