@@ -133,7 +133,7 @@ SIZES ?= 1000000 10000000
 REPS ?= 3
 DURATION ?= 15
 
-bench: setup bench-data bench-training bench-serving bench-monitoring bench-estimation bench-inference bench-logs  ## run every benchmark
+bench: setup bench-data bench-training bench-serving bench-monitoring bench-estimation bench-inference bench-logs bench-stream  ## run every benchmark
 
 STREAM_MB ?= 200
 
@@ -163,6 +163,13 @@ LOG_LINES ?= 1000000
 
 bench-logs: setup  ## looplab logs filtering a week of JSON logs (LOG_LINES=1M) against grep -c on the same files (target <= 2 s) (REPS)
 	$(BIN)/python benchmarks/logs/run.py --lines $(LOG_LINES) --repetitions $(REPS)
+
+.PHONY: bench-stream
+STREAM_ROWS ?= 4000
+STREAM_LATENCY_ROWS ?= 2000
+
+bench-stream: setup system-packages  ## the stream consumer: stored msg/s vs redis's own XADD->XREADGROUP rate, event -> stored p50/p99 (STREAM_ROWS, STREAM_LATENCY_ROWS)
+	$(BIN)/python benchmarks/stream/run.py --rows $(STREAM_ROWS) --latency-rows $(STREAM_LATENCY_ROWS)
 
 .PHONY: bench-inference
 INFERENCE_ROUNDS ?= 3
