@@ -421,6 +421,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'looplab.logs._file_handler': ('logs.html#_file_handler', 'looplab/logs.py'),
                               'looplab.logs._markers': ('logs.html#_markers', 'looplab/logs.py'),
                               'looplab.logs._moment': ('logs.html#_moment', 'looplab/logs.py'),
+                              'looplab.logs._not_per_request': ('logs.html#_not_per_request', 'looplab/logs.py'),
                               'looplab.logs._stderr_logs': ('logs.html#_stderr_logs', 'looplab/logs.py'),
                               'looplab.logs._too_old': ('logs.html#_too_old', 'looplab/logs.py'),
                               'looplab.logs.access_record': ('logs.html#access_record', 'looplab/logs.py'),
