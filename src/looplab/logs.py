@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import mmap
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -327,7 +328,7 @@ def _markers(query: LogQuery, access: bool) -> list[bytes] | None:
     return None
 
 
-def _candidate_lines(data: bytes, markers: list[bytes] | None) -> Iterable[bytes]:
+def _candidate_lines(data: bytes | mmap.mmap, markers: list[bytes] | None) -> Iterable[bytes]:
     "The lines of `data` holding one of `markers` (all lines when None), each once, in file order."
     if markers is None:
         return data.splitlines()
@@ -369,26 +370,36 @@ def read_logs(
     since = query.since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S").encode() if query.since else None
     found = []
     for file in map(Path, files):
+        access = file.name.startswith(ACCESS_LOG)
+        markers = _markers(query, access)
+        if markers == []:
+            continue  # no line of this file can match
         try:
-            if query.since is not None and datetime.fromtimestamp(file.stat().st_mtime, UTC) < query.since:
-                continue  # nothing written to it since
-            data = file.read_bytes()
+            with open(file, "rb") as handle:
+                status = os.fstat(handle.fileno())
+                if status.st_size == 0 or (query.since is not None and datetime.fromtimestamp(status.st_mtime, UTC) < query.since):
+                    continue  # empty, or nothing written to it since
+                # searched for markers in place (a memory map: no copy of the file); read whole when every line is a candidate
+                data = handle.read() if markers is None else mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:  # rotated away meanwhile
             continue
-        access = file.name.startswith(ACCESS_LOG)
-        for line in _candidate_lines(data, _markers(query, access)):
-            if not line or _too_old(line, since):
-                continue
-            try:
-                record = loads(line)
-            except ValueError:  # a line cut short by a process that died writing it
-                continue
-            if not isinstance(record, dict):
-                continue
-            if access:
-                record = access_record(record)
-            if query.matches(record):
-                found.append(record)
+        try:
+            for line in _candidate_lines(data, markers):
+                if not line or _too_old(line, since):
+                    continue
+                try:
+                    record = loads(line)
+                except ValueError:  # a line cut short by a process that died writing it
+                    continue
+                if not isinstance(record, dict):
+                    continue
+                if access:
+                    record = access_record(record)
+                if query.matches(record):
+                    found.append(record)
+        finally:
+            if isinstance(data, mmap.mmap):
+                data.close()
     found.sort(key=lambda record: _moment(record.get("time")))
     return found
 
