@@ -168,7 +168,7 @@ bench-logs: setup  ## looplab logs filtering a week of JSON logs (LOG_LINES=1M) 
 STREAM_ROWS ?= 4000
 STREAM_LATENCY_ROWS ?= 2000
 
-bench-stream: setup system-packages  ## the stream consumer: stored msg/s vs redis's own XADD->XREADGROUP rate, event -> stored p50/p99 (STREAM_ROWS, STREAM_LATENCY_ROWS)
+bench-stream: setup system-packages  ## the stream consumer: stored msg/s vs redis's own XADD->XREADGROUP rate, event -> online feature p50/p99 (STREAM_ROWS, STREAM_LATENCY_ROWS)
 	$(BIN)/python benchmarks/stream/run.py --rows $(STREAM_ROWS) --latency-rows $(STREAM_LATENCY_ROWS)
 
 .PHONY: bench-inference

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from .core import catalog_config
+from .features import EVENT_TIMESTAMP, build_features, feast_quietly, feature_groups, label_view, online_store_errors, open_feature_store, to_feast_time
 from .ingestion import append_validated, arrives_untimed, new_batch_id, normalise_batch, order_columns, quarantined_rows, uniform_column_types
 from .sources import NOT_SOURCE_SETTINGS, SourceError, describe, one_line, resolve_path
 from .validation import validate_batch
@@ -29,9 +30,9 @@ logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['logger', 'STREAM_KINDS', 'STREAM_ID_COLUMN', 'STORED_DATASETS', 'PAUSE_POINTS', 'StreamSource', 'shown_url',
            'RedisStreamSource', 'stream_sources', 'make_stream_source', 'pick_stream_source', 'stream_id_time',
-           'poison_row', 'message_rows', 'locate_reasons', 'table_lock', 'stream_datasets', 'not_yet_quarantined',
-           'store_stream_batch', 'pause_here', 'StreamTotals', 'consume', 'StreamCollector', 'stream_registry',
-           'serve_metrics']
+           'poison_row', 'message_rows', 'locate_reasons', 'lookback_hours', 'push_online', 'table_lock',
+           'stream_datasets', 'not_yet_quarantined', 'store_stream_batch', 'pause_here', 'StreamTotals', 'consume',
+           'StreamCollector', 'stream_registry', 'serve_metrics']
 
 # %% ../../notebooks/17_stream.ipynb #e687f8dc
 class StreamSource(Protocol):
@@ -257,6 +258,39 @@ def locate_reasons(quarantine: pd.DataFrame) -> pd.DataFrame:
                for stream_id, reason in zip(quarantine[STREAM_ID_COLUMN], quarantine["_reason"], strict=True)]
     return quarantine.assign(_reason=reasons)
 
+# %% ../../notebooks/17_stream.ipynb #112142c5
+def lookback_hours(params: dict) -> int:
+    "How far back a feature row looks (the longest lag or same-hour mean), in hours."
+    settings = params["features"]
+    return max([int(hours) for hours in settings.get("lags_hours", [])] + [24 * int(days) for days in settings.get("rolling_same_hour_days", [])] + [0])
+
+
+def push_online(
+    table: pd.DataFrame,             # the validated table as just stored
+    batch: pd.DataFrame,             # the batch's valid rows
+    params: dict,                    # the `data` block
+    root: Path | str | None = None,  # project root
+) -> int:                            # feature rows written (one per entity); 0 when the feature store has not been applied yet
+    "The features of each entity's newest row of the batch into Feast's online store, so lookups see them now, not after the next data run."
+    entity, time = params["entity"]["column"], params["timestamp"]
+    if batch.empty:
+        return 0
+    try:
+        store = open_feature_store(params, root, must_exist=True)
+    except FileNotFoundError:
+        logger.info("no feature store applied yet (kedro run -p data applies it): the online store is not updated")
+        return 0
+    newest = batch.sort_values(time).groupby(entity, sort=False).tail(1)[[entity, time]]
+    since = newest[time].min() - pd.Timedelta(hours=lookback_hours(params))
+    window = table[table[entity].isin(newest[entity]) & (table[time] >= since)]  # the rows the lags look back on
+    fresh = build_features(window, params).merge(newest.rename(columns={time: EVENT_TIMESTAMP}), on=[entity, EVENT_TIMESTAMP])
+    fresh[EVENT_TIMESTAMP] = to_feast_time(fresh[EVENT_TIMESTAMP], params["timezone"])
+    with feast_quietly(), online_store_errors(store):
+        for view, columns in feature_groups(params).items():
+            if view != label_view(params):
+                store.write_to_online_store(view, fresh[[entity, EVENT_TIMESTAMP, *columns]])
+    return len(fresh)
+
 # %% ../../notebooks/17_stream.ipynb #30a12c4b
 @contextmanager
 def table_lock(params: dict, root: Path | str | None = None) -> Iterator[None]:
@@ -297,11 +331,12 @@ def store_stream_batch(
     root: Path | str | None = None,      # project root for relative paths
     redelivered: bool = False,           # read before (pending entries): their quarantine rows may be stored already
     timestamp_column: str | None = None, # the rows' time column when not `data.timestamp`
-) -> dict:                               # messages, rows, stored (added/updated/unchanged), quarantined, poison
+    online: bool = True,                 # write the fresh rows' features into Feast's online store (`push_online`)
+) -> dict:                               # messages, rows, stored (added/updated/unchanged), quarantined, poison, online
     "Store one batch through the data layer's own steps: normalise, validate, upsert the valid rows by key, quarantine the rest."
     batch_id = new_batch_id()
     rows, quarantine = message_rows(messages, ids, source, batch_id)
-    poison, validated, append = len(quarantine), None, {}
+    poison, validated, append, pushed = len(quarantine), None, {}, 0
     if len(rows):
         ingested = normalise_batch(rows, source, batch_id, params, timestamp_column)
         ingested = order_columns(uniform_column_types(ingested), [params["timestamp"], params["entity"]["column"]])
@@ -318,11 +353,12 @@ def store_stream_batch(
         if validated is not None:
             table, append = append_validated(validated, params, root)
             catalog.save("validated_rides", table)
+            pushed = push_online(table, validated, params, root) if online else 0
         if len(quarantine):
             catalog.save("rides_quarantine", quarantine.astype({c: object for c in quarantine.columns if c != "_row"}))
     return {"batch_id": batch_id, "messages": len(ids), "rows": len(rows), "stored": 0 if validated is None else len(validated),
             "added": append.get("added", 0), "updated": append.get("updated", 0), "unchanged": append.get("unchanged", 0),
-            "quarantined": len(quarantine), "poison": poison, "redelivered": redelivered,
+            "quarantined": len(quarantine), "poison": poison, "online": pushed, "redelivered": redelivered,
             "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
 
 # %% ../../notebooks/17_stream.ipynb #15fc4f15
@@ -370,6 +406,7 @@ def consume(
     progress: Callable[[dict], None] | None = None,  # called with each batch's report
     pause: Path | None = None,               # a test hook: at each of `pause_at`, the point and the ids are written here, and the consumer waits until the file is removed
     pause_at: tuple[str, ...] = ("store",),  # of `PAUSE_POINTS`
+    online: bool = True,                     # update Feast's online store with each batch (`push_online`)
 ) -> StreamTotals:
     "Read, store and only then acknowledge, batch after batch: a crash between read and acknowledgement redelivers, the upsert stores nothing twice."
     if unknown := set(pause_at) - set(PAUSE_POINTS):
@@ -385,7 +422,8 @@ def consume(
             continue
         pause_here(pause, "store", pause_at, ids)
         report = store_stream_batch(messages, ids, source.name, params, datasets, root,
-                                    redelivered=bool(getattr(source, "redelivered", False)), timestamp_column=timestamp_column)
+                                    redelivered=bool(getattr(source, "redelivered", False)), timestamp_column=timestamp_column,
+                                    online=online)
         pause_here(pause, "ack", pause_at, ids)
         source.commit(ids)  # only now: the rows are stored or quarantined
         totals.add(report)
