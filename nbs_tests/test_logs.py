@@ -95,3 +95,12 @@ def test_kedro_runs_log_json_with_their_data_run(gateway_and_worker, tool):
     assert recorded and recorded[0]["logger"] == "looplab.versioning" and recorded[0]["run_id"], recorded
     registered = [record for record in records if record["message"].startswith("registered bike-demand version 1")]
     assert registered and registered[0]["model_version"] == "1" and registered[0]["run_id"], records[-5:]
+
+    # a promotion by hand names the version and the run that trained it
+    promoted = subprocess.run([tool("looplab"), "promote", "bike-demand", "1"], cwd=gateway_and_worker["project"],
+                              env=gateway_and_worker["env"], capture_output=True, text=True, timeout=120)
+    assert promoted.returncode == 0, promoted.stderr
+    [promotion] = [record for record in looplab_logs(tool, gateway_and_worker, "--component", "registry")
+                   if record["message"].startswith("promoted")]  # the command's own component (the kedro run's registry lines match too)
+    assert promotion["component"] == "registry"
+    assert (promotion["logger"], promotion["model_version"], promotion["run_id"]) == ("looplab.registry", "1", registered[0]["run_id"])

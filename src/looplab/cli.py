@@ -39,7 +39,7 @@ def _environments(conf: Path, root: Path, parameters: dict) -> list[str]:
 
 
 @cli.command()
-@click.option("--env", default=None, help="Config environment merged over base (default: $KEDRO_ENV or local).")
+@_ENV_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
 def info(env: str | None, as_json: bool) -> None:
     """Where the project lives, which config it reads, and what data it has."""
