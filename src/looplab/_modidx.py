@@ -413,6 +413,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'looplab/logs.py'),
                               'looplab.logs.SharedRotatingFileHandler.doRollover': ( 'logs.html#sharedrotatingfilehandler.dorollover',
                                                                                      'looplab/logs.py'),
+                              'looplab.logs.SharedRotatingFileHandler.emit': ( 'logs.html#sharedrotatingfilehandler.emit',
+                                                                               'looplab/logs.py'),
                               'looplab.logs.SharedRotatingFileHandler.shouldRollover': ( 'logs.html#sharedrotatingfilehandler.shouldrollover',
                                                                                          'looplab/logs.py'),
                               'looplab.logs._OncePerRecord': ('logs.html#_onceperrecord', 'looplab/logs.py'),

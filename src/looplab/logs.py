@@ -128,6 +128,16 @@ class SharedRotatingFileHandler(_OncePerRecord, RotatingFileHandler):
     def __init__(self, filename: Path | str, max_bytes: int, backups: int):
         super().__init__(filename, maxBytes=int(max_bytes), backupCount=int(backups), encoding="utf-8")
         self._identity = self._on_disk()
+        self._gone = False  # the folder itself was removed (a project copy deleted): records are dropped, not errors
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.shouldRollover(record):
+                self.doRollover()
+            if not self._gone:
+                logging.FileHandler.emit(self, record)
+        except Exception:
+            self.handleError(record)
 
     def _on_disk(self) -> tuple[int, int] | None:
         try:
@@ -144,8 +154,11 @@ class SharedRotatingFileHandler(_OncePerRecord, RotatingFileHandler):
         if stat is None or (stat.st_dev, stat.st_ino) != self._identity:
             if self.stream is not None:
                 self.stream.close()
-            self.stream = self._open()
-            self._identity = self._on_disk()
+                self.stream = None
+            self._gone = not os.path.isdir(os.path.dirname(self.baseFilename))
+            if not self._gone:
+                self.stream = self._open()
+                self._identity = self._on_disk()
             return False
         return stat.st_size >= self.maxBytes
 
