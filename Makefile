@@ -195,11 +195,11 @@ serve: setup system-packages  ## serve the champion through the nginx gateway (1
 	wait
 
 # The stream consumer of the conf's stream source (`looplab data stream`, data.sources kind: stream), its lag and
-# pending entries at http://127.0.0.1:$(STREAM_METRICS_PORT)/metrics. When no Redis answers on 127.0.0.1:$(STREAM_REDIS_PORT),
+# pending entries at http://127.0.0.1:PORT/metrics (the source's metrics_port; STREAM_METRICS_PORT overrides it). When no Redis answers on 127.0.0.1:$(STREAM_REDIS_PORT),
 # a redis-server is started beside it (data/01_raw/redis, append-only file on: the stream holds rows not stored yet);
 # Ctrl-C stops both, as `make serve` does.
 .PHONY: stream
-STREAM_METRICS_PORT ?= 9110
+STREAM_METRICS_PORT ?=
 STREAM_REDIS_PORT ?= 6379
 
 stream: setup system-packages  ## the stream consumer: stores what is published to the Redis stream, acknowledges it once stored; Ctrl-C stops
@@ -210,7 +210,7 @@ stream: setup system-packages  ## the stream consumer: stores what is published 
 		redis-server --port $(STREAM_REDIS_PORT) --bind 127.0.0.1 --dir data/01_raw/redis --appendonly yes --save "" --loglevel warning & \
 		for i in $$(seq 100); do redis-cli -h 127.0.0.1 -p $(STREAM_REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.1; done; \
 	fi; \
-	$(BIN)/looplab data stream --metrics-port $(STREAM_METRICS_PORT) & \
+	$(BIN)/looplab data stream $(if $(STREAM_METRICS_PORT),--metrics-port $(STREAM_METRICS_PORT)) & \
 	wait $$!
 
 # The MLflow UI on this project's store (conf: mlflow.tracking_uri of $KEDRO_ENV, default local), sized

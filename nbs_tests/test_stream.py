@@ -55,7 +55,8 @@ def _pings(client) -> bool:
 def project(tmp_path, redis_url, request):
     "A project copy whose `events` stream source is a fresh stream of the test's Redis."
     project = copy_project(ROOT, tmp_path / "project")
-    settings = {"url": redis_url, "stream": f"rows:{request.node.name}", "batch_size": BATCH, "block_ms": 100}
+    settings = {"url": redis_url, "stream": f"rows:{request.node.name}", "batch_size": BATCH, "block_ms": 100,
+                "metrics_port": None}  # a port of its own only where a test asks for one (--metrics-port)
     (project / "conf" / "test" / "parameters_stream.yml").write_text(yaml.safe_dump({"data": {"sources": {"events": settings}}}))
     return project
 

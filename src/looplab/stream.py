@@ -70,6 +70,7 @@ class RedisStreamSource:
     block_ms: int = 1000                     # longest wait for a first message when none is there
     payload_field: str = "row"               # the message field holding the JSON row (an object) or rows (a list of objects)
     timestamp_column: str | None = None      # the rows' time column when not `data.timestamp`
+    metrics_port: int | None = None          # where the consumer serves /metrics on 127.0.0.1 (Prometheus scrapes it: `looplab ops render`)
 
     def __post_init__(self):
         self._client, self._pending = None, True  # `_pending`: this consumer's unacknowledged entries are read first
@@ -187,6 +188,8 @@ def make_stream_source(
     missing = [key for key, f in known.items() if key not in options and f.default is MISSING]
     if missing:
         raise SourceError(name, f"a {kind} source needs the setting(s) {', '.join(missing)}")
+    if options.get("metrics_port") is not None and (not isinstance(options["metrics_port"], int) or not 0 < options["metrics_port"] < 65536):
+        raise SourceError(name, f"metrics_port must be a port number, got {options['metrics_port']!r}")
     for key in ("batch_size", "block_ms"):
         if key in options and (not isinstance(options[key], int) or options[key] < 1):
             raise SourceError(name, f"{key} must be a whole number of at least 1, got {options[key]!r}")
