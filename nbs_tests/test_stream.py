@@ -1,7 +1,8 @@
 """The stream source against a real redis-server: a consumer killed after reading a batch (and again after storing
 one, before acknowledging it) leaves every row stored exactly once after a restart; poison messages land in the
 quarantine with their stream id and never block the stream; the consumer's lag and pending entries reach
-Prometheus at /metrics, and the lag alert rule passes promtool's unit tests."""
+Prometheus at /metrics, and the lag alert rule passes promtool's unit tests; a second dataset without times (scikit-learn's
+diabetes) goes through the stream once, redelivery included."""
 
 from __future__ import annotations
 
@@ -101,11 +102,12 @@ def kill(process: subprocess.Popen) -> None:
     process.wait(timeout=20)
 
 
-def stored_table(project: Path) -> pd.DataFrame:
+def stored_table(project: Path, path: str = "data/03_primary/validated_rides.parquet") -> pd.DataFrame:
+    "The latest stored version of the validated table; empty before the first."
     from looplab.ingestion import latest_version_file
 
-    path = latest_version_file(project / "data" / "03_primary" / "validated_rides.parquet")
-    return pd.read_parquet(path) if path is not None else pd.DataFrame(columns=["timestamp"])
+    stored = latest_version_file(project / path)
+    return pd.read_parquet(stored) if stored is not None else pd.DataFrame(columns=["timestamp"])
 
 
 def quarantine(project: Path) -> pd.DataFrame:
@@ -210,3 +212,36 @@ def test_lag_alert_rule_passes_promtool():
     alerts = {rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"] if "alert" in rule}
     tested_alerts = {case["alertname"] for test in yaml.safe_load(RULE_TESTS.read_text())["tests"] for case in test.get("alert_rule_test", [])}
     assert alerts and alerts <= tested_alerts, alerts - tested_alerts
+
+
+def test_a_dataset_without_times_arrives_once_through_the_stream(tmp_path, redis_url):
+    "scikit-learn's diabetes data (no time column) in an environment of its own: each row's time is its message's, the same when redelivered."
+    from sklearn.datasets import load_diabetes
+
+    from looplab.core import load_config
+    from looplab.scaffold import init_environment
+    from looplab.stream import RedisStreamSource, consume, pick_stream_source
+
+    project = copy_project(ROOT, tmp_path / "project")
+    data = tmp_path / "diabetes.csv"
+    rows = load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "progression"}).head(90)
+    rows.to_csv(data, index=False)
+    init_environment("diabetes", data, "progression", root=project)
+    conf = project / "conf" / "diabetes" / "parameters_data.yml"
+    written = yaml.safe_load(conf.read_text())
+    written["data"]["sources"]["events"] = {"kind": "stream", "url": redis_url, "stream": "rows:diabetes", "batch_size": 40, "block_ms": 100}
+    conf.write_text(yaml.safe_dump(written, sort_keys=False))
+    params = load_config("parameters", env="diabetes", root=project)["data"]
+    source = pick_stream_source(params, "events")
+    source.ensure_group()
+    source.publish(rows)
+    source.client().xadd(source.stream, {"row": "[1, 2]"})
+
+    crashed = RedisStreamSource("events", url=redis_url, stream="rows:diabetes", batch_size=40)
+    assert len(crashed.read_batch()[1]) == 40  # read, never stored: it comes back
+    totals = consume(source, params, env="diabetes", root=project, until_idle=True)
+    assert (totals.messages, totals.redelivered, totals.poison) == (91, 40, 1)
+    table = stored_table(project, params["validated_path"])
+    assert len(table) == len(rows) and table[params["timestamp"]].is_unique
+    assert sorted(table["progression"]) == sorted(rows["progression"])
+    assert source.lag() == {"lag": 0, "pending": 0}
