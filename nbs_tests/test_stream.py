@@ -245,3 +245,23 @@ def test_a_dataset_without_times_arrives_once_through_the_stream(tmp_path, redis
     assert len(table) == len(rows) and table[params["timestamp"]].is_unique
     assert sorted(table["progression"]) == sorted(rows["progression"])
     assert source.lag() == {"lag": 0, "pending": 0}
+
+
+def test_a_stop_signal_finishes_the_batch_in_hand(project, quiet_env):
+    "TERM (or Ctrl-C) while a batch is being stored: it is stored and acknowledged, then the consumer exits 0."
+    source = source_of(project)
+    source.ensure_group()
+    source.publish(demo_rows(project, 5))
+    pause = project / "pause"
+    process = consumer(project, quiet_env, "--pause-file", str(pause), "--pause-at", "ack")
+    try:
+        reach(pause, "ack", process)
+        process.send_signal(signal.SIGTERM)
+        go_on(pause)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            stop_process(process, timeout=5)
+    assert process.returncode == 0, output
+    assert "SIGTERM: stopping after the batch in hand" in output and "5 message(s) in 1 batch(es)" in output, output
+    assert source.lag() == {"lag": 0, "pending": 0} and len(stored_table(project)) == 5

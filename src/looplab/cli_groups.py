@@ -174,6 +174,9 @@ def data_retry(env: str | None, file: str | None, reason: str | None) -> None:
 def data_stream(source_name: str | None, metrics_port: int | None, max_batches: int | None, until_idle: bool,
                 pause_file: Path | None, pause_at: str, env: str | None) -> None:
     """Consume a stream source (kind: stream): store each batch (valid rows, quarantine), then acknowledge it; Ctrl-C stops."""
+    import signal
+    import threading
+
     from looplab.sources import SourceError
     from looplab.stream import StreamTotals, consume, pick_stream_source, serve_metrics, stream_registry
 
@@ -192,6 +195,17 @@ def data_stream(source_name: str | None, metrics_port: int | None, max_batches: 
     click.echo(f"source '{source.name}': stream {source.stream} as {source.group}/{source.consumer}, {source.batch_size} message(s) a batch"
                + (f"; metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics else "") + "; Ctrl-C stops", err=True)
 
+    stopping = threading.Event()
+
+    def on_signal(number: int, frame) -> None:  # Ctrl-C or TERM: finish the batch in hand (stored, acknowledged), then stop
+        if stopping.is_set():
+            raise KeyboardInterrupt  # the second one stops at once: what was read and not acknowledged comes back
+        stopping.set()
+        click.echo(f"{signal.Signals(number).name}: stopping after the batch in hand (again: at once)", err=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
     def progress(report: dict) -> None:
         lag = source.lag()
         click.echo(f"batch {totals.batches}: {report['messages']} message(s) {report['first_id']}..{report['last_id']}"
@@ -200,11 +214,11 @@ def data_stream(source_name: str | None, metrics_port: int | None, max_batches: 
 
     try:
         consume(source, params, env=env, root=root, max_batches=max_batches, until_idle=until_idle, totals=totals, progress=progress,
-                pause=pause_file, pause_at=tuple(pause_at.split(",")))
+                pause=pause_file, pause_at=tuple(pause_at.split(",")), stop=stopping.is_set)
     except SourceError as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
-        click.echo("stopped; a batch read and not yet stored is read again at the next start", err=True)
+        click.echo("stopped at once; a batch read and not yet acknowledged is read again at the next start", err=True)
     finally:
         if metrics is not None:
             metrics.shutdown()

@@ -410,6 +410,7 @@ def consume(
     pause: Path | None = None,               # a test hook: at each of `pause_at`, the point and the ids are written here, and the consumer waits until the file is removed
     pause_at: tuple[str, ...] = ("store",),  # of `PAUSE_POINTS`
     online: bool = True,                     # update Feast's online store with each batch (`push_online`)
+    stop: Callable[[], bool] | None = None,  # asked before each read: True ends the loop (a signal handler sets it; the batch in hand is finished)
 ) -> StreamTotals:
     "Read, store and only then acknowledge, batch after batch: a crash between read and acknowledgement redelivers, the upsert stores nothing twice."
     if unknown := set(pause_at) - set(PAUSE_POINTS):
@@ -417,7 +418,7 @@ def consume(
     datasets = stream_datasets(env, root)
     totals = totals or StreamTotals()
     timestamp_column = getattr(source, "timestamp_column", None)
-    while max_batches is None or totals.batches < max_batches:
+    while (max_batches is None or totals.batches < max_batches) and not (stop is not None and stop()):
         messages, ids = source.read_batch()
         if not ids:
             if until_idle:
