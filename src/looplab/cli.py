@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -416,6 +417,38 @@ def replay(start: str | None, end: str | None, step: str | None, mode: str | Non
         raise click.UsageError("give --start and --end (or replay.start and replay.end in conf)")
     _replay(start or defaults.get("start"), end or defaults.get("end"), _days(step) if step else None, mode, url,
             not no_progress, env, data.resolve() if data else None)
+
+
+@cli.command()
+@click.option("--policies", default="static,scheduled:7d,scheduled:30d,drift,performance,estimated", show_default=True,
+              help="Comma-separated: static, scheduled:Nd, drift, performance, estimated; + combines triggers (drift+performance).")
+@click.option("--start", default=None, help="First day, e.g. 2011-03-15 (default: replay.start).")
+@click.option("--end", default=None, help="Last day, inclusive (default: replay.end).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Replays at once (default: one per core).")
+@click.option("--data", "data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The file of days, for an environment of your own data (as looplab replay --data).")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep each policy's workspace (a copy of the project, with its log) in this folder, outside the project.")
+@click.option("--no-oracle", is_flag=True, help="Skip the hindsight oracle.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_ENV_OPTION
+def backtest(policies: str, start: str | None, end: str | None, workers: int | None, data: Path | None, keep: Path | None,
+             no_oracle: bool, no_progress: bool, env: str | None) -> None:
+    """Replay a period once per retraining policy, in parallel, and say which policy pays (against a hindsight oracle).
+
+    Writes backtest.json and backtest.html beside the monitoring store (data/08_reporting/backtest/)."""
+    from looplab.backtest import BacktestError, format_table
+    from looplab.backtest import backtest as run_backtest
+
+    try:
+        result = run_backtest(policies, start, end, env=env, workers=workers, data=data.resolve() if data else None,
+                              progress=not no_progress, keep=keep, with_oracle=not no_oracle)
+    except BacktestError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(format_table(result))
+    click.echo(f"  report: {result['report']['html']}")
+    if any(row.get("error") for row in result["policies"]):
+        sys.exit(1)
 
 
 # `loop`, not `run`: Kedro adds this command group to its own project commands, and `kedro run` must stay Kedro's.

@@ -24,7 +24,7 @@ from .ingestion import arrives_untimed
 from .monitoring import due_labels, load_store, monitor_windows, monitoring_settings, window_of
 from .pipelines.data import create_pipeline
 from .registry import alias_version, load_model
-from .retraining import retraining_trigger
+from .retraining import retraining_settings, retraining_trigger
 from .serving import create_app, serving_settings
 from .sources import LANDING_FILE_NAME, demo_sources, replay_day
 from .versioning import load_version
@@ -335,6 +335,8 @@ def replay(
     url: str | None = None,             # the gateway for http mode; conf `replay.url` when None
     progress: bool = True,              # show a progress bar
     data: Path | str | None = None,     # the file of days to replay (not the demo's data); conf `replay.data` when None
+    policy: dict | None = None,         # settings of `retraining.policy` to replace for this replay (`looplab backtest`)
+    on_day: Any = None,                 # called with each day replayed (a progress report to another process)
 ) -> dict[str, Any]:                    # the summary (also in the report)
     "Replay the loop over [start, end] and report policy against static."
     from threadpoolctl import threadpool_limits
@@ -344,6 +346,9 @@ def replay(
     env = env or os.environ.get("KEDRO_ENV") or None
     parameters = load_config("parameters", env=env, root=root)
     settings = {**(parameters.get("replay") or {})}
+    if policy:
+        parameters["retraining"] = {**parameters["retraining"], "policy": {**parameters["retraining"]["policy"], **policy}}
+    ahead = "estimated" in retraining_settings(parameters)["policy"]["triggers"]  # a policy that acts on estimates asks daily
     step_days = int(step_days or settings.get("step_days", 1))
     mode = mode or settings.get("mode", "in_process")
     if mode not in MODES:
@@ -370,7 +375,7 @@ def replay(
         raise RuntimeError(f"replay: {name} has no champion yet; run `kedro run -c kedro.yml` (or `make run`) first")
     static = load_model(name, champion_start)
     columns = list(training_params["features"])
-    served_rows, started = [], time.perf_counter()
+    served_rows, started, train_seconds = [], time.perf_counter(), 0.0
     serving = InProcessServing(root, env) if mode == "in_process" else HttpServing(url or settings.get("url"), root, env)
     with quiet_kedro(), serving, tqdm(days, desc="replay", unit="day", disable=not progress) as bar:
         for first in bar:
@@ -399,15 +404,19 @@ def replay(
                                      now=now, root=root, env=env)
             for window in report["windows"]:
                 bar.write(window_line(window))
-            if report["windows"]:
+            if report["windows"] or (ahead and report.get("estimated")):
+                asked = time.perf_counter()
                 decision = retraining_trigger(report, validated, parameters["monitoring"], parameters["retraining"], data_params,
                                               training_params, now=now, source="replay", root=root, env=env)
+                train_seconds += time.perf_counter() - asked if decision["fired"] else 0.0
                 if decision.get("outcome") == "promoted":
                     version = serving.refresh()
                     bar.write(f"{first:%Y-%m-%d}: retrained, version {decision['champion_after']} promoted"
                               f"{f'; serving version {version}' if version else ''} ({'; '.join(decision['reasons'])})")
                 elif decision["fired"]:
                     bar.write(f"{first:%Y-%m-%d}: retrained, {decision['outcome']} ({'; '.join(decision['reasons'])})")
+            if on_day is not None:
+                on_day(first)
     elapsed = time.perf_counter() - started
     served = pd.concat(served_rows, ignore_index=True) if served_rows else pd.DataFrame(columns=["event_time", "entity", "prediction", "static"])
     final_now = days[-1] + pd.Timedelta(days=step_days)
@@ -426,7 +435,11 @@ def replay(
            for who, column in (("policy", "prediction"), ("static", "static"))},
         "unit": ((data_params.get("validation") or {}).get("schema", {}).get("columns", {}).get(data_params["target"]) or {}).get("unit"),
         "retrainings": int(len(fired)), "promotions": int((fired["outcome"] == "promoted").sum()) if len(fired) else 0,
-        "champion_start": champion_start, "champion_end": alias_version(name, "champion"),
+        "champion_start": champion_start, "champion_end": alias_version(name, "champion"), "train_seconds": round(train_seconds, 1),
+        # each month's error (by the hour predicted): where a policy gained or lost
+        **{f"{who}_by_month": {month: round(float(value), 4) for month, value in row_errors(scored[column], scored["label"], task)
+                                .groupby(scored["event_time"].dt.strftime("%Y-%m")).mean().items()} if len(scored) else {}
+           for who, column in (("policy", "prediction"), ("static", "static"))},
         "windows": int(len(store["windows"])), "drift_windows": int(store["windows"]["drift"].fillna(False).astype(bool).sum()) if len(store["windows"]) else 0,
         "drift_episodes": episodes(store["windows"][store["windows"]["window_start"] >= days[0] - pd.Timedelta(days=monitoring["window_days"])]) if len(store["windows"]) else [],
     }

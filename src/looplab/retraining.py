@@ -28,12 +28,15 @@ from .training import log_executed_notebook, train_evaluate_register
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['RUNNERS', 'retraining_settings', 'signals', 'episode_start', 'decide', 'lock_holder', 'retraining_lock',
-           'record_decision', 'log_decision', 'retraining_window', 'champion_data_end', 'local_kernel_manager',
-           'run_training', 'failure_text', 'new_labelled_rows', 'retraining_trigger', 'handle_alert']
+__all__ = ['RUNNERS', 'TRIGGERS', 'DEFAULT_TRIGGERS', 'ESTIMATED_ERROR', 'retraining_settings', 'signals', 'episode_start',
+           'decide', 'lock_holder', 'retraining_lock', 'record_decision', 'log_decision', 'retraining_window',
+           'champion_data_end', 'local_kernel_manager', 'run_training', 'failure_text', 'new_labelled_rows',
+           'retraining_trigger', 'handle_alert']
 
 # %% ../../notebooks/42_retraining.ipynb #8274ac1a
 RUNNERS = ("papermill", "direct")
+TRIGGERS = ("drift", "performance", "estimated", "schedule")  # the kinds of signal a policy may act on
+DEFAULT_TRIGGERS = ["drift", "performance"]
 
 
 def retraining_settings(
@@ -53,6 +56,17 @@ def retraining_settings(
             raise ValueError(f"retraining.policy.{key} must be a number, got {policy.get(key)!r}") from None
         if policy[key] < minimum:
             raise ValueError(f"retraining.policy.{key} must be at least {minimum}, got {policy[key]!r}")
+    triggers = policy.get("triggers", DEFAULT_TRIGGERS)
+    if not isinstance(triggers, list | tuple) or any(kind not in TRIGGERS for kind in triggers):
+        raise ValueError(f"retraining.policy.triggers must be a list of {', '.join(TRIGGERS)} (or [] for never), got {triggers!r}")
+    policy["triggers"] = list(dict.fromkeys(triggers))
+    if "schedule" in policy["triggers"]:
+        try:
+            policy["every_days"] = float(policy.get("every_days"))
+        except (TypeError, ValueError):
+            raise ValueError(f"retraining.policy.every_days must be a number of days for the schedule trigger, got {policy.get('every_days')!r}") from None
+        if policy["every_days"] <= 0:
+            raise ValueError(f"retraining.policy.every_days must be more than 0, got {policy['every_days']!r}")
     settings["policy"] = policy
     for key, minimum in (("train_days", 1), ("evaluation_days", 1)):
         try:
@@ -68,23 +82,45 @@ def retraining_settings(
     return settings
 
 # %% ../../notebooks/42_retraining.ipynb #a9359d96
+ESTIMATED_ERROR = {"estimated_mae": "evaluation_mae", "estimated_error_rate": "evaluation_error_rate"}  # estimate → its evaluation
+
+
+def _scored(windows: pd.DataFrame) -> pd.DataFrame:
+    "The windows scored against their labels (every window of a store written before windows were estimated)."
+    if "status" not in windows:
+        return windows
+    return windows[windows["status"].astype(object).fillna("scored").astype(str) != "estimated"]
+
+
 def signals(windows: pd.DataFrame, policy: dict) -> dict[str, str]:
-    "Why the latest window(s) call for retraining, by kind (drift, performance); empty when they do not."
+    "Why the latest window(s) call for retraining, by kind (drift, performance, estimated) of `policy['triggers']`; empty when they do not."
     if windows.empty:
         return {}
-    windows = windows.sort_values("window_start")
+    triggers = policy.get("triggers", DEFAULT_TRIGGERS)
+    every, windows = windows.sort_values("window_start"), _scored(windows).sort_values("window_start")
     found = {}
-    latest = windows.iloc[-1]
-    features = int(latest.get("drift_features") or 0)
-    if features >= policy["drift_min_features"]:
-        found["drift"] = (f"drift on {features} feature(s) in the window from {pd.Timestamp(latest['window_start']):%Y-%m-%d} "
-                          f"(at least {policy['drift_min_features']})")
+    if len(windows) and "drift" in triggers:
+        latest = windows.iloc[-1]
+        features = int(latest.get("drift_features") or 0)
+        if features >= policy["drift_min_features"]:
+            found["drift"] = (f"drift on {features} feature(s) in the window from {pd.Timestamp(latest['window_start']):%Y-%m-%d} "
+                              f"(at least {policy['drift_min_features']})")
     recent = windows.tail(policy["degradation_windows"])
-    degradation = pd.to_numeric(recent["degradation"], errors="coerce")
-    if len(recent) == policy["degradation_windows"] and degradation.notna().all() and (degradation > policy["degradation"]).all():
+    degradation = pd.to_numeric(recent["degradation"], errors="coerce") if len(recent) else pd.Series(dtype=float)
+    if ("performance" in triggers and len(recent) == policy["degradation_windows"] and degradation.notna().all()
+            and (degradation > policy["degradation"]).all()):
         error = "error rate" if "error_rate" in recent and pd.to_numeric(recent["error_rate"], errors="coerce").notna().all() else "MAE"
         found["performance"] = (f"{error} worse than at evaluation by more than {policy['degradation']:.0%} in the last "
                                 f"{policy['degradation_windows']} window(s) ({', '.join(f'{value:+.0%}' for value in degradation)})")
+    if "estimated" in triggers:
+        recent = every.tail(policy["degradation_windows"])
+        column = next((name for name in ESTIMATED_ERROR if name in recent and pd.to_numeric(recent[name], errors="coerce").notna().all()), None)
+        if column and len(recent) == policy["degradation_windows"]:
+            ratio = pd.to_numeric(recent[column], errors="coerce") / pd.to_numeric(recent[ESTIMATED_ERROR[column]], errors="coerce") - 1
+            if ratio.notna().all() and (ratio > policy["degradation"]).all():
+                found["estimated"] = (f"{column.removeprefix('estimated_').replace('_', ' ').replace('mae', 'MAE')} estimated worse than at "
+                                      f"evaluation by more than {policy['degradation']:.0%} in the last {policy['degradation_windows']} "
+                                      f"window(s) ({', '.join(f'{value:+.0%}' for value in ratio)}), before their labels")
     return found
 
 # %% ../../notebooks/42_retraining.ipynb #219308d4
@@ -112,10 +148,16 @@ def decide(
     settings: dict,            # `retraining_settings`
     running: bool = False,     # a retraining is running now
     signal: list[str] | None = None,  # reasons given from outside (an alert); None: from the windows
+    data_end: Any = None,      # the last day of the champion's training data (the schedule trigger)
 ) -> dict[str, Any]:           # {"fired", "reasons", "blocked_by", "episode_start"}
     "The trigger's decision for this moment."
     policy, now = settings["policy"], pd.Timestamp(now)
     reasons = list(signal) if signal is not None else list(signals(windows, policy).values())
+    scheduled = (signal is None and "schedule" in policy.get("triggers", DEFAULT_TRIGGERS) and data_end is not None
+                 and pd.notna(pd.Timestamp(data_end)) and now - pd.Timestamp(data_end) >= pd.Timedelta(days=policy["every_days"]))
+    if scheduled:
+        reasons.append(f"schedule: the champion's data ends {pd.Timestamp(data_end):%Y-%m-%d}, {(now - pd.Timestamp(data_end)).days} "
+                       f"days ago (every {policy['every_days']:g} days)")
     blocked = []
     if not reasons:
         blocked.append("no_signal")
@@ -128,7 +170,7 @@ def decide(
             blocked.append("cooldown")
     if new_labelled_rows < policy["min_new_labelled_rows"]:
         blocked.append("min_new_rows")
-    start = episode_start(windows, policy) if signal is None else None
+    start = episode_start(windows, policy) if signal is None and not scheduled else None
     if start is not None and len(fired_before):
         in_episode = pd.to_datetime(fired_before["window_end"], errors="coerce") > start
         if in_episode.any():
@@ -386,7 +428,9 @@ def retraining_trigger(
                 "window_end": str(store["windows"]["window_end"].max()) if len(store["windows"]) else None,
                 "source": source, "outcome": None, "champion_before": champion, "champion_after": champion,
                 "run_id": None, "detail": detail or {}}
-    decision.update(decide(store["windows"], store["decisions"], now, new_rows, settings, running, signal))
+    # an estimate-driven policy reads the windows whose labels are not due yet too
+    windows = load_store(store_path=monitoring["store_path"], estimated=True)["windows"] if "estimated" in settings["policy"]["triggers"] else store["windows"]
+    decision.update(decide(windows, store["decisions"], now, new_rows, settings, running, signal, data_end))
     if champion is None:  # nothing serves yet: training, not retraining, comes first
         decision.update(fired=False, blocked_by=[*decision["blocked_by"], "no_champion"])
     model = {"decision_id": decision["id"], "model_name": monitoring["model_name"], "model_version": champion}  # in the JSON logs
