@@ -32,7 +32,8 @@ from .logs import log_context, log_fields, setup_logs
 from .prediction_log import PredictionLog, log_request_id
 
 _logger = logging.getLogger(__name__)
-_requests = logging.getLogger(f"{__name__}.requests")  # one record per predict request, with its id
+_requests = logging.getLogger(f"{__name__}.requests")  # one record per predict request, with its id (looplab.logs: the files only)
+_requests.addHandler(logging.NullHandler())  # where no logging is set up (a test's app, a notebook), a client's 4xx prints nothing
 
 # %% ../../notebooks/31_serving.ipynb #8fa1abe2
 def serving_settings(
