@@ -236,11 +236,12 @@ def test_a_dataset_without_times_arrives_once_through_the_stream(tmp_path, redis
     source.ensure_group()
     source.publish(rows)
     source.client().xadd(source.stream, {"row": "[1, 2]"})
+    source.client().xadd(source.stream, {"row": b"\xc3\x28"})  # not UTF-8: quarantined, never a read that fails for ever
 
     crashed = RedisStreamSource("events", url=redis_url, stream="rows:diabetes", batch_size=40)
     assert len(crashed.read_batch()[1]) == 40  # read, never stored: it comes back
     totals = consume(source, params, env="diabetes", root=project, until_idle=True)
-    assert (totals.messages, totals.redelivered, totals.poison) == (91, 40, 1)
+    assert (totals.messages, totals.redelivered, totals.poison) == (92, 40, 2)
     table = stored_table(project, params["validated_path"])
     assert len(table) == len(rows) and table[params["timestamp"]].is_unique
     assert sorted(table["progression"]) == sorted(rows["progression"])

@@ -73,22 +73,39 @@ class RedisStreamSource:
     metrics_port: int | None = None          # where the consumer serves /metrics on 127.0.0.1 (Prometheus scrapes it: `looplab ops render`)
 
     def __post_init__(self):
-        self._client, self._pending = None, True  # `_pending`: this consumer's unacknowledged entries are read first
-        self.redelivered = False                  # whether the last batch came from the pending entries
+        self._client, self._raw, self._pending = None, None, True  # `_pending`: this consumer's unacknowledged entries are read first
+        self.redelivered = False                                    # whether the last batch came from the pending entries
 
-    def client(self):
-        "A connected client; `SourceError` naming the URL when Redis cannot be reached."
+    def client(self, raw: bool = False):
+        "A connected client (`raw`: one that leaves message bodies as bytes); `SourceError` naming the URL when Redis cannot be reached."
         if self._client is None:
             import redis
 
-            client = redis.Redis.from_url(self.url, decode_responses=True, socket_connect_timeout=5,
-                                          socket_timeout=self.block_ms / 1000 + 10)
+            options = {"socket_connect_timeout": 5, "socket_timeout": self.block_ms / 1000 + 10}
+            client = redis.Redis.from_url(self.url, decode_responses=True, **options)
             try:
                 client.ping()
             except (redis.exceptions.RedisError, OSError) as error:
                 raise SourceError(self.name, f"Redis is not reachable at {shown_url(self.url)}: {describe(error)}") from None
-            self._client = client
-        return self._client
+            # bodies are read as bytes: one that is not UTF-8 is a poison message, not a read that fails for ever
+            self._client, self._raw = client, redis.Redis.from_url(self.url, decode_responses=False, **options)
+        return self._raw if raw else self._client
+
+    @contextmanager
+    def reaching(self, what: str) -> Iterator[None]:
+        "Redis errors inside as one `SourceError` line naming the URL (or the stream)."
+        import redis
+
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+            raise SourceError(self.name, f"Redis is not reachable at {shown_url(self.url)}: {describe(error)}") from None
+        except redis.exceptions.ResponseError as error:
+            raise SourceError(self.name, f"cannot {what} stream {self.stream!r}: {describe(error)}") from None
+
+    def _entries(self, answer) -> tuple[list[bytes | None], list[str]]:
+        entries = answer[0][1] if answer else []
+        return [body.get(self.payload_field.encode()) if body else None for _, body in entries], [i.decode() for i, _ in entries]
 
     def ensure_group(self) -> None:
         "Create the stream and its consumer group (from the stream's first entry) when missing."
@@ -100,45 +117,42 @@ class RedisStreamSource:
             if "BUSYGROUP" not in str(error):
                 raise SourceError(self.name, f"cannot create group {self.group!r} on stream {self.stream!r}: {describe(error)}") from None
 
-    def read_batch(self) -> tuple[list[str | None], list[str]]:
+    def read_batch(self) -> tuple[list[bytes | None], list[str]]:
         "This consumer's pending entries first (id 0: what it read and never acknowledged), then new ones (`>`)."
-        import redis
-
         if self._client is None:
             self.ensure_group()
         try:
-            if self._pending:
-                answer = self.client().xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=self.batch_size)
-                entries = answer[0][1] if answer else []
-                if entries:
-                    self.redelivered = True
-                    return [body.get(self.payload_field) if body else None for _, body in entries], [i for i, _ in entries]
-                self._pending = False
-            answer = self.client().xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.batch_size, block=self.block_ms)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-            raise SourceError(self.name, f"Redis is not reachable at {shown_url(self.url)}: {describe(error)}") from None
-        except redis.exceptions.ResponseError as error:
-            if "NOGROUP" in str(error):  # the stream or group was deleted under a running consumer: start again from the top
-                self.ensure_group()
-                return [], []
-            raise SourceError(self.name, f"cannot read stream {self.stream!r}: {describe(error)}") from None
-        entries = answer[0][1] if answer else []
+            with self.reaching("read"):
+                if self._pending:
+                    messages, ids = self._entries(self.client(raw=True).xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=self.batch_size))
+                    if ids:
+                        self.redelivered = True
+                        return messages, ids
+                    self._pending = False
+                answer = self.client(raw=True).xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.batch_size, block=self.block_ms)
+        except SourceError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            self.ensure_group()  # the stream or group was deleted under a running consumer: start again from the top
+            return [], []
         self.redelivered = False
-        return [body.get(self.payload_field) if body else None for _, body in entries], [i for i, _ in entries]
+        return self._entries(answer)
 
     def commit(self, ids: list[str]) -> None:
         "XACK `ids`: removed from this group's pending entries, never delivered again."
         if ids:
-            self.client().xack(self.stream, self.group, *ids)
+            with self.reaching("acknowledge on"):
+                self.client().xack(self.stream, self.group, *ids)
 
     def lag(self) -> dict[str, int | None]:
         "`{'lag', 'pending'}` of the group (XINFO GROUPS): entries not yet delivered to it, and delivered but not acknowledged."
-        import redis
-
         try:
-            groups = self.client().xinfo_groups(self.stream)
-        except redis.exceptions.ResponseError:  # no stream yet
-            return {"lag": 0, "pending": 0}
+            with self.reaching("describe"):
+                groups = self.client().xinfo_groups(self.stream)
+        except SourceError as error:
+            if "no such key" not in str(error):
+                raise
+            return {"lag": 0, "pending": 0}  # no stream yet
         mine = next((group for group in groups if group.get("name") == self.group), None)
         if mine is None:
             return {"lag": None, "pending": None}
@@ -220,7 +234,7 @@ def stream_id_time(stream_id: str, timezone: str) -> pd.Timestamp:
 
 def poison_row(stream_id: str, reason: str, payload: Any, source: str, batch_id: str) -> dict:
     "A quarantine row for a message that is no row at all: its reason with the id, and the message as it came."
-    return {"_reason": f"stream message id={stream_id}: {reason}", "_raw_message": None if payload is None else one_line(payload, 2000),
+    return {"_reason": f"stream message id={stream_id}: {reason}", "_raw_message": None if payload is None else one_line(payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload, 2000),
             "_source": source, "_batch_id": batch_id, STREAM_ID_COLUMN: stream_id}
 
 
