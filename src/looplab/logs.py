@@ -26,8 +26,8 @@ from .core import find_project_root, load_config, setup_logging
 # %% auto #0
 __all__ = ['LOG_DEFAULTS', 'LOG_SUFFIX', 'LEVELS', 'REQUEST_LOGGER_SUFFIX', 'ACCESS_LOG', 'ALLOY_LABELS', 'LINE_FIELDS',
            'LogSettingsError', 'log_settings', 'log_context', 'log_fields', 'JsonLines', 'JsonStreamHandler',
-           'SharedRotatingFileHandler', 'setup_logs', 'log_files', 'parse_since', 'LogQuery', 'access_record',
-           'read_logs', 'format_record', 'logql_problems']
+           'SharedRotatingFileHandler', 'setup_logs', 'log_request', 'log_files', 'parse_since', 'LogQuery',
+           'access_record', 'read_logs', 'format_record', 'logql_problems']
 
 # %% ../../notebooks/48_logs.ipynb #40a33ec1
 LOG_DEFAULTS: dict[str, Any] = {
@@ -121,6 +121,12 @@ class _OncePerRecord:
 class JsonStreamHandler(_OncePerRecord, logging.StreamHandler):
     "The JSON lines on standard error (`logs.destination: stderr`): in a container, where the log agent collects them."
 
+    def write_line(self, line: str) -> None:
+        "Write one ready JSON line (`log_request`)."
+        with self.lock:
+            self.stream.write(line)
+            self.flush()
+
 
 class SharedRotatingFileHandler(_OncePerRecord, RotatingFileHandler):
     "A `RotatingFileHandler` for a file several processes append to: rotation by any of them is seen by all."
@@ -165,6 +171,20 @@ class SharedRotatingFileHandler(_OncePerRecord, RotatingFileHandler):
     def doRollover(self) -> None:
         super().doRollover()
         self._identity = self._on_disk()
+
+    def write_line(self, line: str) -> None:
+        "Write one ready JSON line (`log_request`), rotating first when the file is full."
+        with self.lock:
+            try:
+                if self.shouldRollover(None):
+                    self.doRollover()
+                if not self._gone:
+                    if self.stream is None:
+                        self.stream = self._open()
+                    self.stream.write(line)
+                    self.stream.flush()
+            except OSError:
+                self.handleError(None)
 
 # %% ../../notebooks/48_logs.ipynb #616f2aa4
 REQUEST_LOGGER_SUFFIX = ".requests"  # loggers that write one record per request (`looplab.serving.requests`): files only
@@ -242,7 +262,26 @@ def _stderr_logs(handler: logging.Handler | None, component: str, env: str | Non
     looplab.setLevel(str(settings["level"]).upper())
     return None
 
-# %% ../../notebooks/48_logs.ipynb #5de6f712
+# %% ../../notebooks/48_logs.ipynb #38b4cf19
+def log_request(
+    logger: str,   # the name the line carries (`looplab.serving.requests`)
+    level: int,    # logging.INFO, WARNING, ERROR …
+    message: str,  # the line's message
+    **fields: Any, # more fields (status, latency_ms, …)
+) -> None:
+    "One JSON line for one request, with the context's fields, written straight to this process's JSON log (none set up: nothing)."
+    import orjson
+
+    handler = _file_handler()
+    if handler is None or level < handler.level:
+        return
+    formatter = handler.formatter
+    data = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": logging.getLevelName(level),
+            "component": formatter.component, "env": formatter.env, "logger": logger, "message": message, "pid": os.getpid(),
+            **(_CONTEXT.get() or {}), **fields}
+    handler.write_line(orjson.dumps(data, default=str).decode() + "\n")
+
+# %% ../../notebooks/48_logs.ipynb #e07413c1
 ACCESS_LOG = "access.log"  # the gateway's JSON access log, in `gateway.run_dir/logs/`
 
 
@@ -263,7 +302,7 @@ def log_files(
         files += sorted(path for path in logs.glob(f"{ACCESS_LOG}*") if path.is_file() and not path.name.endswith(".gz"))
     return files
 
-# %% ../../notebooks/48_logs.ipynb #957f5274
+# %% ../../notebooks/48_logs.ipynb #b40afbf6
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -323,7 +362,7 @@ def access_record(entry: dict) -> dict:
         message += f" via {entry['upstream_addr']}"
     return {"time": entry.get("time"), "level": level, "component": "gateway", "logger": "nginx.access", "message": message, **entry}
 
-# %% ../../notebooks/48_logs.ipynb #c2cba42f
+# %% ../../notebooks/48_logs.ipynb #1bae85dc
 def _markers(query: LogQuery, access: bool) -> list[bytes] | None:
     "Byte strings one of which every matching line holds (None: no such marker; every line is a candidate); values, not `key:value`, so any JSON spacing matches."
     if access and query.component is not None and query.component != "gateway":
@@ -416,7 +455,7 @@ def read_logs(
     found.sort(key=lambda record: _moment(record.get("time")))
     return found
 
-# %% ../../notebooks/48_logs.ipynb #1e5e44e4
+# %% ../../notebooks/48_logs.ipynb #74e5ccaf
 _SHOWN = {"time", "level", "component", "message", "logger", "env", "pid", "request_id", "model_name", "model_version",
           "client", "method", "uri", "status", "bytes_sent", "request_time", "upstream_addr", "upstream_response_time"}  # in the message
 
@@ -430,7 +469,7 @@ def format_record(record: dict) -> str:
     return f"{moment:<23} {str(record.get('level', '')):<7} {str(record.get('component', '')):<9}{request}{model} {record.get('message', '')}" \
         + (f"  {rest}" if rest else "")
 
-# %% ../../notebooks/48_logs.ipynb #3ddbe119
+# %% ../../notebooks/48_logs.ipynb #ffca6ab2
 ALLOY_LABELS = frozenset({"namespace", "app", "pod", "container", "level", "component"})  # deploy/monitoring/loki/config.alloy
 LINE_FIELDS = frozenset({"time", "level", "component", "env", "logger", "message", "pid", "request_id", "model_name", "model_version",
                          "run_id", "status", "latency_ms", "rows", "decision_id", "decision_run_id", "outcome", "previous_version", "batch_id"})
