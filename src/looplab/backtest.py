@@ -18,10 +18,11 @@ from typing import Any
 
 import pandas as pd
 
-from .core import catalog_config, configure_mlflow, copy_project_files, find_project_root, load_config, mlflow_settings
+from .core import catalog_config, configure_mlflow, copy_project_files, figure_png, find_project_root, load_config, mlflow_settings, new_figure
 from .monitoring import load_store, monitoring_settings, window_of
 from .registry import alias_version, load_model
 from .replay import REPLAY_METRIC, replay, replay_days, row_errors
+from .training import fit_model, training_xy
 
 _logger = logging.getLogger(__name__)
 
@@ -164,8 +165,6 @@ def oracle(
     replaces the serving one exactly when it serves that window better (which no rule can know in advance)."""
     from kedro.io import DataCatalog
 
-    from looplab.training import fit_model, training_xy
-
     workspace = Path(workspace)
     parameters = load_config("parameters", env=env, root=workspace)
     data_params, training_params = parameters["data"], parameters["training"]
@@ -236,8 +235,6 @@ def format_table(result: dict) -> str:
 
 def plot_backtest(result: dict):
     "One timeline per policy: its error by month against the static model's and the oracle's, its retrainings marked."
-    from looplab.core import new_figure
-
     key, name = result["metric"], REPLAY_METRIC[result["task"]][1]
     rows = [row for row in result["policies"] if not row.get("error")]
     static = next((row for row in rows if row["name"] == "static"), None)
@@ -264,8 +261,6 @@ def report_backtest(result: dict, folder: Path) -> dict[str, Path]:
     "Write `backtest.json` and `backtest.html` (the table and one timeline per policy) into `folder`."
     import base64
     import html
-
-    from looplab.core import figure_png
 
     folder.mkdir(parents=True, exist_ok=True)
     written = {"json": folder / "backtest.json", "html": folder / "backtest.html"}
