@@ -14,9 +14,10 @@ every method predicts — only the trees are compared, never the preprocessing:
   serving compiles regressors only, the classifier's trees go through the same kernel here);
 - treelite GTIL: `treelite.gtil.predict(model, X, nthread=...)` on `treelite.sklearn.import_model`;
 - tl2cgen: the treelite model compiled to C by `tl2cgen.export_lib` (gcc -O3), `Predictor.predict`
-  on a `DMatrix` built in the call; once as tl2cgen generates it by default, once with its branches
-  annotated on the training rows (`annotate_branch`) and thresholds quantised (`quantize: 1`), its
-  documented tuning.
+  on a `DMatrix` built in the call; once as tl2cgen generates it by default ("default"), once tuned
+  ("tuned"): branches annotated on the training rows (`annotate_branch`), thresholds quantised
+  (`quantize: 1`) — its documented tuning — and gcc's `-march=native`, as numba compiles the kernel
+  for the processor it runs on.
 
 treelite and tl2cgen run in their own environment (benchmarks/treelite/.venv, built by
 benchmarks/treelite/setup.sh; looplab's lock stays as it is): the estimators go there with skops
@@ -58,8 +59,9 @@ from predict import time_calls  # noqa: E402
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "inference.json"
 SIZES = (1, 100, 10_000)
 THREADS = (1, 2)  # every size on one thread; the largest also on two
+# tl2cgen as it comes, and with its documented tuning plus code for this processor (numba compiles the kernel for it too)
 TL2CGEN_VARIANTS = [{"name": "default", "params": {}},
-                    {"name": "annotated", "annotate": True, "params": {"quantize": 1}}]
+                    {"name": "tuned", "annotate": True, "params": {"quantize": 1}, "options": ["-march=native"]}]
 MATCH = 1.05  # treelite "matches" the kernel when its median is within 5 % of the kernel's
 
 
@@ -129,18 +131,19 @@ def time_looplab(methods: dict, cells: list[dict], matrices: dict, budget: float
         for method, by_threads in methods[cell["model"]].items():
             call = by_threads[cell["threads"]]
             with threadpool_limits(limits=cell["threads"], user_api="openmp"):
-                times = time_calls(call, X, budget)
-            timings.append({**cell, "method": method, "seconds": times})
+                times, cpu = time_calls(call, X, budget)
+            timings.append({**cell, "method": method, "seconds": times, "cpu_seconds": cpu})
             say(f"[looplab round {round_}] {cell['model']}, {len(X)} rows, {cell['threads']} thread(s), {method}: "
                 f"median {1e6 * sorted(times)[len(times) // 2]:.1f} µs")
     return timings
 
 
-def statistics(times: list[float], rows: int) -> dict:
+def statistics(times: list[float], cpu: list[float], rows: int) -> dict:
     values = np.asarray(times)
     median = float(np.median(values))
     return {"median_us": 1e6 * median, "p99_us": 1e6 * float(np.percentile(values, 99)), "mean_us": 1e6 * float(values.mean()),
-            "calls": len(values), "rows_per_second": rows / median}
+            "calls": len(values), "rows_per_second": rows / median,
+            "cpu_median_us": 1e6 * float(np.median(cpu)), "cpu_p99_us": 1e6 * float(np.percentile(cpu, 99))}
 
 
 def exactness(got: np.ndarray, expected: np.ndarray) -> dict:
@@ -225,11 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         row = table.setdefault(cell["model"], {}).setdefault(f"{rows} rows, {cell['threads']} thread{'s' if cell['threads'] > 1 else ''}", {
             "rows": rows, "threads": cell["threads"], "methods": {}})
         for method in sorted({t["method"] for t in timings if t["matrix"] == cell["matrix"] and t["threads"] == cell["threads"]}):
-            pooled = [s for t in timings if t["matrix"] == cell["matrix"] and t["threads"] == cell["threads"] and t["method"] == method
-                      for s in t["seconds"]]
-            per_round = [1e6 * float(np.median(t["seconds"])) for t in timings
-                         if t["matrix"] == cell["matrix"] and t["threads"] == cell["threads"] and t["method"] == method]
-            figure = {**statistics(pooled, rows), "round_medians_us": per_round}
+            mine = [t for t in timings if t["matrix"] == cell["matrix"] and t["threads"] == cell["threads"] and t["method"] == method]
+            figure = {**statistics([s for t in mine for s in t["seconds"]], [s for t in mine for s in t["cpu_seconds"]], rows),
+                      "round_medians_us": [1e6 * float(np.median(t["seconds"])) for t in mine],
+                      "round_cpu_medians_us": [1e6 * float(np.median(t["cpu_seconds"])) for t in mine]}
             if (cell["matrix"], method) in outputs:
                 figure.update(exactness(outputs[(cell["matrix"], method)], outputs[(cell["matrix"], "scikit-learn")]))
             row["methods"][method] = figure
@@ -238,8 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         kernel = row["methods"]["looplab kernel"]["median_us"]
         row["best_treelite"] = best
         row["best_treelite_over_kernel"] = row["methods"][best]["median_us"] / kernel
+        best_cpu = min(treelite_names, key=lambda m: row["methods"][m]["cpu_median_us"])
+        row["best_treelite_over_kernel_cpu"] = row["methods"][best_cpu]["cpu_median_us"] / row["methods"]["looplab kernel"]["cpu_median_us"]
         row["kernel_over_scikit_learn_speedup"] = row["methods"]["scikit-learn"]["median_us"] / kernel
 
+    for model, rows in table.items():
+        for key, row in rows.items():
+            say(f"{model}, {key} (best treelite / kernel: wall {row['best_treelite_over_kernel']:.2f}, CPU {row['best_treelite_over_kernel_cpu']:.2f}):")
+            for method, figure in row["methods"].items():
+                exact = (f"max |diff| vs sklearn {figure['max_abs_diff']:.2e} ({figure['rows_differing']} rows differ)"
+                         if "max_abs_diff" in figure else "")
+                say(f"  {method:18s} median {figure['median_us']:10.1f} µs  p99 {figure['p99_us']:10.1f} µs  "
+                    f"CPU {figure['cpu_median_us']:10.1f} µs  {figure['rows_per_second']:12,.0f} rows/s  {exact}")
     one_thread = {model: {key: row for key, row in rows.items() if row["threads"] == 1} for model, rows in table.items()}
     kernel_ahead = {model: all(row["best_treelite_over_kernel"] >= 1.0 for row in rows.values()) for model, rows in one_thread.items()}
     treelite_matches = {model: sorted({row["rows"] for row in rows.values() if row["best_treelite_over_kernel"] <= MATCH})
@@ -262,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                "; ".join(f"{rows} rows: {cell_text('regression', rows)}" for rows in SIZES) +
                " · best treelite / kernel at 1/100/10,000 rows: " +
                "/".join(f"{table['regression'][f'{rows} rows, 1 thread']['best_treelite_over_kernel']:.2f}" for rows in SIZES) +
-               " (classifier " + "/".join(f"{table['classifier'][f'{rows} rows, 1 thread']['best_treelite_over_kernel']:.2f}" for rows in SIZES) +
+               " (CPU time " + "/".join(f"{table['regression'][f'{rows} rows, 1 thread']['best_treelite_over_kernel_cpu']:.2f}" for rows in SIZES) +
+               "; classifier " + "/".join(f"{table['classifier'][f'{rows} rows, 1 thread']['best_treelite_over_kernel']:.2f}" for rows in SIZES) +
                f") · kernel {'bit-identical to' if exact else 'DIFFERS from'} sklearn; max |diff| " +
                ", ".join(f"{method} {value:.1e}" for method, value in worst.items()) +
                f" · target kernel ≤ treelite: {'met' if all(kernel_ahead.values()) else 'NOT met'} → {decision}")
