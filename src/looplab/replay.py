@@ -348,7 +348,8 @@ def replay(
     settings = {**(parameters.get("replay") or {})}
     if policy:
         parameters["retraining"] = {**parameters["retraining"], "policy": {**parameters["retraining"]["policy"], **policy}}
-    ahead = "estimated" in retraining_settings(parameters)["policy"]["triggers"]  # a policy that acts on estimates asks daily
+    # a policy that acts on estimates or on a schedule asks every day; the others when a window was scored
+    daily = bool({"estimated", "schedule"} & set(retraining_settings(parameters)["policy"]["triggers"]))
     step_days = int(step_days or settings.get("step_days", 1))
     mode = mode or settings.get("mode", "in_process")
     if mode not in MODES:
@@ -404,7 +405,7 @@ def replay(
                                      now=now, root=root, env=env)
             for window in report["windows"]:
                 bar.write(window_line(window))
-            if report["windows"] or (ahead and report.get("estimated")):
+            if report["windows"] or daily:
                 asked = time.perf_counter()
                 decision = retraining_trigger(report, validated, parameters["monitoring"], parameters["retraining"], data_params,
                                               training_params, now=now, source="replay", root=root, env=env)
