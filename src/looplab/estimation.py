@@ -187,13 +187,19 @@ class LossEstimator:
         return float((len(means) - 1) / len(means) * ((means - means.mean()) ** 2).sum())
 
 # %% ../../notebooks/47_estimation.ipynb #67f94a85
+def _calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "An isotonic map from the top-class probability to the chance of being right, as its breakpoints (x, y)."
+    from sklearn.isotonic import IsotonicRegression
+
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(confidence, correct)
+    return np.asarray(fitted.X_thresholds_, dtype="float64"), np.asarray(fitted.y_thresholds_, dtype="float64")
+
+
 class ConfidenceEstimator:
     "Confidence-based performance estimation: the expected error rate from the calibrated top-class probability."
 
-    def fit(self, probabilities, labels, classes: Sequence) -> ConfidenceEstimator:
-        "Calibrate the top-class probability on the reference rows: `probabilities` has one column per class of `classes`."
-        from sklearn.isotonic import IsotonicRegression
-
+    def fit(self, probabilities, labels, classes: Sequence, folds: int = 4) -> ConfidenceEstimator:
+        "Calibrate the top-class probability on the reference rows (in time order): `probabilities` has one column per class of `classes`."
         probabilities = np.asarray(probabilities, dtype="float64")
         labels = np.asarray(labels, dtype="object")
         known = pd.notna(labels) & np.isfinite(probabilities).all(axis=1)
@@ -205,9 +211,19 @@ class ConfidenceEstimator:
         predicted = np.asarray(self.classes_, dtype="object")[probabilities[known].argmax(axis=1)]
         correct = (predicted == labels[known].astype(str)).astype("float64")
         confidence = probabilities[known].max(axis=1)
-        calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(confidence, correct)
-        self.thresholds_ = np.asarray(calibration.X_thresholds_, dtype="float64")
-        self.calibrated_ = np.asarray(calibration.y_thresholds_, dtype="float64")
+        self.thresholds_, self.calibrated_ = _calibration(confidence, correct)
+        # each contiguous fold calibrated by the others: how far rows stray from a calibration that did not see them
+        # (runs of errors included), and how much the calibration itself moves with its rows
+        folds = min(folds, len(correct) // MIN_REFERENCE_ROWS)
+        out_of_fold = np.full(len(correct), float(correct.mean()))
+        self.fold_maps_ = []
+        if folds >= 2:
+            for held_out in np.array_split(np.arange(len(correct)), folds):
+                kept = np.setdiff1d(np.arange(len(correct)), held_out)
+                self.fold_maps_.append(_calibration(confidence[kept], correct[kept]))
+                out_of_fold[held_out] = np.interp(confidence[held_out], *self.fold_maps_[-1])
+        bernoulli = float(np.mean(out_of_fold * (1 - out_of_fold)))
+        self.inflation_ = max(1.0, block_variance(correct - out_of_fold) / bernoulli) if bernoulli > 0 else 1.0
         self.reference_error_rate_ = float(1 - correct.mean())
         self.reference_rows_ = int(known.sum())
         return self
@@ -217,6 +233,15 @@ class ConfidenceEstimator:
         top = np.asarray(probabilities, dtype="float64").max(axis=1)
         return np.interp(top, self.thresholds_, self.calibrated_)
 
+    def model_variance(self, probabilities) -> float:
+        "The variance of a window's estimate due to the calibration itself: a delete-a-group jackknife over the folds' maps."
+        maps = getattr(self, "fold_maps_", [])
+        if len(maps) < 2:
+            return 0.0
+        top = np.asarray(probabilities, dtype="float64").max(axis=1)
+        means = np.array([np.interp(top, x, y).mean() for x, y in maps])
+        return float((len(means) - 1) / len(means) * ((means - means.mean()) ** 2).sum())
+
     def estimate(self, probabilities) -> dict[str, float]:
         "A window's estimated error rate and its band: {value, low, high, rows}."
         probabilities = np.asarray(probabilities, dtype="float64")
@@ -225,7 +250,8 @@ class ConfidenceEstimator:
             return {"value": math.nan, "low": math.nan, "high": math.nan, "rows": 0}
         right = self.confidence(probabilities)
         value = float(1 - right.mean())
-        half = BAND_Z * math.sqrt(float((right * (1 - right)).sum())) / len(right)
+        sampling = getattr(self, "inflation_", 1.0) * float(np.mean(right * (1 - right))) / len(right)
+        half = BAND_Z * math.sqrt(sampling + self.model_variance(probabilities))
         return {"value": value, "low": max(0.0, value - half), "high": min(1.0, value + half), "rows": int(len(right))}
 
 # %% ../../notebooks/47_estimation.ipynb #2e35e4d8
@@ -282,7 +308,8 @@ def save_estimator(estimator: LossEstimator | ConfidenceEstimator, folder: Path 
     else:
         config = {"kind": "confidence", "classes": estimator.classes_, "thresholds": estimator.thresholds_.tolist(),
                   "calibrated": estimator.calibrated_.tolist(), "reference_error_rate": estimator.reference_error_rate_,
-                  "reference_rows": estimator.reference_rows_}
+                  "reference_rows": estimator.reference_rows_, "inflation": estimator.inflation_,
+                  "fold_maps": [[x.tolist(), y.tolist()] for x, y in estimator.fold_maps_]}
     (folder / "estimator.json").write_text(json.dumps({"format": ESTIMATOR_FORMAT, **config}, indent=2), encoding="utf-8")
     return folder
 
@@ -303,6 +330,9 @@ def read_estimator(folder: Path | str) -> LossEstimator | ConfidenceEstimator:
         estimator.classes_, estimator.reference_rows_ = config["classes"], config["reference_rows"]
         estimator.thresholds_, estimator.calibrated_ = np.asarray(config["thresholds"]), np.asarray(config["calibrated"])
         estimator.reference_error_rate_ = config["reference_error_rate"]
+        # an estimator kept before the band knew its inflation and the folds' calibrations: the Bernoulli band alone
+        estimator.inflation_ = float(config.get("inflation", 1.0))
+        estimator.fold_maps_ = [(np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64")) for x, y in config.get("fold_maps", [])]
         return estimator
     estimator = LossEstimator(config["features"], **config["parameters"])
     estimator.categories_, estimator.reference_mae_ = config["categories"], config["reference_mae"]
