@@ -51,7 +51,7 @@ def pytest_configure(config):
 # longest modules (measured on 2 cores, several minutes each) go first, so that no worker is still busy
 # with a long one at the end while the other idles. The others keep their order.
 LONGEST_FIRST = (
-    "test_monitoring.py", "test_scale_postgres.py", "test_training_pipeline.py", "test_serving.py", "test_benchmarks.py",
+    "test_monitoring.py", "test_scale_postgres.py", "test_backtest.py", "test_training_pipeline.py", "test_serving.py", "test_benchmarks.py",
     "test_serve_gateway.py", "test_drift.py", "test_app_monitoring.py", "test_app_serving.py", "test_second_dataset_training.py",
     "test_scale_redis.py", "test_serving_load.py", "test_scale_dask.py", "test_settings.py", "test_reproduction_isolated.py",
 )
@@ -135,11 +135,24 @@ def latest_json(folder: Path) -> dict:
     return json.loads((versions[-1] / folder.name).read_text())
 
 
+# The first project with a trained champion a worker builds is its template: later ones are copies of it (the
+# data, the feature store and the MLflow store with its artifacts), the store's artifact paths pointed at the copy.
+_TRAINED: dict[Path, Path] = {}
+
+
 def project_with_models(root: Path, destination: Path, tool, env: dict, second_version: bool = False) -> Path:
     "A project copy with the test data and `bike-demand` version 1 as champion; with `second_version`, a linear version 2 too."
-    project = copy_project(root, destination)
-    kedro_run(tool, env, project, "-p", "data", "--env", "test")
-    kedro_run(tool, env, project, "-p", "training", "--env", "test")
+    from looplab.backtest import relocate_mlflow
+
+    template = _TRAINED.get(root)
+    if template is None:
+        template = copy_project(root, ROOT.parent / "trained" / "project")
+        kedro_run(tool, env, template, "-p", "data", "--env", "test")
+        kedro_run(tool, env, template, "-p", "training", "--env", "test")
+        _TRAINED[root] = template
+    shutil.copytree(template, destination, symlinks=True, dirs_exist_ok=True)
+    relocate_mlflow(destination / "mlflow.db", template, destination)
+    project = destination
     if second_version:
         kedro_run(tool, env, project, "-p", "training", "--env", "test",
                   "--params", "training.model.family=linear,training.seed=7")

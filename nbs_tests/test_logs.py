@@ -17,7 +17,7 @@ import requests
 
 from looplab.prediction_log import read_prediction_log
 
-from conftest import copy_project, free_port, good_record, kedro_run, running_server, wait_until
+from conftest import free_port, good_record, project_with_models, running_server, wait_until
 
 pytestmark = pytest.mark.skipif(not os.access("/usr/sbin/nginx", os.X_OK), reason="nginx is missing: run make system-packages")
 
@@ -25,8 +25,7 @@ pytestmark = pytest.mark.skipif(not os.access("/usr/sbin/nginx", os.X_OK), reaso
 @pytest.fixture(scope="module")
 def gateway_and_worker(root, tmp_path_factory, tool, quiet_env):
     "A project with a champion, one `looplab serve` worker and `looplab gateway` (unbuffered access log) on free loopback ports."
-    project = copy_project(root, tmp_path_factory.mktemp("logs") / "project")
-    kedro_run(tool, quiet_env, project, "--pipelines", "data,training", "--env", "test")  # one run, one start-up: bike-demand 1 champion
+    project = project_with_models(root, tmp_path_factory.mktemp("logs") / "project", tool, quiet_env)  # its kedro runs' logs come with it
     serving_port, gateway_port = free_port(), free_port()
     while gateway_port == serving_port:
         gateway_port = free_port()

@@ -70,8 +70,11 @@ def test_plain_reproduce_reports_the_changed_code(history):
 
 
 def test_isolated_reproduce_rebuilds_the_recorded_commit(history):
+    "With --keep: the worktree of the first commit and its environment stay for a look (one rebuild serves both checks)."
+    from looplab.reproduction import format_reproduction
+
     project = history["project"]
-    result = looplab(history, "reproduce", "bike-demand/1", "--isolated", "--json")
+    result = looplab(history, "reproduce", "bike-demand/1", "--isolated", "--keep", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     reproduction = json.loads(result.stdout)
     assert reproduction["matches"] and reproduction["tolerance"] == 0.0
@@ -82,17 +85,27 @@ def test_isolated_reproduce_rebuilds_the_recorded_commit(history):
     isolated = reproduction["isolated"]
     assert isolated["commit"] == reproduction["commit"]["recorded"] == history["first"]
     assert isolated["route"] == "shared" and "the recorded lock" in isolated["why"]
-    assert set(isolated["seconds"]) == {"checkout", "environment", "rebuild"} and isolated["kept"] is None
+    assert set(isolated["seconds"]) == {"checkout", "environment", "rebuild"}
     # The schema and the feature views, hashed from the first commit's files by its own looplab, are the recorded ones.
     definitions = {row["tag"]: row for row in reproduction["definitions"]}
     assert set(definitions) == {"data.schema.hash", "data.feature_views.hash"}, definitions
     assert all(row["same"] and len(row["rebuilt"]) == 64 for row in definitions.values()), definitions
     for step in ("checking out commit", "route shared", "at the recorded commit: hashing the schema and the feature view definitions",
-                 "at the recorded commit: refitting on"):
+                 "at the recorded commit: refitting on", "kept: the worktree"):
         assert step in result.stderr, result.stderr  # progress, on stderr
-    # The worktree and the environment are gone; the project's own checkout still has the second commit's code.
-    assert git(project, "worktree", "list").count("\n") == 0
+    readable = format_reproduction(reproduction)  # what the command prints without --json
+    assert "reproduced: every metric identical, every prediction bit-identical" in readable, readable
+    assert "rows, bit-identical (registered model vs rebuild)" in readable, readable
+    # What --keep left: the worktree at the first commit and its environment; the project's own checkout has the second commit's code.
+    kept = [line.removeprefix("worktree ") for line in git(project, "worktree", "list", "--porcelain").splitlines()
+            if line.startswith("worktree ")][1:]
+    assert len(kept) == 1 and isolated["kept"], (kept, isolated["kept"])
+    checkout = Path(kept[0])
+    assert ORIGINAL_FIT in (checkout / "src" / "looplab" / "training.py").read_text(encoding="utf-8")
+    assert (checkout.parent / "environment" / "bin" / "python").exists()
     assert CHANGED_FIT in (project / "src" / "looplab" / "training.py").read_text(encoding="utf-8")
+    git(project, "worktree", "remove", "--force", str(checkout))
+    shutil.rmtree(checkout.parent)  # the environment, the runner and its answer
 
 
 def test_fresh_env_goes_with_isolated(history):
@@ -101,23 +114,6 @@ def test_fresh_env_goes_with_isolated(history):
     assert result.returncode == 2 and "--fresh-env builds the environment of an isolated rebuild" in result.stderr, result.stderr
     shown = " ".join(looplab(history, "reproduce", "--help").stdout.split())
     assert "--fresh-env With --isolated: install the recorded requirements.lock with uv" in shown, shown
-
-
-def test_isolated_reproduce_keeps_the_worktree_when_asked(history):
-    "The readable form, with --keep: the worktree of the first commit and its environment stay for a look."
-    project = history["project"]
-    result = looplab(history, "reproduce", "bike-demand/1", "--isolated", "--keep")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "reproduced: every metric identical, every prediction bit-identical" in result.stdout
-    assert "rows, bit-identical (registered model vs rebuild)" in result.stdout
-    kept = [line.removeprefix("worktree ") for line in git(project, "worktree", "list", "--porcelain").splitlines()
-            if line.startswith("worktree ")][1:]
-    assert len(kept) == 1 and "kept: the worktree" in result.stderr, result.stderr
-    checkout = Path(kept[0])
-    assert ORIGINAL_FIT in (checkout / "src" / "looplab" / "training.py").read_text(encoding="utf-8")
-    assert (checkout.parent / "environment" / "bin" / "python").exists()
-    git(project, "worktree", "remove", "--force", str(checkout))
-    shutil.rmtree(checkout.parent)  # what --keep left: the environment, the runner and its answer
 
 
 def test_a_version_from_a_dirty_tree_is_not_vouched_for(history, tool):
@@ -142,6 +138,7 @@ def test_a_version_from_a_dirty_tree_is_not_vouched_for(history, tool):
     assert f"verified: bike-demand version 1 rebuilt at commit {history['first'][:12]}" in verified.stderr
     assert "champion of bike-demand: " in verified.stdout
     assert json.loads(looplab(history, "status", "--json").stdout)["models"][0]["aliases"]["champion"] == "1"
+    assert git(project, "worktree", "list").count("\n") == 0  # without --keep the rebuild leaves no worktree behind
 
 
 def test_the_version_records_what_a_rebuild_needs(history, tmp_path):
