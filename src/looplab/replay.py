@@ -438,7 +438,7 @@ def replay(
         "retrainings": int(len(fired)), "promotions": int((fired["outcome"] == "promoted").sum()) if len(fired) else 0,
         "champion_start": champion_start, "champion_end": alias_version(name, "champion"), "train_seconds": round(train_seconds, 1),
         # each month's error (by the hour predicted): where a policy gained or lost
-        **{f"{who}_by_month": {month: round(float(value), 4) for month, value in row_errors(scored[column], scored["label"], task)
+        **{f"{who}_by_month": {month: round(float(value), 4) for month, value in pd.Series(row_errors(scored[column], scored["label"], task), index=scored.index)
                                 .groupby(scored["event_time"].dt.strftime("%Y-%m")).mean().items()} if len(scored) else {}
            for who, column in (("policy", "prediction"), ("static", "static"))},
         "windows": int(len(store["windows"])), "drift_windows": int(store["windows"]["drift"].fillna(False).astype(bool).sum()) if len(store["windows"]) else 0,
