@@ -71,9 +71,19 @@ def categorical(reference, features, training_params) -> list[str]:
     return categorical_features(reference, features, training_params["categorical"], max_categories=24)
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def detector(request, reference, features, categorical):
-    return make_detector(reference, features, categorical, backend=request.param, p_value=ALPHA, correction="fdr")
+@pytest.fixture(scope="module")
+def conf_min_effect(root) -> float:
+    "The effect size (PSI) conf asks a significant feature to reach (monitoring.drift.min_effect)."
+    return float(load_config("parameters", root=root)["monitoring"]["drift"]["min_effect"])
+
+
+# Both backends with the p-value alone, and the effect-size gate of conf on top (the gate is the same code for both).
+@pytest.fixture(scope="module", params=[("alibi", False), ("scipy", False), ("scipy", True)], ids=["alibi", "scipy", "scipy-gated"])
+def detector(request, reference, features, categorical, conf_min_effect):
+    backend, gated = request.param
+    assert not gated or conf_min_effect > 0, "conf has no effect-size gate to test"
+    return make_detector(reference, features, categorical, backend=backend, p_value=ALPHA, correction="fdr",
+                         min_effect=conf_min_effect if gated else 0.0)
 
 
 def resampled_windows(reference: pd.DataFrame, seed: int) -> list[pd.DataFrame]:
@@ -147,11 +157,11 @@ def test_half_sd_shift_in_one_feature_is_detected(detector, feature):
     assert found / WINDOWS >= 0.95, f"{detector.backend}: {feature} itself flagged in {found} of {WINDOWS} windows"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_half_sd_shift_of_a_continuous_feature_is_detected(backend, reference, features, categorical):
+@pytest.mark.parametrize("backend, gated", [("alibi", False), ("scipy", False), ("scipy", True)])
+def test_half_sd_shift_of_a_continuous_feature_is_detected(backend, gated, reference, features, categorical, conf_min_effect):
     "The bike measurements are rounded (temperature has 33 distinct values); a continuous Gaussian feature, no ties, is the harder case."
     gaussian = reference.assign(temp=np.random.default_rng(5).normal(size=len(reference)))
-    detector = make_detector(gaussian, features, categorical, backend=backend)
+    detector = make_detector(gaussian, features, categorical, backend=backend, min_effect=conf_min_effect if gated else 0.0)
     results = [detector.check(window.assign(temp=window["temp"] + 0.5)) for window in resampled_windows(gaussian, seed=29)]
     assert np.mean([result.drift for result in results]) >= 0.95
     assert np.mean(["temp" in result.drifted for result in results]) >= 0.95
@@ -308,6 +318,51 @@ def test_log_and_load_reference_with_mlflow(store, bike, training_params, root):
         load_reference("drift-model", "2", client=client)
     with pytest.raises(Exception, match="no alias 'challenger'"):
         load_reference("drift-model", "challenger", client=client)
+
+
+def test_window_drift_against_the_training_data_the_last_weeks_and_the_previous_cycle(store, bike, training_params, root):
+    "Seasonal data: a July week drifts from a January–February model's training data, not from the same week a year before."
+    from looplab.monitoring import window_drift
+    from looplab.training import fit_model
+
+    client, experiment = store
+    parameters = load_config("parameters", root=root)
+    settings = {**parameters["monitoring"]["drift"], "reference_rows": 500}
+    linear = {**training_params, "model": {**training_params["model"], "family": "linear"}}
+    features = linear["features"]
+    train_set = bike[bike["event_timestamp"] < "2011-03-01"].dropna(subset=["bikers"]).reset_index(drop=True)
+    model = fit_model(train_set, parameters["data"], linear)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        log_model_reference(model, train_set, linear, settings)
+    client.create_registered_model("seasonal")
+    client.create_model_version("seasonal", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    # what serving logged over two years: 2011, and the same rows again 364 days later (the same weekdays)
+    year = bike.dropna(subset=features[:1]).assign(**{PREDICTION: model.predict(bike[features])})[[*features, PREDICTION, "event_timestamp"]]
+    history = pd.concat([year, year.assign(event_timestamp=year["event_timestamp"] + pd.Timedelta(days=364))])
+    history = history.rename(columns={"event_timestamp": "event_time"}).reset_index(drop=True)
+    start, end = pd.Timestamp("2012-07-09"), pd.Timestamp("2012-07-16")
+    window = history[(history["event_time"] >= start) & (history["event_time"] < end)]
+
+    def check(reference: str, when=(start, end), rows=window, **more):
+        return window_drift(rows, "seasonal", "1", {**settings, "reference": reference, **more}, history=history, window=when)
+
+    trained, trained_rows = check("training")
+    assert trained["drift"] and trained["drift_reference"] == "training data of version 1"
+    assert trained_rows.set_index("feature").loc["temp", "effect"] > 1  # summer against winter: a large effect
+    cycle, cycle_rows = check("previous_cycle")
+    assert cycle["drift_reference"] == "previous cycle 2011-07-11–2011-07-18 (168 served rows)"
+    assert not cycle["drift"] and (cycle_rows["p_value"].dropna() > 0.99).all()  # the same week a year before
+    rolling, rolling_rows = check("rolling", rolling_days=14)
+    assert rolling["drift_reference"] == "rolling 2012-06-25–2012-07-09 (336 served rows)"
+    assert (rolling_rows["reference_rows"] <= 336).all()
+    # no cycle before the first year: the training data again, and the reason
+    early = history[(history["event_time"] >= "2011-07-11") & (history["event_time"] < "2011-07-18")]
+    fallback, _ = check("previous_cycle", (pd.Timestamp("2011-07-11"), pd.Timestamp("2011-07-18")), early)
+    assert fallback["drift_reference"] == ("training data of version 1 (the previous cycle 2010-07-12–2010-07-19 holds 0 served rows, "
+                                           "fewer than 100)")
+    # the effect-size gate: a significant feature with a small effect does not drift
+    gated = check("training", min_effect=5.0)[1]
+    assert (gated["significant"] & (gated["effect"] < 5.0)).any() and not (gated["drift"] & (gated["effect"] < 5.0)).any()
 
 
 def log_entries(rows: pd.DataFrame, predictions, features, version: str, request_id: str, event_times=None) -> list[dict]:

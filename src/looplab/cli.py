@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from looplab.cli_groups import _ENV_OPTION, data, logs, ops
+from looplab.cli_groups import _ENV_OPTION, data, drift, logs, ops
 from looplab.core import DATA_LAYERS, load_config, project_paths
 
 # Each command imports the layer it runs inside the command: `looplab --help` and `looplab info` answer in
@@ -578,6 +578,7 @@ def apps(app: str, host: str, port: int, env: str | None) -> None:
     os.execve(command[0], command, child_env)
 
 cli.add_command(data)
+cli.add_command(drift)
 cli.add_command(ops)
 cli.add_command(logs)
 

@@ -1,4 +1,4 @@
-"""The `looplab data` and `looplab ops` command groups (data versions and refused data; the monitoring exporter and deploy files), `looplab logs`, and the JSON logs every command writes."""
+"""The `looplab data`, `looplab drift` and `looplab ops` command groups (data versions and refused data; the drift gate calibrated on a replay; the monitoring exporter and deploy files), `looplab logs`, and the JSON logs every command writes."""
 
 from __future__ import annotations
 
@@ -33,6 +33,58 @@ def _start_logs(ctx: click.Context, param: click.Parameter, env: str | None) -> 
 
 _ENV_OPTION = click.option("--env", default=None, callback=_start_logs,
                            help="Config environment merged over base (default: $KEDRO_ENV or local).")
+
+
+# --- drift: the effect-size gate, calibrated on what monitoring stored ---------------------------
+@click.group()
+def drift() -> None:
+    """Drift detection: choose the effect size a drift alarm needs from a replay's windows."""
+
+
+@drift.command("calibrate")
+@click.option("--target", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="False alarms a year allowed (an alarm in a window whose error did not degrade).")
+@click.option("--min-features", type=click.IntRange(min=1), default=None,
+              help="Features that must drift for a window to alarm (default: retraining.policy.drift_min_features).")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also save the plot as a PNG.")
+@_ENV_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def drift_calibrate(target: float, min_features: int | None, plot: Path | None, env: str | None, as_json: bool) -> None:
+    """The smallest monitoring.drift.min_effect whose false alarms a year stay within --target, from the monitoring store.
+
+    \b
+    Replay a period first (looplab replay), or monitor for some weeks; the store keeps every
+    window's per-feature tests with their effect sizes and, once labels came, the window's error.
+    """
+    from looplab.drift import DriftError, calibrate_effect, plot_calibration
+    from looplab.monitoring import load_store, monitoring_settings
+
+    try:
+        root = project_paths().root
+        parameters = load_config("parameters", env=env, root=root)
+        settings = monitoring_settings(parameters, root)
+        policy = (parameters.get("retraining") or {}).get("policy") or {}
+        stored = load_store(store_path=settings["store_path"])
+        result = calibrate_effect(stored["windows"], stored["drift"], target, float(policy.get("degradation", 0.25)),
+                                  min_features or int(policy.get("drift_min_features", 1)))
+    except (DriftError, FileNotFoundError, ValueError, KeyError) as error:
+        raise click.ClickException(str(error)) from None
+    if plot is not None:
+        plot_calibration(result).savefig(plot, dpi=110)
+    if as_json:
+        click.echo(json.dumps({**{key: value for key, value in result.items() if key != "table"},
+                               "table": result["table"].to_dict("records")}, indent=2))
+        return
+    table = result["table"]
+    click.echo(f"{'min_effect':>10}  {'alarms/yr':>9}  {'false/yr':>8}  {'degraded caught':>15}")
+    for row in table.itertuples():
+        marker = "  <- chosen" if row.min_effect == result["min_effect"] else ""
+        click.echo(f"{row.min_effect:>10.3f}  {row.alarms_per_year:>9.1f}  {row.false_alarms_per_year:>8.1f}  "
+                   f"{row.degraded_caught:>7} of {result['degraded']:<5}{marker}")
+    click.echo(result["summary"])
+    current = settings.get("drift", {}).get("min_effect")
+    click.echo(f"conf: monitoring.drift.min_effect: {result['min_effect']:g}   (now {current!r}; "
+               f"in conf/{env or 'local'}/parameters_monitoring.yml or conf/base/)")
 
 
 # --- data: versions, differences, refused data --------------------------------------------------

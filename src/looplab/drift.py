@@ -25,11 +25,12 @@ from .registry import model_version, quiet_downloads, registry_client
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'BACKENDS', 'CORRECTIONS', 'PREDICTION', 'ARTIFACT_PATH', 'DETECTOR_FORMAT', 'RESULT_COLUMNS',
-           'SCORE_CEILING', 'DriftError', 'check_settings', 'categorical_features', 'category_codes', 'corrected_drift',
-           'DriftResult', 'import_alibi_detect', 'DriftDetector', 'make_detector', 'save_detector', 'load_detector',
-           'sample_reference', 'log_reference', 'log_model_reference', 'load_reference', 'prediction_window',
-           'serving_version', 'plot_p_values', 'plot_p_value_heatmap']
+__all__ = ['logger', 'BACKENDS', 'CORRECTIONS', 'PREDICTION', 'ARTIFACT_PATH', 'DETECTOR_FORMAT', 'REFERENCES', 'EFFECT_BINS',
+           'RESULT_COLUMNS', 'SCORE_CEILING', 'DriftError', 'check_settings', 'categorical_features', 'category_codes',
+           'corrected_drift', 'effect_edges', 'population_stability', 'DriftResult', 'import_alibi_detect',
+           'DriftDetector', 'make_detector', 'save_detector', 'load_detector', 'sample_reference', 'log_reference',
+           'log_model_reference', 'load_reference', 'prediction_window', 'serving_version', 'reference_period',
+           'plot_p_values', 'plot_p_value_heatmap', 'calibrate_effect', 'plot_calibration']
 
 # %% ../../notebooks/41_drift.ipynb #1753334d
 BACKENDS = ("alibi", "scipy")
@@ -37,7 +38,10 @@ CORRECTIONS = ("fdr", "bonferroni")
 PREDICTION = "prediction"           # the column holding the model's prediction, checked as one more feature
 ARTIFACT_PATH = "drift"             # where a training run keeps the reference and the detector
 DETECTOR_FORMAT = 1                 # version of the saved detector's layout
-RESULT_COLUMNS = ["feature", "test", "p_value", "distance", "drift", "threshold", "reference_rows", "window_rows"]
+REFERENCES = ("training", "rolling", "previous_cycle")  # what a window is compared with (`monitoring.drift.reference`)
+EFFECT_BINS = 10                    # a number's effect size compares the window's shares of the reference's deciles
+RESULT_COLUMNS = ["feature", "test", "p_value", "distance", "effect", "significant", "drift", "threshold",
+                  "reference_rows", "window_rows"]
 
 
 class DriftError(ValueError):
@@ -73,9 +77,20 @@ def check_settings(
     features = settings.get("features")
     if features is not None and (isinstance(features, str) or not list(features)):
         raise DriftError(f"monitoring.drift.features must be null or a non-empty list of column names, got {features!r}")
+    min_effect = settings.get("min_effect", 0.0)
+    if isinstance(min_effect, bool) or not isinstance(min_effect, (int, float)) or not 0 <= min_effect < math.inf:
+        raise DriftError(f"monitoring.drift.min_effect must be a number >= 0 (0: the p-value alone decides), got {min_effect!r}")
+    reference = settings.get("reference", "training")
+    if reference not in REFERENCES:
+        raise DriftError(f"monitoring.drift.reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    counts = {key: settings.get(key, default) for key, default in (("rolling_days", 28), ("cycle_days", 364), ("min_reference_rows", 100))}
+    for key, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise DriftError(f"monitoring.drift.{key} must be a positive integer, got {value!r}")
     return {**settings, "backend": backend, "correction": correction, "p_value": p_value, "reference_rows": rows,
             "max_categories": max_categories, "prediction_drift": bool(settings.get("prediction_drift", False)),
-            "features": None if features is None else [str(name) for name in features]}
+            "features": None if features is None else [str(name) for name in features],
+            "min_effect": float(min_effect), "reference": reference, **counts}
 
 # %% ../../notebooks/41_drift.ipynb #bade8f1d
 def categorical_features(
@@ -164,6 +179,36 @@ def corrected_drift(
     drifted = tested & (np.where(tested, p_values, 1.0) < threshold)
     return drifted, float(threshold)
 
+# %% ../../notebooks/41_drift.ipynb #b6c15ae1
+def effect_edges(
+    reference: np.ndarray,  # a number's reference values (no missing values)
+) -> np.ndarray:            # the inner edges of its bins
+    "The reference's deciles as bin edges (repeated values collapse, so a feature with few values gets fewer bins)."
+    if not len(reference):
+        return np.array([])
+    return np.unique(np.quantile(reference, np.linspace(0, 1, EFFECT_BINS + 1)[1:-1]))
+
+
+def population_stability(
+    reference: np.ndarray,            # the reference's values (a category's integer codes)
+    window: np.ndarray,               # the window's, in the same form
+    edges: np.ndarray | None = None,  # a number's bin edges (`effect_edges`); None: the values are category codes
+) -> float:                           # the PSI; NaN when either side has no value
+    "The population stability index of `window` against `reference`, each share smoothed by half a row."
+    if not len(reference) or not len(window):
+        return math.nan
+    if edges is None:
+        size = int(max(reference.max(), window.max())) + 1
+        ref_counts, win_counts = np.bincount(reference, minlength=size), np.bincount(window, minlength=size)
+    else:
+        size = len(edges) + 1
+        ref_counts = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=size)
+        win_counts = np.bincount(np.searchsorted(edges, window, side="right"), minlength=size)
+    used = (ref_counts + win_counts) > 0
+    ref_share = (ref_counts[used] + 0.5) / (ref_counts[used].sum() + 0.5 * used.sum())
+    win_share = (win_counts[used] + 0.5) / (win_counts[used].sum() + 0.5 * used.sum())
+    return float(np.sum((win_share - ref_share) * np.log(win_share / ref_share)))
+
 # %% ../../notebooks/41_drift.ipynb #174ec2c0
 @dataclass
 class DriftResult:
@@ -171,11 +216,12 @@ class DriftResult:
     drift: bool               # at least one feature drifted after the correction
     n_drifted: int            # how many
     backend: str              # alibi | scipy
-    features: pd.DataFrame    # feature, test (ks | chi2), p_value, distance, drift, threshold, reference_rows, window_rows
+    features: pd.DataFrame    # feature, test (ks | chi2), p_value, distance, effect, significant, drift, threshold, reference_rows, window_rows
     p_value: float            # the significance level
     correction: str           # fdr | bonferroni
     threshold: float          # the corrected threshold a feature's p-value had to be under
     window_rows: int          # rows in the window
+    min_effect: float = 0.0   # the effect size (PSI) a significant feature had to reach to drift
 
     @property
     def drifted(self) -> list[str]:
@@ -196,6 +242,7 @@ class DriftResult:
         return {
             "drift": bool(self.drift), "n_drifted": int(self.n_drifted), "backend": self.backend,
             "p_value": float(self.p_value), "correction": self.correction, "threshold": plain(self.threshold),
+            "min_effect": float(self.min_effect),
             "window_rows": int(self.window_rows), "drifted": self.drifted,
             "features": [{key: plain(value) for key, value in row.items()} for row in self.features.to_dict("records")],
         }
@@ -276,9 +323,11 @@ class DriftDetector:
         p_value: float = 0.05,              # significance level (q-value for fdr)
         correction: str = "fdr",            # fdr | bonferroni
         categories: dict[str, dict] | None = None,  # feature -> {"kind", "values"}; from the reference when None
+        min_effect: float = 0.0,            # the effect size (PSI) a significant feature must reach to drift; 0: none
     ):
-        settings = check_settings({"backend": backend, "p_value": p_value, "correction": correction})
+        settings = check_settings({"backend": backend, "p_value": p_value, "correction": correction, "min_effect": min_effect})
         self.backend, self.p_value, self.correction = settings["backend"], settings["p_value"], settings["correction"]
+        self.min_effect = settings["min_effect"]
         if not isinstance(reference, pd.DataFrame):
             raise DriftError(f"the drift reference must be a DataFrame, got {type(reference).__name__}")
         features = [str(feature) for feature in features]
@@ -312,6 +361,7 @@ class DriftDetector:
                 self.reference_values[feature] = category_codes(self.reference[feature], known["values"], known["kind"], feature)
             else:
                 self.reference_values[feature] = self._numbers(self.reference[feature], feature, "reference")
+        self.edges = {feature: effect_edges(self.reference_values[feature]) for feature in features if feature not in self.categorical}
         self._tests = None
 
     @staticmethod
@@ -328,21 +378,22 @@ class DriftDetector:
     def config(self) -> dict[str, Any]:
         "What the detector is, as JSON-safe settings (the reference itself is stored beside it)."
         return {"format": DETECTOR_FORMAT, "features": self.features, "categorical": self.categorical,
-                "backend": self.backend, "p_value": self.p_value, "correction": self.correction,
+                "backend": self.backend, "p_value": self.p_value, "correction": self.correction, "min_effect": self.min_effect,
                 "categories": self.categories, "reference_rows": len(self.reference)}
 
-    def with_settings(self, backend: str | None = None, p_value: float | None = None, correction: str | None = None) -> DriftDetector:
-        "The same reference and features with another backend, level or correction (None keeps the current one)."
+    def with_settings(self, backend: str | None = None, p_value: float | None = None, correction: str | None = None,
+                      min_effect: float | None = None) -> DriftDetector:
+        "The same reference and features with another backend, level, correction or effect size (None keeps the current one)."
         if (backend in (None, self.backend) and (p_value is None or float(p_value) == self.p_value)
-                and correction in (None, self.correction)):
+                and correction in (None, self.correction) and (min_effect is None or float(min_effect) == self.min_effect)):
             return self
         return DriftDetector(self.reference, self.features, self.categorical, backend=backend or self.backend,
                              p_value=self.p_value if p_value is None else p_value, correction=correction or self.correction,
-                             categories=self.categories)
+                             categories=self.categories, min_effect=self.min_effect if min_effect is None else min_effect)
 
     def __repr__(self) -> str:
         return (f"DriftDetector({len(self.features)} features, {len(self.categorical)} categorical, {len(self.reference)} reference rows, "
-                f"backend={self.backend!r}, p_value={self.p_value}, correction={self.correction!r})")
+                f"backend={self.backend!r}, p_value={self.p_value}, correction={self.correction!r}, min_effect={self.min_effect})")
 
     def window_values(self, window: pd.DataFrame) -> dict[str, np.ndarray]:
         "Each feature's non-missing window values as the tests take them (codes for categories); errors name the column."
@@ -378,19 +429,23 @@ class DriftDetector:
         if untested:
             logger.warning("drift: the window has no value for %s; not tested", ", ".join(untested))
         if isinstance(self._tests, _AlibiTests):
-            drifted, threshold = self._tests.correct(p_values, self.p_value, self.correction)
+            significant, threshold = self._tests.correct(p_values, self.p_value, self.correction)
         else:
-            drifted, threshold = corrected_drift(p_values, self.p_value, self.correction)
+            significant, threshold = corrected_drift(p_values, self.p_value, self.correction)
+        effects = np.array([population_stability(self.reference_values[feature], values[feature], self.edges.get(feature))
+                            for feature in self.features])
+        drifted = significant & (np.nan_to_num(effects, nan=-1.0) >= self.min_effect)
         features = pd.DataFrame({
             "feature": self.features,
             "test": ["chi2" if feature in self.categorical else "ks" for feature in self.features],
-            "p_value": p_values, "distance": distances, "drift": drifted.astype(bool),
-            "threshold": threshold,
+            "p_value": p_values, "distance": distances, "effect": effects, "significant": significant.astype(bool),
+            "drift": drifted.astype(bool), "threshold": threshold,
             "reference_rows": [len(self.reference_values[feature]) for feature in self.features],
             "window_rows": [len(values[feature]) for feature in self.features],
         }, columns=RESULT_COLUMNS)
         return DriftResult(drift=bool(drifted.any()), n_drifted=int(drifted.sum()), backend=self.backend, features=features,
-                           p_value=self.p_value, correction=self.correction, threshold=threshold, window_rows=len(window))
+                           p_value=self.p_value, correction=self.correction, threshold=threshold, window_rows=len(window),
+                           min_effect=self.min_effect)
 
 # %% ../../notebooks/41_drift.ipynb #33361f0e
 def make_detector(
@@ -400,9 +455,11 @@ def make_detector(
     backend: str = "alibi",           # alibi (alibi-detect, BSL 1.1) | scipy (scipy.stats)
     p_value: float = 0.05,            # significance level (q-value for fdr)
     correction: str = "fdr",          # fdr (Benjamini-Hochberg) | bonferroni
+    min_effect: float = 0.0,          # the effect size (PSI) a significant feature must reach to drift; 0: none
 ) -> DriftDetector:
     "A drift detector for `features` against `reference`, on the chosen backend."
-    return DriftDetector(reference, features, categorical, backend=backend, p_value=p_value, correction=correction)
+    return DriftDetector(reference, features, categorical, backend=backend, p_value=p_value, correction=correction,
+                         min_effect=min_effect)
 
 # %% ../../notebooks/41_drift.ipynb #a49628f3
 def save_detector(
@@ -439,7 +496,8 @@ def load_detector(
     if config.get("format") != DETECTOR_FORMAT:
         raise DriftError(f"{config_file} has format {config.get('format')!r}; this looplab reads format {DETECTOR_FORMAT}")
     return DriftDetector(pd.read_parquet(reference_file), config["features"], config["categorical"], backend=config["backend"],
-                         p_value=config["p_value"], correction=config["correction"], categories=config["categories"])
+                         p_value=config["p_value"], correction=config["correction"], categories=config["categories"],
+                         min_effect=config.get("min_effect", 0.0))
 
 # %% ../../notebooks/41_drift.ipynb #954dfb09
 def sample_reference(
@@ -487,7 +545,7 @@ def log_reference(
     if settings["prediction_drift"] and task == "classification":
         chosen.append(PREDICTION)
     detector = make_detector(frame, tested, chosen, backend=settings["backend"], p_value=settings["p_value"],
-                             correction=settings["correction"])
+                             correction=settings["correction"], min_effect=settings["min_effect"])
     config = {"settings": settings, "features": monitored, "tested": tested, "untested": empty, "categorical": detector.categorical,
               "rows": len(frame), "task": task}
     with tempfile.TemporaryDirectory(prefix="looplab-drift-") as folder:
@@ -523,6 +581,7 @@ def load_reference(
     backend: str | None = None,      # another backend than the stored one (alibi | scipy); None keeps it
     p_value: float | None = None,    # another significance level; None keeps it
     correction: str | None = None,   # another correction; None keeps it
+    min_effect: float | None = None, # another effect size; None keeps it
 ) -> tuple[pd.DataFrame, DriftDetector]:  # (the reference rows with their predictions, the detector)
     "The drift reference a model version was trained with, and its detector (the last few versions' are kept in memory)."
     client = client or registry_client()
@@ -536,7 +595,7 @@ def load_reference(
         while len(_REFERENCES) > _REFERENCES_KEPT:
             _REFERENCES.pop(next(iter(_REFERENCES)))
     reference, detector = _REFERENCES[key]
-    return reference.copy(), detector.with_settings(backend=backend, p_value=p_value, correction=correction)
+    return reference.copy(), detector.with_settings(backend=backend, p_value=p_value, correction=correction, min_effect=min_effect)
 
 
 # A version's reference never changes once logged: monitoring and replay check window after window
@@ -624,6 +683,21 @@ def serving_version(
         return version, f"the window was served by {shares}: checked against version {version}, which served most of it"
     return version, None
 
+# %% ../../notebooks/41_drift.ipynb #23d59eb2
+def reference_period(
+    start: pd.Timestamp,  # the window's first event time
+    end: pd.Timestamp,    # the first event time after it
+    settings: dict,       # `monitoring.drift` (checked): reference, rolling_days, cycle_days
+) -> tuple[pd.Timestamp, pd.Timestamp] | None:  # [from, to) in event time; None for the training data
+    "The event-time period a window is compared with under `monitoring.drift.reference`."
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    if settings["reference"] == "rolling":
+        return start - pd.Timedelta(days=settings["rolling_days"]), start
+    if settings["reference"] == "previous_cycle":
+        cycle = pd.Timedelta(days=settings["cycle_days"])
+        return start - cycle, end - cycle
+    return None
+
 # %% ../../notebooks/41_drift.ipynb #245182fe
 SCORE_CEILING = 20.0  # -log10 p-value beyond which the plots show no more difference (p < 1e-20)
 
@@ -671,5 +745,68 @@ def plot_p_value_heatmap(
     axes.set_xticks(range(grid.shape[1]), [pd.Timestamp(c).strftime("%Y-%m-%d") for c in grid.columns], rotation=90)
     figure.colorbar(image, ax=axes, label="-log10 p-value")
     axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+# %% ../../notebooks/41_drift.ipynb #100c19ab
+def calibrate_effect(
+    windows: pd.DataFrame,   # the store's scored windows: window_start, window_end, degradation
+    drift: pd.DataFrame,     # their drift rows: window_start, significant, effect
+    target_per_year: float,  # false alarms a year the threshold may give
+    degradation: float,      # worse than at evaluation by more than this share: an alarm in the window is not false
+    min_features: int = 1,   # significant features that must reach the effect for the window to alarm
+) -> dict[str, Any]:         # {"min_effect", "table", "windows", "degraded", "years", "target_per_year", "summary"}
+    "The smallest `min_effect` whose false alarms a year stay within `target_per_year`, and every candidate's alarms."
+    if not target_per_year >= 0:
+        raise DriftError(f"the target must be a number of false alarms a year >= 0, got {target_per_year!r}")
+    if min_features < 1:
+        raise DriftError(f"min_features must be at least 1, got {min_features!r}")
+    missing = [column for column in ("significant", "effect") if column not in drift.columns or drift[column].isna().all()]
+    if len(drift) and missing:
+        raise DriftError("the monitoring store was written before drift effect sizes were kept: replay or monitor again")
+    if windows.empty:
+        raise DriftError("no scored windows to calibrate on: replay (looplab replay) or monitor some weeks first")
+    windows = windows.assign(window_start=pd.to_datetime(windows["window_start"]), window_end=pd.to_datetime(windows["window_end"]))
+    years = float((windows["window_end"] - windows["window_start"]).sum() / pd.Timedelta(days=365.25))
+    rows = drift[drift["significant"].astype(bool)].assign(window_start=lambda frame: pd.to_datetime(frame["window_start"]))
+    # a window alarms at threshold t when its min_features-th largest significant effect is >= t: its "level"
+    ranked = rows.groupby("window_start")["effect"].apply(
+        lambda effects: np.sort(effects.astype(float).to_numpy())[::-1][min_features - 1] if len(effects) >= min_features else -np.inf)
+    level = windows["window_start"].map(ranked).fillna(-np.inf).to_numpy(dtype=float)
+    worse = pd.to_numeric(windows["degradation"], errors="coerce").to_numpy(dtype=float)
+    judged, degraded = np.isfinite(worse), np.isfinite(worse) & (worse > degradation)
+    candidates = np.unique(np.r_[0.0, np.floor(level[np.isfinite(level)] * 1000) / 1000 + 0.001])
+    table = pd.DataFrame([{
+        "min_effect": float(round(threshold, 3)), "alarms": int((level >= threshold).sum()),
+        "false_alarms": int(((level >= threshold) & judged & ~degraded).sum()),
+        "degraded_caught": int(((level >= threshold) & degraded).sum()),
+    } for threshold in candidates], columns=["min_effect", "alarms", "false_alarms", "degraded_caught"])
+    table["alarms_per_year"] = table["alarms"] / years
+    table["false_alarms_per_year"] = table["false_alarms"] / years
+    chosen = table[table["false_alarms_per_year"] <= target_per_year].iloc[0]
+    summary = (f"min_effect {chosen['min_effect']:g}: {chosen['false_alarms_per_year']:.1f} false alarm(s) a year "
+               f"(target {target_per_year:g}), {int(chosen['alarms'])} alarm(s) in {len(windows)} window(s) over {years:.2f} year(s); "
+               f"{int(chosen['degraded_caught'])} of {int(degraded.sum())} degraded window(s) still alarm "
+               f"(at least {min_features} feature(s), degradation > {degradation:.0%})")
+    return {"min_effect": float(chosen["min_effect"]), "table": table, "windows": len(windows), "degraded": int(degraded.sum()),
+            "years": years, "target_per_year": float(target_per_year), "summary": summary}
+
+
+def plot_calibration(
+    calibration: dict,  # `calibrate_effect`'s result
+):                      # a matplotlib Figure
+    "Alarms and false alarms a year against `min_effect`, the target and the chosen value."
+    table = calibration["table"]
+    figure = new_figure(figsize=(8, 3.5))
+    axes = figure.subplots()
+    axes.step(table["min_effect"], table["alarms_per_year"], where="post", label="alarms a year", color="#2c3e50")
+    axes.step(table["min_effect"], table["false_alarms_per_year"], where="post", label="false alarms a year", color="#c0392b")
+    axes.axhline(calibration["target_per_year"], color="#c0392b", linestyle=":", linewidth=1, label="target")
+    axes.axvline(calibration["min_effect"], color="black", linestyle="--", linewidth=1, label=f"min_effect {calibration['min_effect']:g}")
+    axes.set_xscale("symlog", linthresh=0.1)
+    axes.set_xlabel("min_effect (PSI a significant feature must reach)")
+    axes.set_ylabel("per year")
+    axes.legend(loc="upper right", fontsize=8)
+    axes.set_title(calibration["summary"].split(";")[0], fontsize=9)
     figure.tight_layout()
     return figure

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .core import configure_mlflow, find_project_root, load_config
-from .drift import load_reference, make_detector
+from .drift import check_settings as check_drift_settings
+from .drift import load_reference, make_detector, reference_period
 from .estimation import ESTIMATE_COLUMNS, estimate_window
 from .evaluation import metrics
 from .ingestion import arrives_untimed
@@ -37,7 +38,9 @@ WINDOW_COLUMNS = [
     "window_start", "window_end", "model_name", "model_version", "predictions", "labelled", "missing_labels",
     "mae", "rmse", "bias", "baseline_mae", "evaluation_mae", "degradation", "prediction_mean", "prediction_std",
     "error_rate", "baseline_error_rate", "evaluation_error_rate",  # a classifier's: the share of wrong classes
-    "drift", "drift_features", "drift_backend", "latency_p50_ms", "latency_p99_ms", "duplicates",
+    "drift", "drift_features", "drift_backend",
+    "drift_reference",  # what the window was compared with: a version's training data, or a period of the prediction log
+    "latency_p50_ms", "latency_p99_ms", "duplicates",
     "log_lines", "late_entries", "rescored",  # lines scored on, lines that came after the first scoring, re-scorings
     "out_of_range",  # predictions served with inputs outside the dataset's rules (serving.out_of_range: flag)
     # the error estimated from inputs and predictions alone, with its 95 % band (looplab.estimation), and the
@@ -47,7 +50,9 @@ WINDOW_COLUMNS = [
     "status",  # scored: joined with its due labels; estimated: labels not due yet, the error only estimated so far
     "note", "monitored_at",
 ]
-DRIFT_COLUMNS = ["window_start", "window_end", "feature", "test", "p_value", "distance", "drift", "model_version"]
+# effect: the feature's PSI; significant: its test after the correction; drift: significant and effect >= min_effect
+DRIFT_COLUMNS = ["window_start", "window_end", "feature", "test", "p_value", "distance", "effect", "significant", "drift",
+                 "model_version"]
 DECISION_COLUMNS = ["id", "time", "window_end", "fired", "reasons", "blocked_by", "source", "outcome",
                     "champion_before", "champion_after", "run_id", "detail"]
 # Windows are aligned to a Monday, so weekly windows run Monday to Sunday.
@@ -92,6 +97,8 @@ def monitoring_settings(
     settings["label_delay_hours"] = _number(settings, "label_delay_hours", float, 0)
     settings["min_window_rows"] = _number(settings, "min_window_rows", int, 1)
     settings["window_anchor"] = settings.get("window_anchor") or DEFAULT_ANCHOR
+    if settings.get("drift"):
+        settings["drift"] = check_drift_settings(settings["drift"])
     return settings
 
 # %% ../../notebooks/40_monitoring.ipynb #760e358e
@@ -301,20 +308,37 @@ def window_drift(
     predictions: pd.DataFrame,   # the window's `logged_predictions` rows
     name: str,                   # registered model name
     version: str,                # the version whose reference the window is compared with
-    settings: dict | None = None,  # `monitoring.drift`: backend, p_value, correction, ignore (conf wins over what was stored)
-) -> tuple[dict[str, Any], pd.DataFrame]:  # ({drift, drift_features, drift_backend}, per-feature rows)
-    "The window's drift against the version's stored reference, tested as conf says now."
+    settings: dict | None = None,  # `monitoring.drift`: backend, p_value, correction, min_effect, ignore, reference (conf wins over what was stored)
+    history: pd.DataFrame | None = None,  # every `logged_predictions` row: a rolling or previous-cycle reference is taken from it
+    window: tuple[pd.Timestamp, pd.Timestamp] | None = None,  # the window's [start, end), for such a reference
+) -> tuple[dict[str, Any], pd.DataFrame]:  # ({drift, drift_features, drift_backend, drift_reference}, per-feature rows)
+    "The window's drift against the reference conf chooses (the version's training data, or a period of the log), tested as conf says now."
     settings = settings or {}
     reference, detector = load_reference(name, str(version), backend=settings.get("backend"), p_value=settings.get("p_value"),
-                                         correction=settings.get("correction"))
+                                         correction=settings.get("correction"), min_effect=settings.get("min_effect"))
+    settings = check_drift_settings({**detector.config, **settings})  # what conf leaves out stays as the version stored it
+    described = f"training data of version {version}"
+    period = reference_period(*window, settings) if window is not None and history is not None else None
+    if period is not None:
+        past = history[(history["event_time"] >= period[0]) & (history["event_time"] < period[1])]
+        kind = f"{settings['reference'].replace('_', ' ')} {period[0]:%Y-%m-%d}–{period[1]:%Y-%m-%d}"
+        if len(past) >= settings["min_reference_rows"] and set(detector.features) <= set(past.columns):
+            reference, described = past.reset_index(drop=True), f"{kind} ({len(past)} served rows)"
+            detector = None
+        else:
+            described += f" (the {kind} holds {len(past)} served rows, fewer than {settings['min_reference_rows']})"
     ignored = set(settings.get("ignore") or [])
-    if ignored & set(detector.features):
-        kept = [feature for feature in detector.features if feature not in ignored]
-        detector = make_detector(reference, kept, [feature for feature in detector.categorical if feature in kept],
-                                 backend=detector.backend, p_value=detector.p_value, correction=detector.correction)
+    if detector is None or ignored & set(detector.features):
+        stored = detector or load_reference(name, str(version), backend=settings["backend"], p_value=settings["p_value"],
+                                            correction=settings["correction"])[1]
+        kept = [feature for feature in stored.features if feature not in ignored]
+        detector = make_detector(reference, kept, [feature for feature in stored.categorical if feature in kept],
+                                 backend=stored.backend, p_value=stored.p_value, correction=stored.correction,
+                                 min_effect=settings["min_effect"])
     result = detector.check(predictions)
     features = result.features.copy()
-    return {"drift": bool(result.drift), "drift_features": int(result.n_drifted), "drift_backend": str(result.backend)}, features
+    return {"drift": bool(result.drift), "drift_features": int(result.n_drifted), "drift_backend": str(result.backend),
+            "drift_reference": described}, features
 
 # %% ../../notebooks/40_monitoring.ipynb #e5a1c0d2
 _WITHOUT_ESTIMATOR: set[tuple[str, str]] = set()  # versions already warned about
@@ -509,11 +533,12 @@ def monitor_window(
     error, evaluated = (window[column] for column in TASK_ERROR[task])
     window["degradation"] = error / evaluated - 1 if math.isfinite(error) and math.isfinite(evaluated) and evaluated > 0 else math.nan
     window.update(window_estimate(rows, settings["model_name"], window["model_version"], task, error))
-    window.update(drift=False, drift_features=0, drift_backend="")
+    window.update(drift=False, drift_features=0, drift_backend="", drift_reference="")
     drift = pd.DataFrame(columns=DRIFT_COLUMNS)
     if len(rows):
         try:
-            found, drift = window_drift(rows, settings["model_name"], window["model_version"], settings.get("drift"))
+            found, drift = window_drift(rows, settings["model_name"], window["model_version"], settings.get("drift"),
+                                        history=predictions, window=(start, end))
             window.update(found)
             drift = drift.assign(model_version=window["model_version"])
         except Exception as error:  # the window keeps its performance; the reason is in its note and the log
