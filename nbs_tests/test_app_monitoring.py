@@ -288,6 +288,31 @@ def test_refresh_shows_a_new_window(browser, app_url, project, tmp_path):
         page.close()
 
 
+def test_the_policies_tab_shows_the_latest_backtest(browser, app_url, project, tmp_path):
+    "The second tab is `looplab backtest`'s table (backtest/ beside the store): best policy first and bold, the oracle last."
+    store = tmp_path / "reporting" / "monitoring"
+    windows = monitoring_windows()
+    write_store(store, windows, drift_rows(windows), decision_records(windows))
+    set_conf(project, store)
+    result = {"start": "2011-03-15", "end": "2011-12-31", "task": "regression", "metric": "mae", "best": "drift",
+              "policies": [{"name": "static", "mae": 40.0, "retrains": 0, "promotions": 0, "train_seconds": 0.0},
+                           {"name": "drift", "mae": 30.0, "retrains": 3, "promotions": 2, "train_seconds": 41.5}],
+              "oracle": {"name": "oracle", "mae": 27.5, "retrains": 9, "promotions": 9, "train_seconds": 120.0}}
+    (store.parent / "backtest").mkdir()
+    (store.parent / "backtest" / "backtest.json").write_text(json.dumps(result))
+    page = open_dashboard(browser, app_url, "#looplab-latest")
+    try:
+        assert not page.locator("#looplab-policies").is_visible()  # the monitoring tab is the first one shown
+        page.get_by_role("tab", name="Retraining policies").click()
+        page.locator("#looplab-policies").wait_for(state="visible")
+        rows = page.locator("#looplab-policies tr[data-policy]")
+        assert [rows.nth(index).get_attribute("data-policy") for index in range(rows.count())] == ["drift", "static", "oracle (hindsight)"]
+        assert "-25.0%" in rows.nth(0).inner_text() and rows.nth(0).evaluate("row => getComputedStyle(row).fontWeight") in ("700", "bold")
+        assert not page.locator("#looplab-latest").is_visible()
+    finally:
+        page.close()
+
+
 def test_an_unreachable_registry_is_said_and_the_store_names_the_champion(browser, app_url, project, tmp_path):
     store = project / "data" / "08_reporting" / "monitoring"
     set_conf(project, store, tracking_uri=f"http://127.0.0.1:{free_port()}")  # nothing listens there

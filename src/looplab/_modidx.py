@@ -87,6 +87,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'looplab.dashboard.number': ('dashboard.html#number', 'looplab/dashboard.py'),
                                    'looplab.dashboard.p99_over_slo': ('dashboard.html#p99_over_slo', 'looplab/dashboard.py'),
                                    'looplab.dashboard.page': ('dashboard.html#page', 'looplab/dashboard.py'),
+                                   'looplab.dashboard.policies_html': ('dashboard.html#policies_html', 'looplab/dashboard.py'),
                                    'looplab.dashboard.raw': ('dashboard.html#raw', 'looplab/dashboard.py'),
                                    'looplab.dashboard.read_store': ('dashboard.html#read_store', 'looplab/dashboard.py'),
                                    'looplab.dashboard.registry_html': ('dashboard.html#registry_html', 'looplab/dashboard.py'),

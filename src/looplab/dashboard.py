@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,8 @@ from .monitoring import load_store, monitoring_settings
 # %% auto #0
 __all__ = ['OUTCOME_COLOURS', 'ERRORS', 'STYLE', 'EMPTY', 'StoreError', 'dashboard_settings', 'unreadable_files', 'read_store',
            'registry_state', 'version_runs', 'p99_over_slo', 'timeline_figure', 'figure_html', 'number', 'raw', 'cell',
-           'latest_table', 'registry_html', 'champion_change', 'decisions_html', 'windows_html', 'page']
+           'latest_table', 'registry_html', 'champion_change', 'decisions_html', 'windows_html', 'policies_html',
+           'page']
 
 # %% ../../notebooks/46_dashboard.ipynb #9f2be5ed
 class StoreError(Exception):
@@ -496,6 +498,49 @@ def windows_html(
     body = first + "".join((breach if missed else "<tr>") + row for missed, row in zip(over, rows, strict=True))
     return (f"<details open><summary>The last windows — <span style='color:#b00;font-weight:bold'>{int(over.sum())} "
             f"over the p99 SLO of {limit_ms:g} ms</span></summary>{head}<tbody>{body}</details>")
+
+# %% ../../notebooks/46_dashboard.ipynb #ceb326de
+def policies_html(
+    root: Path | str,        # the project root
+    env: str | None = None,  # config environment; `local` when None
+) -> str:                    # HTML: the table of the latest `looplab backtest`, or how to make one
+    "The latest backtest's policies as a table, best first (the app's *Retraining policies* tab)."
+    try:
+        folder = dashboard_settings(root, env)["store"].parent / "backtest"
+    except (StoreError, FileNotFoundError, ValueError) as error:
+        return f"<div id='looplab-error' class='looplab-error' style='color:#b00'>{html.escape(str(error))}</div>"
+    path = folder / "backtest.json"
+    if not path.is_file():
+        return ("<div id='looplab-no-backtest' class='looplab-empty' style='padding:12px;border:1px solid #ccc;background:#fafafa'>"
+                "No backtest yet — <code>looplab backtest</code> replays the period once per retraining policy "
+                f"(<code>looplab backtest --help</code>).<br><small>Looked in {html.escape(str(folder))}</small></div>")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        key, task = result["metric"], result["task"]
+        rows = [row for row in result["policies"] if not row.get("error")]
+    except (ValueError, KeyError, TypeError) as error:
+        return f"<div id='looplab-error' class='looplab-error' style='color:#b00'>{html.escape(str(path))}: cannot be read ({html.escape(str(error))})</div>"
+    static = next((row[key] for row in rows if row["name"] == "static"), math.nan)
+    def line(row: dict, kind: str) -> str:
+        value = row.get(key, math.nan)
+        versus = f"{value / static - 1:+.1%}" if static and math.isfinite(static) and math.isfinite(value) else "—"
+        style = " style='font-weight:bold'" if row["name"] == result.get("best") else (" style='font-style:italic'" if kind == "oracle" else "")
+        return (f"<tr data-policy='{html.escape(row['name'])}' data-kind='{kind}'{style}><td>{html.escape(row['name'])}</td>"
+                f"<td data-value='{value}'>{number(value)}</td><td>{versus}</td><td>{row.get('retrains', 0)}</td>"
+                f"<td>{row.get('promotions', 0)}</td><td>{number(row.get('train_seconds'), '.0f')}</td></tr>")
+    ordered = sorted(rows, key=lambda row: (not math.isfinite(row.get(key, math.nan)), row.get(key, math.nan)))
+    body = "".join(line(row, "policy") for row in ordered)
+    if result.get("oracle"):
+        body += line({**result["oracle"], "name": "oracle (hindsight)"}, "oracle")
+    failed = [row for row in result["policies"] if row.get("error")]
+    notes = "".join(f"<li>{html.escape(row['name'])} failed: {html.escape(str(row['error']))}</li>" for row in failed)
+    name = ERRORS[task]["name"]
+    return (f"<table id='looplab-policies' class='looplab-policies' style='font-size:14px'>"
+            f"<caption style='text-align:left'>Backtest {html.escape(str(result['start']))} – {html.escape(str(result['end']))}: "
+            f"{html.escape(name)} of each retraining policy (lower is better); best: <b>{html.escape(str(result.get('best') or '—'))}</b></caption>"
+            f"<tr><th>policy</th><th>{html.escape(name)}</th><th>vs static</th><th>retrainings</th><th>promoted</th><th>training s</th></tr>"
+            + body + "</table>" + (f"<ul class='looplab-policy-errors'>{notes}</ul>" if notes else "")
+            + f"<div style='color:#555;margin-top:6px'>timelines per policy: <code>{html.escape(str(folder / 'backtest.html'))}</code></div>")
 
 # %% ../../notebooks/46_dashboard.ipynb #5779c51d
 STYLE = ("<style>.looplab-dashboard table{border-collapse:collapse}"
