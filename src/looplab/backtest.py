@@ -135,6 +135,7 @@ def replay_policy(
     data: str | None = None,      # the file of days (an environment of the user's own data)
     events: Any = None,           # a queue: (policy name, day) for each day replayed
     threads: int = 1,             # OpenMP/BLAS threads of this process (the cores shared among the policies)
+    runner: str | None = None,    # the retrainings' runner (`backtest` trains directly); conf's when None
 ) -> dict[str, Any]:              # the replay's summary, with the retrainings that fired
     "One policy's replay in its workspace, in a process of its own; what it prints goes to the workspace's `backtest.log`."
     import contextlib
@@ -145,7 +146,8 @@ def replay_policy(
     on_day = (lambda day: events.put((spec["name"], f"{pd.Timestamp(day):%Y-%m-%d}"))) if events is not None else None
     with open(root / "backtest.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
             threadpool_limits(threads):
-        summary = replay(start, end, root=root, env=env, progress=False, data=data, policy=spec["policy"], on_day=on_day)
+        summary = replay(start, end, root=root, env=env, progress=False, data=data, policy=spec["policy"], on_day=on_day,
+                         runner=runner)
     decisions = load_store(root=root, env=env)["decisions"]
     if len(decisions):
         clock = pd.to_datetime(decisions["clock"], errors="coerce")
@@ -292,6 +294,7 @@ def backtest(
     progress: bool = True,            # a progress bar over every policy's days
     keep: Path | str | None = None,   # keep the policies' workspaces in this folder (outside the project)
     with_oracle: bool = True,         # compute the hindsight bound
+    runner: str = "direct",           # how retrainings run: direct (in the replay's process) | papermill (a notebook each, kept)
 ) -> dict[str, Any]:                  # what `backtest.json` holds
     "Replay [start, end] once per policy, in parallel processes, each in its own copy of the project; compare them."
     import multiprocessing
@@ -331,7 +334,7 @@ def backtest(
                 tqdm(total=len(runs) * len(days), desc="backtest", unit="day", disable=not progress) as bar:
             events = manager.Queue()
             futures = {pool.submit(replay_policy, str(workspaces[spec["name"]]), env, str(start), str(end), spec,
-                                   str(data) if data else None, events, threads): spec for spec in runs}
+                                   str(data) if data else None, events, threads, runner): spec for spec in runs}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.5)
@@ -368,7 +371,7 @@ def backtest(
     key = REPLAY_METRIC[task][0]
     ranked = [row for row in rows if not row.get("error") and math.isfinite(row[key])]
     result = {"start": str(start), "end": str(end), "env": env, "task": task, "metric": key, "champion_start": champion,
-              "seconds": round(time.perf_counter() - started, 1), "workers": workers, "policies": rows, "oracle": bound,
+              "seconds": round(time.perf_counter() - started, 1), "workers": workers, "runner": runner, "policies": rows, "oracle": bound,
               "best": min(ranked, key=lambda row: row[key])["name"] if ranked else None}
     result["report"] = {kind: str(path) for kind, path in report_backtest(result, Path(monitoring["store_path"]).parent / "backtest").items()}
     return result

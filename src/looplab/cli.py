@@ -430,10 +430,12 @@ def replay(start: str | None, end: str | None, step: str | None, mode: str | Non
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep each policy's workspace (a copy of the project, with its log) in this folder, outside the project.")
 @click.option("--no-oracle", is_flag=True, help="Skip the hindsight oracle.")
+@click.option("--runner", type=click.Choice(["direct", "papermill"]), default="direct", show_default=True,
+              help="How retrainings run: direct (in the replay's process) or papermill (one executed notebook each, as retraining.runner).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_ENV_OPTION
 def backtest(policies: str, start: str | None, end: str | None, workers: int | None, data: Path | None, keep: Path | None,
-             no_oracle: bool, no_progress: bool, env: str | None) -> None:
+             no_oracle: bool, runner: str, no_progress: bool, env: str | None) -> None:
     """Replay a period once per retraining policy, in parallel, and say which policy pays (against a hindsight oracle).
 
     Writes backtest.json and backtest.html beside the monitoring store (data/08_reporting/backtest/)."""
@@ -442,7 +444,7 @@ def backtest(policies: str, start: str | None, end: str | None, workers: int | N
 
     try:
         result = run_backtest(policies, start, end, env=env, workers=workers, data=data.resolve() if data else None,
-                              progress=not no_progress, keep=keep, with_oracle=not no_oracle)
+                              progress=not no_progress, keep=keep, with_oracle=not no_oracle, runner=runner)
     except BacktestError as error:
         raise click.ClickException(str(error)) from None
     click.echo(format_table(result))

@@ -337,6 +337,7 @@ def replay(
     data: Path | str | None = None,     # the file of days to replay (not the demo's data); conf `replay.data` when None
     policy: dict | None = None,         # settings of `retraining.policy` to replace for this replay (`looplab backtest`)
     on_day: Any = None,                 # called with each day replayed (a progress report to another process)
+    runner: str | None = None,          # the retrainings' runner for this replay (papermill | direct); conf `retraining.runner` when None
 ) -> dict[str, Any]:                    # the summary (also in the report)
     "Replay the loop over [start, end] and report policy against static."
     from threadpoolctl import threadpool_limits
@@ -348,6 +349,8 @@ def replay(
     settings = {**(parameters.get("replay") or {})}
     if policy:
         parameters["retraining"] = {**parameters["retraining"], "policy": {**parameters["retraining"]["policy"], **policy}}
+    if runner:
+        parameters["retraining"] = {**parameters["retraining"], "runner": runner}
     # a policy that acts on estimates or on a schedule asks every day; the others when a window was scored
     daily = bool({"estimated", "schedule"} & set(retraining_settings(parameters)["policy"]["triggers"]))
     step_days = int(step_days or settings.get("step_days", 1))
