@@ -29,7 +29,7 @@ from looplab.drift import (
     save_detector,
 )
 
-from conftest import project_with_models
+from conftest import copy_project, project_with_models
 
 BACKENDS = ["alibi", "scipy"]
 # A monitoring window is one week of hourly requests (monitoring.window_days: 7) for the one region.
@@ -363,6 +363,41 @@ def test_window_drift_against_the_training_data_the_last_weeks_and_the_previous_
     # the effect-size gate: a significant feature with a small effect does not drift
     gated = check("training", min_effect=5.0)[1]
     assert (gated["significant"] & (gated["effect"] < 5.0)).any() and not (gated["drift"] & (gated["effect"] < 5.0)).any()
+
+
+def test_looplab_drift_calibrate_reads_the_store_and_prints_the_conf_line(root, tmp_path, tool, quiet_env):
+    "A year of weekly windows in a store: ten degraded with large effects, a dozen small significant shifts that cost nothing."
+    project = copy_project(root, tmp_path / "project")
+    store = tmp_path / "store"
+    store.mkdir()
+    starts = pd.date_range("2011-01-03", periods=52, freq="7D")
+    effects = np.r_[np.linspace(1.0, 3.0, 10), np.linspace(0.12, 0.4, 12), np.full(30, 0.02)]
+    pd.DataFrame({"window_start": starts, "window_end": starts + pd.Timedelta(days=7), "status": "scored",
+                  "degradation": np.r_[np.full(10, 0.6), np.full(42, 0.02)]}).to_parquet(store / "windows.parquet")
+    pd.DataFrame({"window_start": np.repeat(starts, 2), "window_end": np.repeat(starts + pd.Timedelta(days=7), 2),
+                  "feature": ["temp", "hum"] * 52, "effect": np.repeat(effects, 2),
+                  "significant": np.repeat(effects > 0.05, 2), "drift": np.repeat(effects > 0.05, 2)}).to_parquet(store / "drift.parquet")
+    (project / "conf" / "test" / "parameters_monitoring.yml").write_text(f"monitoring:\n  store_path: {store}\n")
+
+    def calibrate(*more: str) -> subprocess.CompletedProcess:
+        return subprocess.run([tool("looplab"), "drift", "calibrate", "--env", "test", *more], cwd=project, env=quiet_env,
+                              capture_output=True, text=True, timeout=300)
+
+    run = calibrate("--target", "0", "--plot", str(tmp_path / "calibration.png"))  # no false alarm allowed
+    assert run.returncode == 0, run.stderr
+    chosen = next(line for line in run.stdout.splitlines() if line.endswith("<- chosen"))
+    value = float(chosen.split()[0])
+    assert 0.4 < value <= 1.0, run.stdout  # above the small shifts, at or below the degraded windows' effects
+    assert "10 of 10" in chosen and f"conf: monitoring.drift.min_effect: {value:g}" in run.stdout
+    assert (tmp_path / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads(calibrate("--target", "100", "--json").stdout)  # a generous target: no gate needed
+    assert result["min_effect"] == 0.0 and result["windows"] == 52 and result["degraded"] == 10
+    ungated = result["table"][0]
+    assert (ungated["alarms"], ungated["false_alarms"]) == (22, 12)
+    (store / "drift.parquet").unlink()
+    pd.DataFrame({"window_start": starts, "feature": "temp", "p_value": 0.01, "drift": True}).to_parquet(store / "drift.parquet")
+    old = calibrate()
+    assert old.returncode == 1 and "written before drift effect sizes were kept" in old.stderr and "Traceback" not in old.stderr
 
 
 def log_entries(rows: pd.DataFrame, predictions, features, version: str, request_id: str, event_times=None) -> list[dict]:
