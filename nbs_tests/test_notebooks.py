@@ -77,7 +77,7 @@ def test_library_figures_render_as_images_in_an_executed_notebook(tool, quiet_en
                                "plot_predicted_vs_actual(frame, frame['bikers'] * 1.1, {'target': 'bikers'})",
         "residuals": "from looplab.evaluation import plot_residuals_over_time\n"
                      "plot_residuals_over_time(frame, frame['bikers'] * 0.9, {'target': 'bikers'})",
-        "drift heat map": "from looplab.drift import plot_p_value_heatmap\nplot_p_value_heatmap(drift)",
+        "drift heat map": "from looplab.dashboard import plot_p_value_heatmap\nplot_p_value_heatmap(drift)",
     }
     cells = [{"cell_type": "code", "execution_count": None, "id": f"c{index}", "metadata": {}, "outputs": [], "source": [source]}
              for index, source in enumerate([frame_code, *figures.values()])]

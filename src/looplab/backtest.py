@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .core import catalog_config, configure_mlflow, copy_project_files, figure_png, find_project_root, load_config, mlflow_settings, new_figure
+from .drift import DriftError
 from .monitoring import load_store, monitoring_settings, window_of
 from .registry import alias_version, load_model
 from .replay import REPLAY_METRIC, replay, replay_days, row_errors
@@ -29,7 +31,7 @@ _logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['POLICY_FORMS', 'RUN_FILES', 'STATE', 'BacktestError', 'parse_policy', 'parse_policies', 'relocate_mlflow',
            'embedded_store', 'prepare_workspace', 'replay_policy', 'oracle', 'policy_row', 'format_table',
-           'plot_backtest', 'report_backtest', 'backtest']
+           'plot_backtest', 'report_backtest', 'backtest', 'calibrate_effect', 'plot_calibration']
 
 # %% ../../notebooks/49_backtest.ipynb #08d9d006
 POLICY_FORMS = {  # the words of --policies, joined with "+" to combine (each with the conf's cool-down)
@@ -375,3 +377,66 @@ def backtest(
               "best": min(ranked, key=lambda row: row[key])["name"] if ranked else None}
     result["report"] = {kind: str(path) for kind, path in report_backtest(result, Path(monitoring["store_path"]).parent / "backtest").items()}
     return result
+
+# %% ../../notebooks/49_backtest.ipynb #100c19ab
+def calibrate_effect(
+    windows: pd.DataFrame,   # the store's scored windows: window_start, window_end, degradation
+    drift: pd.DataFrame,     # their drift rows: window_start, significant, effect
+    target_per_year: float,  # false alarms a year the threshold may give
+    degradation: float,      # worse than at evaluation by more than this share: an alarm in the window is not false
+    min_features: int = 1,   # significant features that must reach the effect for the window to alarm
+) -> dict[str, Any]:         # {"min_effect", "table", "windows", "degraded", "years", "target_per_year", "summary"}
+    "The smallest `min_effect` whose false alarms a year stay within `target_per_year`, and every candidate's alarms."
+    if not target_per_year >= 0:
+        raise DriftError(f"the target must be a number of false alarms a year >= 0, got {target_per_year!r}")
+    if min_features < 1:
+        raise DriftError(f"min_features must be at least 1, got {min_features!r}")
+    missing = [column for column in ("significant", "effect") if column not in drift.columns or drift[column].isna().all()]
+    if len(drift) and missing:
+        raise DriftError("the monitoring store was written before drift effect sizes were kept: replay or monitor again")
+    if windows.empty:
+        raise DriftError("no scored windows to calibrate on: replay (looplab replay) or monitor some weeks first")
+    windows = windows.assign(window_start=pd.to_datetime(windows["window_start"]), window_end=pd.to_datetime(windows["window_end"]))
+    years = float((windows["window_end"] - windows["window_start"]).sum() / pd.Timedelta(days=365.25))
+    rows = drift[drift["significant"].astype(bool)].assign(window_start=lambda frame: pd.to_datetime(frame["window_start"]))
+    # a window alarms at threshold t when its min_features-th largest significant effect is >= t: its "level"
+    ranked = rows.groupby("window_start")["effect"].apply(
+        lambda effects: np.sort(effects.astype(float).to_numpy())[::-1][min_features - 1] if len(effects) >= min_features else -np.inf)
+    level = windows["window_start"].map(ranked).fillna(-np.inf).to_numpy(dtype=float)
+    worse = pd.to_numeric(windows["degradation"], errors="coerce").to_numpy(dtype=float)
+    judged, degraded = np.isfinite(worse), np.isfinite(worse) & (worse > degradation)
+    candidates = np.unique(np.r_[0.0, np.floor(level[np.isfinite(level)] * 1000) / 1000 + 0.001])
+    table = pd.DataFrame([{
+        "min_effect": float(round(threshold, 3)), "alarms": int((level >= threshold).sum()),
+        "false_alarms": int(((level >= threshold) & judged & ~degraded).sum()),
+        "degraded_caught": int(((level >= threshold) & degraded).sum()),
+    } for threshold in candidates], columns=["min_effect", "alarms", "false_alarms", "degraded_caught"])
+    table["alarms_per_year"] = table["alarms"] / years
+    table["false_alarms_per_year"] = table["false_alarms"] / years
+    chosen = table[table["false_alarms_per_year"] <= target_per_year].iloc[0]
+    summary = (f"min_effect {chosen['min_effect']:g}: {chosen['false_alarms_per_year']:.1f} false alarm(s) a year "
+               f"(target {target_per_year:g}), {int(chosen['alarms'])} alarm(s) in {len(windows)} window(s) over {years:.2f} year(s); "
+               f"{int(chosen['degraded_caught'])} of {int(degraded.sum())} degraded window(s) still alarm "
+               f"(at least {min_features} feature(s), degradation > {degradation:.0%})")
+    return {"min_effect": float(chosen["min_effect"]), "table": table, "windows": len(windows), "degraded": int(degraded.sum()),
+            "years": years, "target_per_year": float(target_per_year), "summary": summary}
+
+
+def plot_calibration(
+    calibration: dict,  # `calibrate_effect`'s result
+):                      # a matplotlib Figure
+    "Alarms and false alarms a year against `min_effect`, the target and the chosen value."
+    table = calibration["table"]
+    figure = new_figure(figsize=(8, 3.5))
+    axes = figure.subplots()
+    axes.step(table["min_effect"], table["alarms_per_year"], where="post", label="alarms a year", color="#2c3e50")
+    axes.step(table["min_effect"], table["false_alarms_per_year"], where="post", label="false alarms a year", color="#c0392b")
+    axes.axhline(calibration["target_per_year"], color="#c0392b", linestyle=":", linewidth=1, label="target")
+    axes.axvline(calibration["min_effect"], color="black", linestyle="--", linewidth=1, label=f"min_effect {calibration['min_effect']:g}")
+    axes.set_xscale("symlog", linthresh=0.1)
+    axes.set_xlabel("min_effect (PSI a significant feature must reach)")
+    axes.set_ylabel("per year")
+    axes.legend(loc="upper right", fontsize=8)
+    axes.set_title(calibration["summary"].split(";")[0], fontsize=9)
+    figure.tight_layout()
+    return figure

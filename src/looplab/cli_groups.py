@@ -56,7 +56,8 @@ def drift_calibrate(target: float, min_features: int | None, plot: Path | None, 
     Replay a period first (looplab replay), or monitor for some weeks; the store keeps every
     window's per-feature tests with their effect sizes and, once labels came, the window's error.
     """
-    from looplab.drift import DriftError, calibrate_effect, plot_calibration
+    from looplab.backtest import calibrate_effect, plot_calibration
+    from looplab.drift import DriftError
     from looplab.monitoring import load_store, monitoring_settings
 
     try:

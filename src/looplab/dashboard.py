@@ -16,13 +16,14 @@ import pandas as pd
 
 from . import registry, tracking
 from .core import figure_png, load_config, mlflow_settings, new_figure
+from .drift import DriftResult
 from .monitoring import load_store, monitoring_settings
 
 # %% auto #0
-__all__ = ['OUTCOME_COLOURS', 'ERRORS', 'STYLE', 'EMPTY', 'StoreError', 'dashboard_settings', 'unreadable_files', 'read_store',
-           'registry_state', 'version_runs', 'p99_over_slo', 'timeline_figure', 'figure_html', 'number', 'raw', 'cell',
-           'latest_table', 'registry_html', 'champion_change', 'decisions_html', 'windows_html', 'policies_html',
-           'page']
+__all__ = ['OUTCOME_COLOURS', 'ERRORS', 'SCORE_CEILING', 'STYLE', 'EMPTY', 'StoreError', 'dashboard_settings', 'unreadable_files',
+           'read_store', 'registry_state', 'version_runs', 'p99_over_slo', 'timeline_figure', 'figure_html', 'number',
+           'raw', 'cell', 'latest_table', 'registry_html', 'champion_change', 'decisions_html', 'windows_html',
+           'policies_html', 'plot_p_values', 'plot_p_value_heatmap', 'page']
 
 # %% ../../notebooks/46_dashboard.ipynb #9f2be5ed
 class StoreError(Exception):
@@ -541,6 +542,56 @@ def policies_html(
             f"<tr><th>policy</th><th>{html.escape(name)}</th><th>vs static</th><th>retrainings</th><th>promoted</th><th>training s</th></tr>"
             + body + "</table>" + (f"<ul class='looplab-policy-errors'>{notes}</ul>" if notes else "")
             + f"<div style='color:#555;margin-top:6px'>timelines per policy: <code>{html.escape(str(folder / 'backtest.html'))}</code></div>")
+
+# %% ../../notebooks/46_dashboard.ipynb #6fa20028
+SCORE_CEILING = 20.0  # -log10 p-value beyond which the plots show no more difference (p < 1e-20)
+
+
+def plot_p_values(
+    result: DriftResult,  # one window's check
+    title: str = "",      # the figure's title
+):                        # a matplotlib Figure
+    "A bar per feature: -log10 of its p-value, the corrected threshold as a line, drifted features in red."
+    table = result.features
+    scores = -np.log10(np.clip(table["p_value"].astype(float).fillna(1.0).to_numpy(), 1e-300, 1.0))
+    # A p-value of 1e-300 would flatten every other bar: bars stop at a ceiling well past the threshold,
+    # and a longer one carries its value as a label.
+    ceiling = max(SCORE_CEILING, 3 * (-math.log10(result.threshold) if not math.isnan(result.threshold) else 2.0))
+    figure = new_figure(figsize=(8, 0.35 * len(table) + 1.5))
+    axes = figure.subplots()
+    axes.barh(table["feature"], np.minimum(scores, ceiling), color=np.where(table["drift"], "#c0392b", "#7f8c8d"))
+    for row, score in enumerate(scores):
+        if score > ceiling:
+            axes.text(ceiling, row, f" {score:.0f} ▸", va="center", fontsize=8)
+    axes.set_xlim(0, ceiling * 1.15)
+    if not math.isnan(result.threshold):
+        axes.axvline(-math.log10(result.threshold), color="black", linestyle="--", linewidth=1,
+                     label=f"threshold ({result.correction}, {result.p_value:g})")
+        axes.legend(loc="lower right")
+    axes.invert_yaxis()
+    axes.set_xlabel("-log10 p-value (longer: stronger evidence of drift)")
+    axes.set_title(title or f"drift: {result.n_drifted} of {len(table)} features ({result.backend})")
+    figure.tight_layout()
+    return figure
+
+
+def plot_p_value_heatmap(
+    drift: pd.DataFrame,   # long: window_start, feature, p_value (the monitoring store's drift.parquet)
+    title: str = "drift p-values per feature and window",
+):                         # a matplotlib Figure
+    "A heat map of -log10 p-values, features by windows."
+    table = drift.assign(score=-np.log10(np.clip(drift["p_value"].astype(float).fillna(1.0), 1e-300, 1.0)))
+    grid = table.pivot_table(index="feature", columns="window_start", values="score", aggfunc="max", sort=False)
+    figure = new_figure(figsize=(max(6, 0.5 * grid.shape[1] + 3), 0.35 * grid.shape[0] + 1.5))
+    axes = figure.subplots()
+    top = min(max(5.0, float(np.nanmax(grid.to_numpy()))), SCORE_CEILING)  # stronger evidence than the ceiling: the darkest red
+    image = axes.imshow(grid.to_numpy(), aspect="auto", cmap="Reds", vmin=0, vmax=top)
+    axes.set_yticks(range(grid.shape[0]), grid.index)
+    axes.set_xticks(range(grid.shape[1]), [pd.Timestamp(c).strftime("%Y-%m-%d") for c in grid.columns], rotation=90)
+    figure.colorbar(image, ax=axes, label="-log10 p-value")
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
 
 # %% ../../notebooks/46_dashboard.ipynb #5779c51d
 STYLE = ("<style>.looplab-dashboard table{border-collapse:collapse}"

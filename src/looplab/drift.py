@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core import model_threads, new_figure
+from .core import model_threads
 from .prediction_log import read_prediction_log
 from .registry import model_version, quiet_downloads, registry_client
 
@@ -26,11 +26,10 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'BACKENDS', 'CORRECTIONS', 'PREDICTION', 'ARTIFACT_PATH', 'DETECTOR_FORMAT', 'REFERENCES', 'EFFECT_BINS',
-           'RESULT_COLUMNS', 'SCORE_CEILING', 'DriftError', 'check_settings', 'categorical_features', 'category_codes',
+           'RESULT_COLUMNS', 'DriftError', 'check_settings', 'categorical_features', 'category_codes',
            'corrected_drift', 'effect_edges', 'population_stability', 'DriftResult', 'import_alibi_detect',
            'DriftDetector', 'make_detector', 'save_detector', 'load_detector', 'sample_reference', 'log_reference',
-           'log_model_reference', 'load_reference', 'prediction_window', 'serving_version', 'reference_period',
-           'plot_p_values', 'plot_p_value_heatmap', 'calibrate_effect', 'plot_calibration']
+           'log_model_reference', 'load_reference', 'prediction_window', 'serving_version', 'reference_period']
 
 # %% ../../notebooks/41_drift.ipynb #1753334d
 BACKENDS = ("alibi", "scipy")
@@ -697,116 +696,3 @@ def reference_period(
         cycle = pd.Timedelta(days=settings["cycle_days"])
         return start - cycle, end - cycle
     return None
-
-# %% ../../notebooks/41_drift.ipynb #245182fe
-SCORE_CEILING = 20.0  # -log10 p-value beyond which the plots show no more difference (p < 1e-20)
-
-
-def plot_p_values(
-    result: DriftResult,  # one window's check
-    title: str = "",      # the figure's title
-):                        # a matplotlib Figure
-    "A bar per feature: -log10 of its p-value, the corrected threshold as a line, drifted features in red."
-    table = result.features
-    scores = -np.log10(np.clip(table["p_value"].astype(float).fillna(1.0).to_numpy(), 1e-300, 1.0))
-    # A p-value of 1e-300 would flatten every other bar: bars stop at a ceiling well past the threshold,
-    # and a longer one carries its value as a label.
-    ceiling = max(SCORE_CEILING, 3 * (-math.log10(result.threshold) if not math.isnan(result.threshold) else 2.0))
-    figure = new_figure(figsize=(8, 0.35 * len(table) + 1.5))
-    axes = figure.subplots()
-    axes.barh(table["feature"], np.minimum(scores, ceiling), color=np.where(table["drift"], "#c0392b", "#7f8c8d"))
-    for row, score in enumerate(scores):
-        if score > ceiling:
-            axes.text(ceiling, row, f" {score:.0f} ▸", va="center", fontsize=8)
-    axes.set_xlim(0, ceiling * 1.15)
-    if not math.isnan(result.threshold):
-        axes.axvline(-math.log10(result.threshold), color="black", linestyle="--", linewidth=1,
-                     label=f"threshold ({result.correction}, {result.p_value:g})")
-        axes.legend(loc="lower right")
-    axes.invert_yaxis()
-    axes.set_xlabel("-log10 p-value (longer: stronger evidence of drift)")
-    axes.set_title(title or f"drift: {result.n_drifted} of {len(table)} features ({result.backend})")
-    figure.tight_layout()
-    return figure
-
-# %% ../../notebooks/41_drift.ipynb #cfb46df2
-def plot_p_value_heatmap(
-    drift: pd.DataFrame,   # long: window_start, feature, p_value (the monitoring store's drift.parquet)
-    title: str = "drift p-values per feature and window",
-):                         # a matplotlib Figure
-    "A heat map of -log10 p-values, features by windows."
-    table = drift.assign(score=-np.log10(np.clip(drift["p_value"].astype(float).fillna(1.0), 1e-300, 1.0)))
-    grid = table.pivot_table(index="feature", columns="window_start", values="score", aggfunc="max", sort=False)
-    figure = new_figure(figsize=(max(6, 0.5 * grid.shape[1] + 3), 0.35 * grid.shape[0] + 1.5))
-    axes = figure.subplots()
-    top = min(max(5.0, float(np.nanmax(grid.to_numpy()))), SCORE_CEILING)  # stronger evidence than the ceiling: the darkest red
-    image = axes.imshow(grid.to_numpy(), aspect="auto", cmap="Reds", vmin=0, vmax=top)
-    axes.set_yticks(range(grid.shape[0]), grid.index)
-    axes.set_xticks(range(grid.shape[1]), [pd.Timestamp(c).strftime("%Y-%m-%d") for c in grid.columns], rotation=90)
-    figure.colorbar(image, ax=axes, label="-log10 p-value")
-    axes.set_title(title)
-    figure.tight_layout()
-    return figure
-
-# %% ../../notebooks/41_drift.ipynb #100c19ab
-def calibrate_effect(
-    windows: pd.DataFrame,   # the store's scored windows: window_start, window_end, degradation
-    drift: pd.DataFrame,     # their drift rows: window_start, significant, effect
-    target_per_year: float,  # false alarms a year the threshold may give
-    degradation: float,      # worse than at evaluation by more than this share: an alarm in the window is not false
-    min_features: int = 1,   # significant features that must reach the effect for the window to alarm
-) -> dict[str, Any]:         # {"min_effect", "table", "windows", "degraded", "years", "target_per_year", "summary"}
-    "The smallest `min_effect` whose false alarms a year stay within `target_per_year`, and every candidate's alarms."
-    if not target_per_year >= 0:
-        raise DriftError(f"the target must be a number of false alarms a year >= 0, got {target_per_year!r}")
-    if min_features < 1:
-        raise DriftError(f"min_features must be at least 1, got {min_features!r}")
-    missing = [column for column in ("significant", "effect") if column not in drift.columns or drift[column].isna().all()]
-    if len(drift) and missing:
-        raise DriftError("the monitoring store was written before drift effect sizes were kept: replay or monitor again")
-    if windows.empty:
-        raise DriftError("no scored windows to calibrate on: replay (looplab replay) or monitor some weeks first")
-    windows = windows.assign(window_start=pd.to_datetime(windows["window_start"]), window_end=pd.to_datetime(windows["window_end"]))
-    years = float((windows["window_end"] - windows["window_start"]).sum() / pd.Timedelta(days=365.25))
-    rows = drift[drift["significant"].astype(bool)].assign(window_start=lambda frame: pd.to_datetime(frame["window_start"]))
-    # a window alarms at threshold t when its min_features-th largest significant effect is >= t: its "level"
-    ranked = rows.groupby("window_start")["effect"].apply(
-        lambda effects: np.sort(effects.astype(float).to_numpy())[::-1][min_features - 1] if len(effects) >= min_features else -np.inf)
-    level = windows["window_start"].map(ranked).fillna(-np.inf).to_numpy(dtype=float)
-    worse = pd.to_numeric(windows["degradation"], errors="coerce").to_numpy(dtype=float)
-    judged, degraded = np.isfinite(worse), np.isfinite(worse) & (worse > degradation)
-    candidates = np.unique(np.r_[0.0, np.floor(level[np.isfinite(level)] * 1000) / 1000 + 0.001])
-    table = pd.DataFrame([{
-        "min_effect": float(round(threshold, 3)), "alarms": int((level >= threshold).sum()),
-        "false_alarms": int(((level >= threshold) & judged & ~degraded).sum()),
-        "degraded_caught": int(((level >= threshold) & degraded).sum()),
-    } for threshold in candidates], columns=["min_effect", "alarms", "false_alarms", "degraded_caught"])
-    table["alarms_per_year"] = table["alarms"] / years
-    table["false_alarms_per_year"] = table["false_alarms"] / years
-    chosen = table[table["false_alarms_per_year"] <= target_per_year].iloc[0]
-    summary = (f"min_effect {chosen['min_effect']:g}: {chosen['false_alarms_per_year']:.1f} false alarm(s) a year "
-               f"(target {target_per_year:g}), {int(chosen['alarms'])} alarm(s) in {len(windows)} window(s) over {years:.2f} year(s); "
-               f"{int(chosen['degraded_caught'])} of {int(degraded.sum())} degraded window(s) still alarm "
-               f"(at least {min_features} feature(s), degradation > {degradation:.0%})")
-    return {"min_effect": float(chosen["min_effect"]), "table": table, "windows": len(windows), "degraded": int(degraded.sum()),
-            "years": years, "target_per_year": float(target_per_year), "summary": summary}
-
-
-def plot_calibration(
-    calibration: dict,  # `calibrate_effect`'s result
-):                      # a matplotlib Figure
-    "Alarms and false alarms a year against `min_effect`, the target and the chosen value."
-    table = calibration["table"]
-    figure = new_figure(figsize=(8, 3.5))
-    axes = figure.subplots()
-    axes.step(table["min_effect"], table["alarms_per_year"], where="post", label="alarms a year", color="#2c3e50")
-    axes.step(table["min_effect"], table["false_alarms_per_year"], where="post", label="false alarms a year", color="#c0392b")
-    axes.axhline(calibration["target_per_year"], color="#c0392b", linestyle=":", linewidth=1, label="target")
-    axes.axvline(calibration["min_effect"], color="black", linestyle="--", linewidth=1, label=f"min_effect {calibration['min_effect']:g}")
-    axes.set_xscale("symlog", linthresh=0.1)
-    axes.set_xlabel("min_effect (PSI a significant feature must reach)")
-    axes.set_ylabel("per year")
-    axes.legend(loc="upper right", fontsize=8)
-    axes.set_title(calibration["summary"].split(";")[0], fontsize=9)
-    figure.tight_layout()
-    return figure
