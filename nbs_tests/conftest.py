@@ -27,6 +27,8 @@ BIN = Path(sys.executable).parent
 # cache, reports, conf/local): the whole session works on a copy of the project's own files, as a fresh
 # clone has them, and in a working directory inside that copy.
 ROOT = copy_project_files(REPOSITORY, Path(tempfile.mkdtemp(prefix="looplab-tests-")) / "project")
+# What the copy held before any test ran (the tests' own runs add logs and stores to it later).
+COPIED = frozenset(path.relative_to(ROOT).as_posix() for path in ROOT.rglob("*"))
 
 # A user's shell may point looplab, Kedro or MLflow elsewhere; the tests set what they need themselves.
 # (MLflow's fluent API also writes its active store and experiment into os.environ: child processes of a
