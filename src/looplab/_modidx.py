@@ -5,7 +5,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'looplab.backtest._slug': ('backtest.html#_slug', 'looplab/backtest.py'),
                                   'looplab.backtest.backtest': ('backtest.html#backtest', 'looplab/backtest.py'),
                                   'looplab.backtest.calibrate_effect': ('backtest.html#calibrate_effect', 'looplab/backtest.py'),
-                                  'looplab.backtest.default_workers': ('backtest.html#default_workers', 'looplab/backtest.py'),
                                   'looplab.backtest.embedded_store': ('backtest.html#embedded_store', 'looplab/backtest.py'),
                                   'looplab.backtest.format_table': ('backtest.html#format_table', 'looplab/backtest.py'),
                                   'looplab.backtest.oracle': ('backtest.html#oracle', 'looplab/backtest.py'),

@@ -31,7 +31,7 @@ _logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['POLICY_FORMS', 'RUN_FILES', 'STATE', 'BacktestError', 'parse_policy', 'parse_policies', 'relocate_mlflow',
            'embedded_store', 'prepare_workspace', 'replay_policy', 'oracle', 'policy_row', 'format_table',
-           'plot_backtest', 'report_backtest', 'default_workers', 'backtest', 'calibrate_effect', 'plot_calibration']
+           'plot_backtest', 'report_backtest', 'backtest', 'calibrate_effect', 'plot_calibration']
 
 # %% ../../notebooks/49_backtest.ipynb #08d9d006
 POLICY_FORMS = {  # the words of --policies, joined with "+" to combine (each with the conf's cool-down)
@@ -281,16 +281,6 @@ def report_backtest(result: dict, folder: Path) -> dict[str, Path]:
     return written
 
 # %% ../../notebooks/49_backtest.ipynb #272bb4f1
-def default_workers(
-    runs: int,                # replays to run
-    cores: int | None = None, # the machine's; os.cpu_count() when None
-) -> int:                     # processes at once
-    """Every replay at once while there are at most four per core: equal replays then share the cores to the end
-    (five on two cores take 2.5 replays' time, not the 3 of two at a time, the last alone on one core); more: one per core."""
-    cores = max(1, int(cores or os.cpu_count() or 1))
-    return max(1, runs if runs <= 4 * cores else cores)
-
-
 def _slug(name: str) -> str:
     return "".join(character if character.isalnum() or character in "-_" else "_" for character in name)
 
@@ -301,7 +291,7 @@ def backtest(
     end: str | None = None,           # last day, inclusive; conf `replay.end` when None
     root: Path | str | None = None,   # the project, its loop run (a champion registered)
     env: str | None = None,           # config environment
-    workers: int | None = None,       # processes at once; None: `default_workers`
+    workers: int | None = None,       # processes at once; the cores (at most one per policy) when None
     data: Path | str | None = None,   # the file of days, for an environment of the user's own data (`looplab replay --data`)
     progress: bool = True,            # a progress bar over every policy's days
     keep: Path | str | None = None,   # keep the policies' workspaces in this folder (outside the project)
@@ -333,7 +323,7 @@ def backtest(
     base = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="looplab-backtest-"))
     if root in base.parents or base == root:
         raise BacktestError(f"--keep {base}: the workspaces must be outside the project (each is a copy of it)")
-    workers = max(1, min(int(workers or default_workers(len(runs))), len(runs)))
+    workers = max(1, min(int(workers or os.cpu_count() or 1), len(runs)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     summaries: dict[str, dict] = {}
     started = time.perf_counter()

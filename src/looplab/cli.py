@@ -424,7 +424,7 @@ def replay(start: str | None, end: str | None, step: str | None, mode: str | Non
               help="Comma-separated: static, scheduled:Nd, drift, performance, estimated; + combines triggers (drift+performance).")
 @click.option("--start", default=None, help="First day, e.g. 2011-03-15 (default: replay.start).")
 @click.option("--end", default=None, help="Last day, inclusive (default: replay.end).")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Replays at once (default: every policy at once, up to four per core).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Replays at once (default: one per core).")
 @click.option("--data", "data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The file of days, for an environment of your own data (as looplab replay --data).")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
