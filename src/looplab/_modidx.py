@@ -1037,6 +1037,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.versioning.record_data_versions': ( 'versioning.html#record_data_versions',
                                                                                  'looplab/versioning.py'),
                                     'looplab.versioning.resolve_version': ('versioning.html#resolve_version', 'looplab/versioning.py'),
+                                    'looplab.versioning.schema_sample': ('versioning.html#schema_sample', 'looplab/versioning.py'),
                                     'looplab.versioning.version_history': ('versioning.html#version_history', 'looplab/versioning.py'),
                                     'looplab.versioning.versioned_path': ('versioning.html#versioned_path', 'looplab/versioning.py')},
             'looplab.worker_http': { 'looplab.worker_http.ReadTimeoutProtocol': ( 'worker_http.html#readtimeoutprotocol',

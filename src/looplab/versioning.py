@@ -27,7 +27,8 @@ _logger = logging.getLogger(__name__)
 __all__ = ['HASH_LENGTH', 'DATASETS', 'SCHEMA_SAMPLE_ROWS', 'content_hash', 'DataVersionError', 'list_versions', 'versioned_path',
            'resolve_version', 'load_version', 'StoredTableDataset', 'column_profile', 'diff_frames', 'format_table',
            'format_diff', 'dataset_name', 'configured_paths', 'dataset_paths', 'describe_version', 'read_versions_log',
-           'record_data_versions', 'log_data_inputs', 'version_history', 'format_history', 'diff_versions']
+           'schema_sample', 'record_data_versions', 'log_data_inputs', 'version_history', 'format_history',
+           'diff_versions']
 
 # %% ../../notebooks/14_versioning.ipynb #bf438dab
 HASH_LENGTH = 32  # hex digits; MLflow stores dataset digests in a String(36) column
@@ -365,7 +366,17 @@ def _batch_id(ingested_batch: pd.DataFrame) -> str | None:
     return ", ".join(sorted(ids)) or None
 
 
-SCHEMA_SAMPLE_ROWS = 10_000  # rows MLflow's schema of a logged dataset is inferred from
+SCHEMA_SAMPLE_ROWS = 1_000  # first rows MLflow's schema of a logged dataset is inferred from (with `schema_sample`)
+
+
+def schema_sample(
+    frame: pd.DataFrame,  # the logged dataset
+) -> pd.DataFrame:        # its first SCHEMA_SAMPLE_ROWS rows, and the first row missing each column that misses a value
+    "The rows MLflow infers a schema from: a column is optional in it exactly when it is in the whole frame."
+    missing = frame.isna().to_numpy()
+    later = {int(np.argmax(missing[:, column])) for column in np.flatnonzero(missing.any(axis=0))}
+    chosen = sorted(set(range(min(len(frame), SCHEMA_SAMPLE_ROWS))) | later)
+    return frame.iloc[chosen]
 
 
 def _mlflow_dataset(record: dict[str, Any], frame: pd.DataFrame | None = None):
@@ -383,8 +394,9 @@ def _mlflow_dataset(record: dict[str, Any], frame: pd.DataFrame | None = None):
             return MetaDataset(source, name=record["dataset"], digest=record["content_hash"])
         dataset = mlflow.data.from_pandas(frame, source=source, name=record["dataset"], digest=record["content_hash"])
         # MLflow infers a text column's type value by value in Python (88 s for 3M rows); the first rows
-        # tell the same (a typed column's dtype decides; validated text columns hold text) in milliseconds
-        dataset.schema = mlflow.models.infer_signature(frame.head(SCHEMA_SAMPLE_ROWS)).inputs
+        # tell the same (a typed column's dtype decides; validated text columns hold text) in milliseconds,
+        # and the first row missing each column tells whether it is required
+        dataset.schema = mlflow.models.infer_signature(schema_sample(frame)).inputs
         return dataset
 
 
