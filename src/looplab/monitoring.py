@@ -322,9 +322,12 @@ def window_drift(
     if period is not None:
         past = history[(history["event_time"] >= period[0]) & (history["event_time"] < period[1])]
         kind = f"{settings['reference'].replace('_', ' ')} {period[0]:%Y-%m-%d}–{period[1]:%Y-%m-%d}"
-        if len(past) >= settings["min_reference_rows"] and set(detector.features) <= set(past.columns):
+        lacking = [feature for feature in detector.features if feature not in past.columns]
+        if len(past) >= settings["min_reference_rows"] and not lacking:
             reference, described = past.reset_index(drop=True), f"{kind} ({len(past)} served rows)"
             detector = None
+        elif lacking:
+            described += f" (the {kind} lacks {', '.join(lacking)} in the log)"
         else:
             described += f" (the {kind} holds {len(past)} served rows, fewer than {settings['min_reference_rows']})"
     ignored = set(settings.get("ignore") or [])
