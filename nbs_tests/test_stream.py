@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_project, free_port, stop_process, wait_until
+from conftest import copy_project, free_port, project_with_models, stop_process, wait_until
 
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 PROMTOOL = "/usr/bin/promtool"
@@ -266,3 +266,76 @@ def test_a_stop_signal_finishes_the_batch_in_hand(project, quiet_env):
     assert process.returncode == 0, output
     assert "SIGTERM: stopping after the batch in hand" in output and "5 message(s) in 1 batch(es)" in output, output
     assert source.lag() == {"lag": 0, "pending": 0} and len(stored_table(project)) == 5
+
+
+def test_a_data_run_waits_while_a_consumer_holds_the_table_lock(project, tool, quiet_env, tmp_path):
+    "A `kedro run -p data` started while a writer holds the validated table's lock stores nothing until it is released, and says who holds it."
+    from looplab.core import load_config
+    from looplab.stream import table_lock
+
+    params = load_config("parameters", env="test", root=project)["data"]
+    log = tmp_path / "kedro.log"
+    with table_lock(params, project, holder="the test's writer"), log.open("w") as output:
+        run = subprocess.Popen([tool("kedro"), "run", "-p", "data", "--env", "test"], cwd=project, env=quiet_env,
+                               stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: run.poll() is not None or "held by the test's writer (pid" in log.read_text(), 600,
+                       "the data run waiting for the lock")
+            assert run.poll() is None, log.read_text()
+            assert stored_table(project).empty  # nothing stored while the lock is held
+        except BaseException:
+            stop_process(run)
+            raise
+    assert run.wait(timeout=600) == 0, log.read_text()
+    assert len(stored_table(project)) > 0
+
+
+def test_a_replay_through_the_stream_stores_what_a_landing_replay_does(root, tool, quiet_env, redis_url, tmp_path):
+    "`looplab replay --via stream` publishes each day to the stream and stores it through its consumer: the same table, requests and MAE as days landed as files."
+
+    projects = {via: project_with_models(root, tmp_path / via, tool, quiet_env) for via in ("landing", "stream")}
+    settings = {"url": redis_url, "stream": "rows:replay", "batch_size": BATCH, "block_ms": 1000, "metrics_port": None}
+    (projects["stream"] / "conf" / "test" / "parameters_stream.yml").write_text(yaml.safe_dump({"data": {"sources": {"events": settings}}}))
+    outputs = {}
+    for via, project in projects.items():
+        run = subprocess.run([tool("looplab"), "replay", "--start", "2011-01-24", "--end", "2011-01-25", "--env", "test", "--no-progress",
+                              "--via", via], cwd=project, env={**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project)},
+                             capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stdout + run.stderr
+        outputs[via] = run.stdout
+    tables = {via: stored_table(project) for via, project in projects.items()}
+    days = int((tables["landing"]["timestamp"] >= pd.Timestamp("2011-01-24")).sum())  # the hours the bundled file has on those days
+    assert days > 40
+    line = f"through stream source 'events': {days} message(s), {days} row(s) stored ({days} new), 0 quarantined"
+    assert line in outputs["stream"], outputs["stream"]
+    assert "through stream source" not in outputs["landing"]
+    assert not list((projects["stream"] / "data" / "01_raw" / "landing").glob("*2011-01-2[45]*"))  # nothing landed as a file
+
+    columns = [column for column in tables["landing"].columns if not column.startswith("_")]  # lineage (file, batch, message) differs
+    landed, streamed = (tables[via][columns].sort_values(["region", "timestamp"]).reset_index(drop=True) for via in ("landing", "stream"))
+    assert streamed["timestamp"].max() == pd.Timestamp("2011-01-25 23:00")
+    pd.testing.assert_frame_equal(streamed, landed)
+    summaries = {via: json.loads((project / "data" / "08_reporting" / "replay" / "summary.json").read_text()) for via, project in projects.items()}
+    assert summaries["stream"]["via"] == "stream" and summaries["stream"]["stream"]["stored"] == days
+    for key in ("requests", "policy_mae", "static_mae", "windows"):
+        assert summaries["stream"][key] == summaries["landing"][key], key
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.xlen("rows:replay") == days
+    (group,) = client.xinfo_groups("rows:replay")
+    assert (group["lag"], group["pending"]) == (0, 0)
+
+
+def test_a_replay_through_an_unreachable_stream_names_it(root, tool, quiet_env, tmp_path):
+
+    project = project_with_models(root, tmp_path / "project", tool, quiet_env)
+    settings = {"url": f"redis://127.0.0.1:{free_port()}/0", "metrics_port": None}
+    (project / "conf" / "test" / "parameters_stream.yml").write_text(yaml.safe_dump({"data": {"sources": {"events": settings}}}))
+    run = subprocess.run([tool("looplab"), "replay", "--start", "2011-01-24", "--end", "2011-01-24", "--env", "test", "--no-progress",
+                          "--via", "stream"], cwd=project, env={**quiet_env, "LOOPLAB_PROJECT_ROOT": str(project)},
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 1
+    assert "replay: the stream failed on 2011-01-24: source 'events': Redis is not reachable at redis://127.0.0.1:" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr

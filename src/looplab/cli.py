@@ -377,13 +377,14 @@ def _days(value: str) -> int:
 
 
 def _replay(start, end, step_days: int | None, mode: str | None, url: str | None, progress: bool, env: str | None,
-            data: Path | None = None) -> dict:
+            data: Path | None = None, via: str | None = None, stream_source: str | None = None) -> dict:
     "Run the replay and print its summary (shared by `looplab replay` and `looplab loop`)."
     from looplab.replay import REPLAY_METRIC
     from looplab.replay import replay as run_replay
 
     try:
-        summary = run_replay(start, end, step_days, env=env, mode=mode, url=url, progress=progress, data=data)
+        summary = run_replay(start, end, step_days, env=env, mode=mode, url=url, progress=progress, data=data, via=via,
+                             stream_source=stream_source)
     except (RuntimeError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"replay {summary['start']} – {summary['end']}: {summary['days']} days in {summary['seconds']} s "
@@ -393,6 +394,10 @@ def _replay(start, end, step_days: int | None, mode: str | None, url: str | None
     click.echo(f"  {name}: policy {summary[f'policy_{key}']:.{digits}f} vs static {summary[f'static_{key}']:.{digits}f}; "
                f"{summary['retrainings']} retraining(s), {summary['promotions']} promoted; "
                f"champion {summary['champion_start']} → {summary['champion_end']}; drift in {summary['drift_windows']} window(s)")
+    if "stream" in summary:
+        stream = summary["stream"]
+        click.echo(f"  through stream source '{stream['source']}': {stream['messages']} message(s), {stream['stored']} row(s) stored "
+                   f"({stream['added']} new), {stream['quarantined']} quarantined")
     click.echo(f"  report: {summary['report']}")
     return summary
 
@@ -407,16 +412,20 @@ def _replay(start, end, step_days: int | None, mode: str | None, url: str | None
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--data", "data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A .csv or .parquet file of the days to replay, for an environment of your own data (default: replay.data).")
+@click.option("--via", type=click.Choice(["landing", "stream"]), default=None,
+              help="How each day arrives: as a landing file, or published to a stream source and stored by its consumer "
+                   "(a running Redis: make stream) (default: replay.via).")
+@click.option("--stream-source", default=None, help="The stream source of data.sources for --via stream (default: the only one).")
 @_ENV_OPTION
 def replay(start: str | None, end: str | None, step: str | None, mode: str | None, url: str | None,
-           no_progress: bool, data: Path | None, env: str | None) -> None:
+           no_progress: bool, data: Path | None, via: str | None, stream_source: str | None, env: str | None) -> None:
     """Backtest the closed loop day by day: land, ingest, serve, monitor, retrain; then report policy vs static."""
     settings = load_config("parameters", env=env).get("replay") or {}
     defaults = {} if data else settings  # a file of days: from its first day to its last unless told
     if not data and not ((start or settings.get("start")) and (end or settings.get("end"))):
         raise click.UsageError("give --start and --end (or replay.start and replay.end in conf)")
     _replay(start or defaults.get("start"), end or defaults.get("end"), _days(step) if step else None, mode, url,
-            not no_progress, env, data.resolve() if data else None)
+            not no_progress, env, data.resolve() if data else None, via, stream_source)
 
 
 @cli.command()

@@ -26,15 +26,17 @@ from .pipelines.data import create_pipeline
 from .registry import alias_version, load_model
 from .retraining import retraining_settings, retraining_trigger
 from .serving import create_app, serving_settings
-from .sources import LANDING_FILE_NAME, demo_sources, replay_day
+from .sources import LANDING_FILE_NAME, SourceError, demo_rides, demo_sources, replay_day, with_text_times
+from .stream import StreamTotals, deliver, pick_stream_source, table_lock
 from .versioning import load_version
 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['MODES', 'REPLAY_METRIC', 'replay_days', 'read_days', 'land_day', 'day_requests', 'InProcessServing', 'HttpServing',
-           'run_data_pipeline', 'quiet_kedro', 'window_line', 'row_errors', 'compare_policy', 'episodes', 'plot_replay',
-           'report_html', 'replay', 'write_report', 'data_clock', 'days_left', 'generated_state', 'reset_project']
+__all__ = ['MODES', 'REPLAY_METRIC', 'VIAS', 'replay_days', 'read_days', 'rows_of_day', 'land_day', 'day_requests',
+           'InProcessServing', 'HttpServing', 'run_data_pipeline', 'quiet_kedro', 'window_line', 'row_errors',
+           'compare_policy', 'episodes', 'plot_replay', 'report_html', 'stream_days', 'deliver_day', 'replay',
+           'write_report', 'data_clock', 'days_left', 'generated_state', 'reset_project']
 
 # %% ../../notebooks/44_replay.ipynb #972c55eb
 MODES = ("in_process", "http")
@@ -60,6 +62,15 @@ def read_days(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
+def rows_of_day(
+    frame: pd.DataFrame,   # rows with a time column
+    column: str,           # its name
+    day: Any,              # the day
+) -> pd.DataFrame:         # the rows whose time falls on `day`
+    "One day's rows of a file of days."
+    return frame[pd.to_datetime(frame[column], errors="coerce").dt.normalize() == pd.Timestamp(day).normalize()]
+
+
 def land_day(
     data_params: dict,     # the `data` parameters: `timestamp`, `sources.landing.path`
     frame: pd.DataFrame,   # the user's days (`read_days`)
@@ -72,11 +83,10 @@ def land_day(
         raise ValueError(f"replay: the file has no column {timestamp!r} (data.timestamp)")
     if not landing.get("path"):
         raise ValueError("replay: the environment has no landing folder to land its days in (data.sources.landing.path)")
-    day = pd.Timestamp(day).normalize()
-    rows = frame[pd.to_datetime(frame[timestamp], errors="coerce").dt.normalize() == day]
+    rows = rows_of_day(frame, timestamp, day)
     if rows.empty:
         return None
-    path = root / landing["path"] / f"replay-{day:%Y-%m-%d}.csv"
+    path = root / landing["path"] / f"replay-{pd.Timestamp(day):%Y-%m-%d}.csv"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         rows.to_csv(path.with_suffix(".partial"), index=False)
@@ -179,7 +189,8 @@ def run_data_pipeline(root: Path, env: str | None, parameters: dict) -> Any:
     for name, value in parameters.items():
         catalog[f"params:{name}"] = value
     catalog["settings"] = Settings(root, env, parameters)  # what the nodes that reach files and services take
-    SequentialRunner().run(create_pipeline(), catalog)
+    with table_lock(parameters["data"], root, holder=f"looplab replay --env {env or 'local'} (a day's data run)"):  # as a kedro run's hook takes it
+        SequentialRunner().run(create_pipeline(), catalog)
     return catalog
 
 # %% ../../notebooks/44_replay.ipynb #8f80a255
@@ -325,6 +336,49 @@ Champion at the start: version {summary['champion_start']}, at the end: version 
 <h2>Drift episodes</h2><ul>{episode_rows}</ul>
 <h2>Per window</h2>{table}</body></html>"""
 
+# %% ../../notebooks/44_replay.ipynb #34739960
+VIAS = ("landing", "stream")
+
+
+def stream_days(
+    data_params: dict,               # the `data` parameters
+    future: pd.DataFrame | None,     # the user's file of days (`read_days`); None: the demo's bundled file
+    name: str | None,                # the stream source (default: the only one)
+    root: Path,                      # project root
+) -> tuple[Any, pd.DataFrame, str]:  # (the source, the rows to publish, their time column)
+    "What a replay through the stream publishes from: the source, and every row of the days with its time column."
+    try:
+        source = pick_stream_source(data_params, name)
+    except (SourceError, ValueError) as error:
+        raise ValueError(f"replay --via stream: {error}") from None
+    column = source.timestamp_column or data_params["timestamp"]
+    if future is None:  # the demo's file, in the columns its landing files have
+        return source, with_text_times(demo_rides(data_params, root)).rename(columns={"timestamp": column}), column
+    if column not in future.columns:
+        raise ValueError(f"replay: the file has no column {column!r} (the stream source's time column)")
+    return source, future, column
+
+
+def deliver_day(
+    stream: tuple[Any, pd.DataFrame, str],  # `stream_days`
+    day: pd.Timestamp,                      # the day to deliver
+    data_params: dict,                      # the `data` parameters
+    totals: StreamTotals,                   # counted into
+    root: Path,                             # project root
+    env: str | None,                        # config environment
+) -> None:
+    "Publish one day's rows to the stream and store them through its consumer; a day without rows publishes nothing."
+    source, frame, column = stream
+    rows = rows_of_day(frame, column, day)
+    if rows.empty:
+        return
+    try:
+        done = deliver(source, rows, data_params, env, root)
+    except SourceError as error:
+        raise RuntimeError(f"replay: the stream failed on {day:%Y-%m-%d}: {error}") from None
+    for name in ("messages", "stored", "added", "quarantined"):
+        setattr(totals, name, getattr(totals, name) + getattr(done, name))
+
 # %% ../../notebooks/44_replay.ipynb #9380f87a
 def replay(
     start: Any, end: Any,               # first and last day (inclusive)
@@ -338,6 +392,8 @@ def replay(
     policy: dict | None = None,         # settings of `retraining.policy` to replace for this replay (`looplab backtest`)
     on_day: Any = None,                 # called with each day replayed (a progress report to another process)
     runner: str | None = None,          # the retrainings' runner for this replay (papermill | direct); conf `retraining.runner` when None
+    via: str | None = None,             # how each day arrives: landing (a file) | stream (published to a stream source); conf `replay.via` when None
+    stream_source: str | None = None,   # the stream source of `data.sources` for `via="stream"` (default: the only one); conf `replay.stream_source`
 ) -> dict[str, Any]:                    # the summary (also in the report)
     "Replay the loop over [start, end] and report policy against static."
     from threadpoolctl import threadpool_limits
@@ -354,9 +410,11 @@ def replay(
     # a policy that acts on estimates or on a schedule asks every day; the others when a window was scored
     daily = bool({"estimated", "schedule"} & set(retraining_settings(parameters)["policy"]["triggers"]))
     step_days = int(step_days or settings.get("step_days", 1))
-    mode = mode or settings.get("mode", "in_process")
+    mode, via = mode or settings.get("mode", "in_process"), via or settings.get("via", "landing")
     if mode not in MODES:
         raise ValueError(f"replay.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if via not in VIAS:
+        raise ValueError(f"replay.via must be one of {', '.join(VIAS)}, got {via!r}")
     data_params, training_params = parameters["data"], parameters["training"]
     task, source = training_params.get("task", "regression"), data or settings.get("data")
     if arrives_untimed(data_params):
@@ -371,6 +429,8 @@ def replay(
             raise ValueError(f"replay: the file has no times in its column {data_params['timestamp']!r} (data.timestamp)")
         start, end = start or f"{times.min():%Y-%m-%d}", end or f"{times.max():%Y-%m-%d}"
     days = replay_days(start, end, step_days)
+    stream = stream_days(data_params, future, stream_source or settings.get("stream_source"), root) if via == "stream" else None
+    streamed = StreamTotals()  # what the stream's consumer stored
     monitoring = monitoring_settings(parameters, root)
     name = monitoring["model_name"]
     configure_mlflow(env, root)
@@ -386,7 +446,9 @@ def replay(
             bar.set_postfix_str(f"{first:%Y-%m-%d}")
             for offset in range(step_days):
                 day = first + pd.Timedelta(days=offset)
-                if day <= pd.Timestamp(end):
+                if day <= pd.Timestamp(end) and stream is not None:
+                    deliver_day(stream, day, data_params, streamed, root, env)
+                elif day <= pd.Timestamp(end):
                     replay_day(data_params, f"{day:%Y-%m-%d}", root) if future is None else land_day(data_params, future, day, root)
             try:
                 catalog = run_data_pipeline(root, env, parameters)
@@ -434,7 +496,9 @@ def replay(
     summary = {
         "start": f"{days[0]:%Y-%m-%d}", "end": f"{pd.Timestamp(end):%Y-%m-%d}", "days": len(days) * step_days, "requests": len(served),
         "seconds": round(elapsed, 1), "days_per_second": round(len(days) * step_days / elapsed, 3) if elapsed else math.nan,
-        "task": task, "metric": REPLAY_METRIC[task][1],
+        "task": task, "metric": REPLAY_METRIC[task][1], "via": via,
+        **({"stream": {"source": stream[0].name, "messages": streamed.messages, "stored": streamed.stored, "added": streamed.added,
+                       "quarantined": streamed.quarantined}} if stream is not None else {}),
         **{f"{who}_{REPLAY_METRIC[task][0]}": float(row_errors(scored[column], scored["label"], task).mean()) if len(scored) else math.nan
            for who, column in (("policy", "prediction"), ("static", "static"))},
         "unit": ((data_params.get("validation") or {}).get("schema", {}).get("columns", {}).get(data_params["target"]) or {}).get("unit"),

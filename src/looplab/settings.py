@@ -79,7 +79,54 @@ class JsonLogsHook:
         setup_logs(context.project_path, context.env, "kedro")
 
 
-HOOKS = (ShortErrorsHook(), JsonLogsHook())
+class TableLockHook:
+    """A data run holds the validated table's lock (`looplab.stream.table_lock`) for its read-upsert-write.
+
+    The lock is taken when the node that writes `validated_rides` starts (it reads the stored table and
+    upserts the batch) and released once the table is saved, or when the node or the run fails. A stream
+    consumer (`looplab data stream`) takes the same lock for each batch, so the two never store a table
+    that misses the other's rows; the one that has to wait logs who holds the lock.
+    """
+
+    TABLE = "validated_rides"
+
+    def __init__(self) -> None:
+        self._held: Any = None
+
+    @hook_impl
+    def before_node_run(self, node, inputs) -> None:
+        settings = inputs.get("settings")
+        if self.TABLE in node.outputs and isinstance(settings, Settings) and self._held is None:
+            from looplab.stream import table_lock
+
+            lock = table_lock(settings.parameters["data"], settings.root, holder=f"kedro run --env {settings.env} (node {node.name})")
+            lock.__enter__()
+            self._held = lock
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name) -> None:
+        if dataset_name == self.TABLE:
+            self._release()
+
+    @hook_impl
+    def on_node_error(self) -> None:
+        self._release()
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._release()
+
+
+HOOKS = (ShortErrorsHook(), JsonLogsHook(), TableLockHook())
 CONTEXT_CLASS = LooplabContext
 
 # OmegaConf deprecates the resolver registration Kedro itself performs; the notice is not for users.

@@ -8,11 +8,12 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +33,7 @@ __all__ = ['logger', 'STREAM_KINDS', 'STREAM_ID_COLUMN', 'STORED_DATASETS', 'PAU
            'RedisStreamSource', 'stream_sources', 'make_stream_source', 'pick_stream_source', 'stream_id_time',
            'poison_row', 'message_rows', 'locate_reasons', 'lookback_hours', 'push_online', 'table_lock',
            'stream_datasets', 'not_yet_quarantined', 'store_stream_batch', 'pause_here', 'StreamTotals', 'consume',
-           'StreamCollector', 'stream_registry', 'serve_metrics']
+           'deliver', 'StreamCollector', 'stream_registry', 'serve_metrics']
 
 # %% ../../notebooks/17_stream.ipynb #e687f8dc
 class StreamSource(Protocol):
@@ -310,13 +311,26 @@ def push_online(
 
 # %% ../../notebooks/17_stream.ipynb #30a12c4b
 @contextmanager
-def table_lock(params: dict, root: Path | str | None = None) -> Iterator[None]:
-    "Hold an exclusive lock beside the validated table while one batch reads, upserts and stores it."
+def table_lock(
+    params: dict,                     # the `data` block: `validated_path`
+    root: Path | str | None = None,   # project root for relative paths
+    holder: str = "a writer",         # who takes it, for the message of a writer that has to wait
+) -> Iterator[None]:
+    "Hold an exclusive lock beside the validated table while one writer reads, upserts and stores it; a writer that has to wait says who holds it."
     table = resolve_path(params["validated_path"], root)
     table.parent.mkdir(parents=True, exist_ok=True)
-    with open(table.parent / f".{table.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(table.parent / f".{table.name}.lock", "a+") as handle:
         try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            logger.info("waiting for the lock on the validated table %s, held by %s", table, handle.read().strip() or "another writer")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{holder} (pid {os.getpid()})")
+            handle.flush()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -366,7 +380,7 @@ def store_stream_batch(
     from kedro.io import DataCatalog
 
     catalog = DataCatalog.from_config(datasets)  # a catalog saves one version per dataset: a new one per batch
-    with table_lock(params, root):
+    with table_lock(params, root, holder=f"stream consumer of source '{source}'"):
         if validated is not None:
             table, append = append_validated(validated, params, root)
             catalog.save("validated_rides", table)
@@ -451,6 +465,31 @@ def consume(
         if progress is not None:
             progress(report)
     return totals
+
+# %% ../../notebooks/17_stream.ipynb #41c15794
+def deliver(
+    source: RedisStreamSource,       # the stream source; its consumer name stores what is published
+    rows: pd.DataFrame,              # the rows to publish, one message each
+    params: dict,                    # the `data` block
+    env: str | None = None,          # config environment (its catalog)
+    root: Path | str | None = None,  # project root
+    online: bool = True,             # update Feast's online store with each batch
+    settle_seconds: float = 120.0,   # longest wait for other consumers of the group to acknowledge what they took
+    poll_seconds: float = 0.1,       # how often the group is asked meanwhile
+) -> StreamTotals:                   # what this consumer stored
+    "Publish `rows` to the stream and consume until the group has read and acknowledged every message: on return they are stored or quarantined."
+    source.publish(rows)
+    quick = replace(source, block_ms=min(source.block_ms, 100))  # a drained stream's last read waits no longer than this
+    totals, deadline = StreamTotals(), time.monotonic() + settle_seconds
+    while True:
+        consume(quick, params, env, root, until_idle=True, totals=totals, online=online)
+        state = quick.lag()
+        if not state["lag"] and not state["pending"]:
+            return totals
+        if time.monotonic() > deadline:
+            raise SourceError(source.name, f"group {source.group!r} of stream {source.stream!r} still has {state['lag']} unread and "
+                                           f"{state['pending']} unacknowledged message(s) after {settle_seconds:g} s (another consumer holds them)")
+        time.sleep(poll_seconds)
 
 # %% ../../notebooks/17_stream.ipynb #c033cfac
 class StreamCollector:
