@@ -52,8 +52,8 @@ reset: setup  ## remove what runs left (derived data, the demo's sources, the ML
 # `make replay` continues where `make run` stopped: the rest of the year, to replay.end (conf).
 REPLAY_START ?= 2011-05-01
 
-replay: setup  ## after `make run`: replay the rest of the year (REPLAY_START … replay.end, about 5 min)
-	$(BIN)/looplab replay --start $(REPLAY_START)
+replay: setup  ## after `make run`: replay the rest of the year (REPLAY_START … replay.end, about 5 min; VIA=stream feeds the days through the stream)
+	$(BIN)/looplab replay --start $(REPLAY_START) $(if $(VIA),--via $(VIA))
 
 # Debian packages some targets need: the gateway's nginx, Chromium for browser tests, wrk for load
 # tests, Prometheus + Alertmanager (promtool, amtool) for the monitoring stack, PostgreSQL and Redis
