@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -597,3 +598,127 @@ def test_the_mlflow_server_answers_the_pods(tmp_path, quiet_env):
             urllib.request.urlopen(stranger, timeout=10)
     finally:
         stop_process(process)
+
+
+# --- the stream consumer ----------------------------------------------------------------------------------
+def stream_source_of(item: dict, container: dict, config_maps: dict[str, dict], root: Path):
+    "The stream source the container's `looplab data stream` reads, from its conf as mounted (KEDRO_ENV=cluster)."
+    from looplab.core import load_config
+    from looplab.stream import pick_stream_source
+
+    args = container["args"]
+    app = materialize(item, container, config_maps, root)
+    params = load_config("parameters", env="cluster", root=app)["data"]
+    return pick_stream_source(params, args[args.index("--source") + 1] if "--source" in args else None)
+
+
+def test_the_stream_consumer_runs_the_cli_it_names():
+    "The Deployment's arguments are a valid `looplab data stream` command line (the command that finishes its batch on TERM)."
+    import click
+
+    from looplab.cli import cli
+
+    document = [item for item in yaml.safe_load_all((K8S / "base" / "stream.yaml").read_text()) if item["kind"] == "Deployment"][0]
+    [container] = pod_spec(document)["containers"]
+    args = container["args"]
+    assert args[0] == "looplab"
+    context = cli.make_context("looplab", list(args[1:3]), resilient_parsing=True)
+    group = cli.get_command(context, args[1])
+    command = group.get_command(context, args[2])
+    assert command is not None and command.callback.__name__ == "data_stream", f"{args[:3]} is not `looplab data stream`"
+    parsed = command.make_context("stream", list(args[3:]))  # raises on an option the command does not have
+    assert parsed.params["source_name"] == "events"
+    with pytest.raises(click.exceptions.UsageError):
+        command.make_context("stream", ["--no-such-option"])
+
+
+def test_the_stream_consumer_deployment(rendered, tmp_path):
+    from looplab.core import load_config
+
+    overlay, objects = rendered
+    deployments, services, config_maps = of_kind(objects, "Deployment"), of_kind(objects, "Service"), of_kind(objects, "ConfigMap")
+    assert "looplab-stream" in deployments, f"{overlay}: no stream consumer Deployment"
+    consumer = deployments["looplab-stream"]
+    spec, where = pod_spec(consumer), f"{overlay}: looplab-stream"
+    [container] = spec["containers"]
+    assert container["args"][:3] == ["looplab", "data", "stream"]
+    env = {variable["name"]: variable.get("value") for variable in container.get("env", [])}
+    assert env.get("KEDRO_ENV") == "cluster" and env.get("LOOPLAB_PROJECT_ROOT") == "/app"
+    source = stream_source_of(consumer, container, config_maps, tmp_path)
+    base = load_config("parameters", root=ROOT)["data"]["sources"][source.name]
+    # one consumer under the durable name of conf: never two pods at once (a rollout stops the old one first)
+    assert consumer["spec"]["replicas"] == 1 and consumer["spec"]["strategy"]["type"] == "Recreate", f"{where}: two consumers could share one name"
+    assert source.consumer == base["consumer"] and "CONSUMER" not in " ".join(env), f"{where}: the consumer name must be conf's, not the pod's"
+    # TERM finishes the batch in hand: the grace period outlasts a read's wait and is set, not Kubernetes' default
+    grace = spec.get("terminationGracePeriodSeconds")
+    assert grace is not None and grace >= 30 and grace > source.block_ms / 1000, f"{where}: terminationGracePeriodSeconds {grace}"
+    # /metrics on all interfaces of the pod, on the port the container, the probes, the Service and Prometheus use
+    assert source.metrics_host == "0.0.0.0", f"{where}: /metrics listens on {source.metrics_host}, which Prometheus cannot reach"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"metrics": source.metrics_port}, f"{where}: container ports {ports}, conf metrics_port {source.metrics_port}"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, f"{where}: {probe}"
+    annotations = consumer["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/port") == str(source.metrics_port) and annotations.get("prometheus.io/scrape") == "true"
+    from looplab.ops_config import STREAM_SERVICE
+
+    service = services[STREAM_SERVICE]
+    assert selects(service["spec"]["selector"], consumer["spec"]["template"]["metadata"]["labels"])
+    assert [(port["port"], port["targetPort"]) for port in service["spec"]["ports"]] == [(source.metrics_port, "metrics")]
+    # the Redis it reads is a Service of the overlay, backed by a Redis Deployment with its data on a volume
+    url = urllib.parse.urlsplit(source.url)
+    assert url.scheme == "redis" and url.hostname in services, f"{where}: Redis at {source.url} is no Service of the overlay"
+    redis_service = services[url.hostname]
+    assert (url.port or 6379) in {port["port"] for port in redis_service["spec"]["ports"]}
+    [redis] = [d for d in deployments.values() if selects(redis_service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
+    [server] = pod_spec(redis)["containers"]
+    assert server["image"].split("/")[-1].startswith("redis:") and "--appendonly" in server["args"], f"{overlay}: Redis must keep its stream on disk"
+    assert server["args"][server["args"].index("--appendonly") + 1] == "yes"
+    [store] = [volume for volume in pod_spec(redis)["volumes"] if volume["name"] in {m["name"] for m in server["volumeMounts"]}]
+    assert "persistentVolumeClaim" in store and redis["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_every_container_has_resource_limits(rendered):
+    overlay, objects = rendered
+    for item in workloads(objects):
+        for container in pod_spec(item)["containers"]:
+            resources = container.get("resources", {})
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{overlay}: {item['metadata']['name']} has no cpu/memory {kind}"
+
+
+def test_prometheus_scrapes_the_stream_consumer_with_its_rules_mounted(rendered, tmp_path):
+    "The cluster's Prometheus as its Deployment mounts it: promtool checks the config and every rule file it names, the stream's included."
+    overlay, objects = rendered
+    deployments, config_maps, services = of_kind(objects, "Deployment"), of_kind(objects, "ConfigMap"), of_kind(objects, "Service")
+    prometheus = deployments["looplab-prometheus"]
+    [container] = pod_spec(prometheus)["containers"]
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/prometheus"]
+    [volume] = [v for v in pod_spec(prometheus)["volumes"] if v["name"] == mount["name"]]
+    data = config_maps[volume["configMap"]["name"]]["data"]
+    for item in volume["configMap"]["items"]:  # the files as the kubelet lays them out
+        (tmp_path / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / item["path"]).write_text(data[item["key"]])
+    config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+    for rule_file in config["rule_files"]:
+        assert (tmp_path / rule_file).is_file(), f"{overlay}: Prometheus loads {rule_file}, which its config volume does not hold"
+        assert (tmp_path / rule_file).read_text() == (ROOT / "deploy" / "monitoring" / rule_file).read_text()
+    assert "rules/stream.rules.yml" in config["rule_files"], f"{overlay}: the stream's alert rules are not loaded"
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == "looplab-stream"]
+    [target] = [target for static in job["static_configs"] for target in static["targets"]]
+    host, port = target.rsplit(":", 1)
+    consumer = deployments["looplab-stream"]
+    assert selects(services[host]["spec"]["selector"], consumer["spec"]["template"]["metadata"]["labels"]), \
+        f"{overlay}: Prometheus scrapes {target}, which is not the stream consumer's Service"
+    container_ports = {p["name"]: p["containerPort"] for p in pod_spec(consumer)["containers"][0]["ports"]}
+    [service_port] = [p for p in services[host]["spec"]["ports"] if p["port"] == int(port)]
+    assert container_ports[service_port["targetPort"]] == int(port)
+    promtool = Path("/usr/bin/promtool")
+    assert promtool.is_file(), "promtool is missing: make system-packages installs prometheus"
+    checked = subprocess.run([str(promtool), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "rules/stream.rules.yml" in checked.stdout + checked.stderr  # promtool checked the stream's rules too
+    # a broken rules file in the same layout fails the same check
+    (tmp_path / "rules" / "stream.rules.yml").write_text(data["stream.rules.yml"].replace("> 10000", "> > 10000"))
+    broken = subprocess.run([str(promtool), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60)
+    assert broken.returncode != 0

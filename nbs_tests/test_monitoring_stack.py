@@ -27,6 +27,7 @@ from conftest import copy_project, free_port, kedro_run, stop_process
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "rules" / "looplab.rules.yml"
+STREAM_RULES = MONITORING / "rules" / "stream.rules.yml"  # hand-written: the stream consumer's alerts
 RULE_TESTS = MONITORING / "tests" / "looplab.rules.test.yml"
 PROMTOOL, AMTOOL = "/usr/bin/promtool", "/usr/bin/amtool"
 PROMETHEUS, ALERTMANAGER = "/usr/bin/prometheus", "/usr/bin/prometheus-alertmanager"
@@ -99,9 +100,14 @@ def test_cluster_configs_pass_the_same_checks(tmp_path):
     "deploy/monitoring/kubernetes: the configs of the cluster's Prometheus (with the rules beside it) and Alertmanager."
     (tmp_path / "rules").mkdir()
     shutil.copy(MONITORING / "kubernetes" / "prometheus.yml", tmp_path)
-    shutil.copy(RULES, tmp_path / "rules")
+    rule_files = yaml.safe_load((MONITORING / "kubernetes" / "prometheus.yml").read_text())["rule_files"]
+    assert "rules/stream.rules.yml" in rule_files, "the cluster's Prometheus does not load the stream consumer's alerts"
+    for rule_file in rule_files:
+        shutil.copy(MONITORING / rule_file, tmp_path / rule_file)
     config = run(PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml"))
     assert config.returncode == 0, config.stdout + config.stderr
+    for rule_file in rule_files:  # promtool checked each rules file the config names
+        assert rule_file in config.stdout + config.stderr, config.stdout + config.stderr
     manager = run(AMTOOL, "check-config", str(MONITORING / "kubernetes" / "alertmanager.yml"))
     assert manager.returncode == 0, manager.stdout + manager.stderr
 
@@ -166,6 +172,20 @@ def exposed(families) -> set[str]:
     return names
 
 
+class UnreachableBroker:
+    "A stream source whose Redis never answers: the collector still names every family it exports."
+    name, stream, group = "events", "looplab:rows", "looplab"
+
+    def lag(self):
+        raise ConnectionError("no Redis here")
+
+
+def stream_families():
+    from looplab.stream import StreamCollector, StreamTotals
+
+    return list(StreamCollector(UnreachableBroker(), StreamTotals()).collect())
+
+
 @pytest.fixture(scope="module")
 def known_metrics(tmp_path_factory) -> set[str]:
     from looplab.ops import GatewayLog, RegistryFacts, store_metrics
@@ -176,7 +196,7 @@ def known_metrics(tmp_path_factory) -> set[str]:
     registry.read_at = time.monotonic()  # no registry read: only the families' names are needed
     ops = exposed([*store_metrics({}), *registry.metrics(), *GatewayLog(None).metrics()])
     recorded = {rule["record"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"] if "record" in rule}
-    return serving | ops | recorded
+    return serving | ops | recorded | exposed(stream_families())
 
 
 def test_metric_name_extraction():
@@ -187,7 +207,7 @@ def test_metric_name_extraction():
 
 def test_rules_read_only_existing_metrics(known_metrics):
     assert {"looplab_requests_total", "looplab_monitoring_window_mae", "looplab_gateway_requests_total"} <= known_metrics
-    for group in yaml.safe_load(RULES.read_text())["groups"]:
+    for group in yaml.safe_load(RULES.read_text())["groups"] + yaml.safe_load(STREAM_RULES.read_text())["groups"]:
         for rule in group["rules"]:
             unknown = metric_names(rule["expr"]) - known_metrics
             assert not unknown, f"{rule.get('alert') or rule.get('record')}: unknown metrics {sorted(unknown)}"
@@ -221,6 +241,23 @@ def test_dashboards_parse_and_read_only_existing_metrics(known_metrics):
                    "looplab_batch_rows", "looplab_monitoring_window_mae", "looplab_monitoring_baseline_mae",
                    "looplab_monitoring_drift_p_value", "looplab_monitoring_champion_version"):
         assert needed in text, f"no dashboard shows {needed}"
+    # the stream consumer's gauges (lag, pending entries, broker up), named as its collector exports them
+    gauges = {family.name for family in stream_families() if family.type == "gauge"}
+    assert len(gauges) >= 2
+    shown = {name for path in dashboards for p in json.loads(path.read_text())["panels"] for t in p["targets"]
+             if p["datasource"]["uid"] not in loki for name in metric_names(t["expr"])}
+    assert gauges <= shown, f"no dashboard shows the stream consumer's {sorted(gauges - shown)}"
+
+
+def test_a_renamed_stream_metric_is_caught(known_metrics):
+    "The dashboard check above can fail: a lag panel asking for a name the consumer does not export is unknown."
+    [lag] = [family.name for family in stream_families() if family.type == "gauge" and "lag" in family.name]
+    model = json.loads((MONITORING / "grafana" / "dashboards" / "model.json").read_text())
+    expressions = [t["expr"] for p in model["panels"] for t in p["targets"] if lag in metric_names(t["expr"])]
+    assert expressions, f"no panel of the model dashboard shows the stream consumer's lag ({lag})"
+    assert not metric_names(expressions[0]) - known_metrics
+    renamed = lag.rsplit("_", 1)[0]
+    assert metric_names(expressions[0].replace(lag, renamed)) - known_metrics == {renamed}
 
 
 # --- end to end: Prometheus scrapes looplab, Alertmanager calls the webhook ---------------------------------

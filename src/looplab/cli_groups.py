@@ -218,7 +218,7 @@ def data_retry(env: str | None, file: str | None, reason: str | None) -> None:
 @data.command("stream")
 @click.option("--source", "source_name", default=None, help="The stream source of data.sources to read (default: the only one).")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None,
-              help="Serve the consumer's Prometheus metrics (lag, pending, counts) at http://127.0.0.1:PORT/metrics (default: the source's metrics_port).")
+              help="Serve the consumer's Prometheus metrics (lag, pending, counts) at http://HOST:PORT/metrics (default: the source's metrics_port; HOST: its metrics_host, 127.0.0.1).")
 @click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Stop after this many batches.")
 @click.option("--until-idle", is_flag=True, help="Stop when the stream has nothing more to read.")
 @click.option("--pause-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)  # the stream tests' pause point
@@ -242,11 +242,11 @@ def data_stream(source_name: str | None, metrics_port: int | None, max_batches: 
         raise click.ClickException(str(error)) from None
     totals, metrics_port = StreamTotals(), metrics_port or source.metrics_port
     try:
-        metrics = serve_metrics(stream_registry(source, totals), "127.0.0.1", metrics_port) if metrics_port else None
+        metrics = serve_metrics(stream_registry(source, totals), source.metrics_host, metrics_port) if metrics_port else None
     except OSError as error:
-        raise click.ClickException(f"cannot serve the metrics on 127.0.0.1:{metrics_port}: {error}") from None
+        raise click.ClickException(f"cannot serve the metrics on {source.metrics_host}:{metrics_port}: {error}") from None
     click.echo(f"source '{source.name}': stream {source.stream} as {source.group}/{source.consumer}, {source.batch_size} message(s) a batch"
-               + (f"; metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics else "") + "; Ctrl-C stops", err=True)
+               + (f"; metrics on http://{source.metrics_host}:{metrics_port}/metrics" if metrics else "") + "; Ctrl-C stops", err=True)
 
     stopping = threading.Event()
 

@@ -71,7 +71,8 @@ class RedisStreamSource:
     block_ms: int = 1000                     # longest wait for a first message when none is there
     payload_field: str = "row"               # the message field holding the JSON row (an object) or rows (a list of objects)
     timestamp_column: str | None = None      # the rows' time column when not `data.timestamp`
-    metrics_port: int | None = None          # where the consumer serves /metrics on 127.0.0.1 (Prometheus scrapes it: `looplab ops render`)
+    metrics_port: int | None = None          # where the consumer serves /metrics (Prometheus scrapes it: `looplab ops render`)
+    metrics_host: str = "127.0.0.1"          # the address /metrics listens on: 0.0.0.0 in a pod, so the cluster's Prometheus reaches it
 
     def __post_init__(self):
         self._client, self._raw, self._pending = None, None, True  # `_pending`: this consumer's unacknowledged entries are read first
@@ -205,6 +206,8 @@ def make_stream_source(
         raise SourceError(name, f"a {kind} source needs the setting(s) {', '.join(missing)}")
     if options.get("metrics_port") is not None and (not isinstance(options["metrics_port"], int) or not 0 < options["metrics_port"] < 65536):
         raise SourceError(name, f"metrics_port must be a port number, got {options['metrics_port']!r}")
+    if "metrics_host" in options and (not isinstance(options["metrics_host"], str) or not options["metrics_host"]):
+        raise SourceError(name, f"metrics_host must be an address (127.0.0.1, 0.0.0.0), got {options['metrics_host']!r}")
     for key in ("batch_size", "block_ms"):
         if key in options and (not isinstance(options[key], int) or options[key] < 1):
             raise SourceError(name, f"{key} must be a whole number of at least 1, got {options[key]!r}")
