@@ -33,8 +33,8 @@ __all__ = ['logger', 'EVENT_TIMESTAMP', 'LABEL_TTL', 'MATERIALIZED_FILE', 'RETRI
            'canonical_times', 'build_features', 'to_feast_time', 'from_feast_time', 'FeatureStorePaths', 'resolve_path',
            'feature_store_paths', 'store_config', 'features_made_from', 'stored_features', 'use_feast_sqlite_codecs',
            'feast_quietly', 'open_feature_store', 'online_store_errors', 'load_definitions', 'feast_objects',
-           'store_fingerprint', 'materialize_features', 'feature_references', 'with_feature_dtypes',
-           'pandas_point_in_time', 'feast_point_in_time', 'training_set', 'online_features']
+           'store_fingerprint', 'column_kinds', 'write_newest_rows', 'materialize_features', 'feature_references',
+           'with_feature_dtypes', 'pandas_point_in_time', 'feast_point_in_time', 'training_set', 'online_features']
 
 # %% ../../notebooks/13_features.ipynb #1793592c
 def lag_column(target: str, hours: int) -> str:
@@ -410,6 +410,23 @@ def _store_present(report: dict, paths: FeatureStorePaths) -> bool:
     return all(Path(file).is_file() for file in files if file)
 
 
+def column_kinds(features: pd.DataFrame, params: dict) -> dict[str, str]:
+    "The dtype kind of the entity column and of every feature column: with the definitions, what decides the Feast objects."
+    groups = feature_groups(params)
+    columns = [params["entity"]["column"], *(c for g in groups.values() for c in g)]
+    return {column: features[column].dtype.kind for column in columns if column in features.columns}
+
+
+def write_newest_rows(store, source: pd.DataFrame, params: dict) -> int:
+    "Each entity's newest feature row into the online store, view by view (the label's view stays offline); the rows written."
+    entity = params["entity"]["column"]
+    newest = source.sort_values(EVENT_TIMESTAMP, kind="stable").groupby(entity, sort=False).tail(1)
+    for view, columns in feature_groups(params).items():
+        if view != label_view(params):
+            store.write_to_online_store(view, newest[[entity, EVENT_TIMESTAMP, *columns]])
+    return len(newest)
+
+
 def materialize_features(
     features: pd.DataFrame,         # the output of `build_features`
     params: dict,                   # the `data` parameters
@@ -431,7 +448,10 @@ def materialize_features(
         logger.info("feature store: version %s of the features is materialised already, with the same definitions; left as it is", version)
         return {**previous["report"], "unchanged": True}
     state.unlink(missing_ok=True)  # the store is about to change: no claim about it stands until this materialisation ends
-    objects = feast_objects(features, params, paths)
+    kinds = column_kinds(features, params)
+    # the same definitions, built from columns of the same kinds, applied before: the registry stands as it is
+    applied = bool(previous) and previous.get("fingerprint") == fingerprint and previous.get("kinds") == kinds and _store_present(previous["report"], paths)
+    objects = None if applied else feast_objects(features, params, paths)
     source = features.copy()
     source[EVENT_TIMESTAMP] = to_feast_time(source[EVENT_TIMESTAMP], params["timezone"])
     paths.source.parent.mkdir(parents=True, exist_ok=True)
@@ -443,8 +463,11 @@ def materialize_features(
     start = source[EVENT_TIMESTAMP].min().to_pydatetime()
     end = (source[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1)).to_pydatetime()  # Feast's end is exclusive
     with feast_quietly(), online_store_errors(store):
-        store.apply(objects)
-        store.materialize(start_date=start, end_date=end)
+        if applied:  # what `materialize` loads over the whole table, written directly: each entity's newest row, per online view
+            write_newest_rows(store, source, params)
+        else:
+            store.apply(objects)
+            store.materialize(start_date=start, end_date=end)
     views = {view.name: [field.name for field in view.features] for view in store.list_feature_views()}
     report.update({
         "materialized": True,
@@ -459,7 +482,7 @@ def materialize_features(
     })
     logger.info("feature store: %d rows of %d entities materialised (%s … %s)", report["rows"], report["entities"], report["start"], report["end"])
     if version is not None:  # a stored version of the features: the next run with the same one need not materialise again
-        state.write_text(json.dumps({"features_version": version, "fingerprint": fingerprint, "report": report}), encoding="utf-8")
+        state.write_text(json.dumps({"features_version": version, "fingerprint": fingerprint, "kinds": kinds, "report": report}), encoding="utf-8")
     return report
 
 # %% ../../notebooks/13_features.ipynb #c038756f
