@@ -103,3 +103,24 @@ def test_kedro_runs_log_json_with_their_data_run(gateway_and_worker, tool):
                    if record["message"].startswith("promoted")]  # the command's own component (the kedro run's registry lines match too)
     assert promotion["component"] == "registry"
     assert (promotion["logger"], promotion["model_version"], promotion["run_id"]) == ("looplab.registry", "1", registered[0]["run_id"])
+
+
+def test_a_papermill_run_logs_json_in_its_environment(gateway_and_worker, tool):
+    "The training notebook run by papermill, as the retraining trigger runs it: its kernel's lines, in the environment it was given."
+    served = gateway_and_worker
+    project = served["project"]
+    output = project / "data" / "08_reporting" / "train-explore.ipynb"
+    run = subprocess.run([tool("papermill"), str(project / "notebooks" / "runs" / "train.ipynb"), str(output), "-k", "looplab",
+                          "-p", "env", "test", "-p", "root", str(project), "-p", "model_family", "linear"],
+                         cwd=project, env=served["env"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = looplab_logs(tool, served, "--component", "papermill-train", "--env", "test")
+    assert records and {(record["component"], record["env"]) for record in records} == {("papermill-train", "test")}, records
+    started, *rest = records
+    assert started["message"] == "papermill-train kernel started (environment test)"
+    assert started["notebook"] == "notebooks/runs/train.ipynb" and "output_notebook" not in started  # none given: none said
+    [done] = [record for record in rest if record["message"].startswith("training run done")]
+    printed = json.loads(output.read_text())  # the run id the notebook printed is the one its lines carry
+    assert f"MLflow run {done['run_id']}" in json.dumps(printed), done
+    assert done["model_name"] == "bike-demand" and "model_version" not in done  # an exploratory run registers nothing
+    assert any(record["logger"].startswith("looplab.training") for record in rest), rest  # the library's own records, in the kernel's file
