@@ -505,7 +505,10 @@ def read_logs(
 
 # %% ../../notebooks/48_logs.ipynb #74e5ccaf
 _SHOWN = {"time", "level", "component", "message", "logger", "env", "pid", "request_id", "model_name", "model_version",
-          "client", "method", "uri", "status", "bytes_sent", "request_time", "upstream_addr", "upstream_response_time"}  # in the message
+          "client", "method", "uri", "status", "bytes_sent", "request_time", "upstream_addr", "upstream_response_time",
+          # a request's trace (`looplab.trace`): a prediction-log row, its monitoring window
+          "row", "event_time", "entity", "prediction", "window_start", "window_end", "request_rows", "labels_due", "monitored_at",
+          "predictions", "mae", "error_rate", "estimated_mae", "estimated_error_rate", "drift", "drifted", "late"}  # in the message
 
 
 def format_record(record: dict) -> str:
