@@ -359,6 +359,15 @@ def test_a_corrupt_store_file_is_named_not_a_traceback(browser, app_url, project
         assert "Traceback" not in page.content()
     finally:
         page.close()
+    # the app's kernel logged it into the environment's log folder, once
+    lines = (project / "data" / "08_reporting" / "logs" / "voila-monitoring.jsonl").read_text().splitlines()
+    logged = [record for record in map(json.loads, lines) if "windows.parquet" in record["message"]]
+    assert len(logged) == 1, logged
+    assert (logged[0]["component"], logged[0]["env"], logged[0]["level"], logged[0]["logger"]) == \
+        ("voila-monitoring", "test", "WARNING", "looplab.dashboard"), logged
+    assert "cannot show the monitoring data" in logged[0]["message"]
+    started = [record for record in map(json.loads, lines) if record["pid"] == logged[0]["pid"] and "kernel started" in record["message"]]
+    assert len(started) == 1 and started[0]["notebook"] == "notebooks/apps/monitoring.ipynb", started
 
 
 def test_a_latest_window_without_labels_shows_dashes(browser, app_url, project, tmp_path):

@@ -147,6 +147,20 @@ def test_the_app_shows_the_champion_and_its_metrics(page, project):
         assert re.search(rf"^{name}\s+{re.escape(f'{metrics[name]:.4g}')}$", table, flags=re.M), table
 
 
+def test_the_apps_kernel_logs_json_lines(page, project):
+    "The app's kernel writes its JSON lines into the environment's log folder, with the version it shows and its run."
+    from looplab import registry
+
+    version = registry.model_version(MODEL, "champion", client=registry_client(project))
+    lines = (project / "data" / "08_reporting" / "logs" / "voila-serving.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert {(record["component"], record["env"]) for record in records} == {("voila-serving", "test")}, records
+    started = [record for record in records if record["message"] == "voila-serving kernel started (environment test)"]
+    assert started and started[0]["notebook"] == "notebooks/apps/serving.ipynb", records
+    shown = [record for record in records if record["message"].startswith("the app shows bike-demand champion")]
+    assert shown and (shown[0]["model_version"], shown[0]["run_id"]) == ("1", version.run_id), shown
+
+
 def test_the_controls_speak_the_users_language(page, project):
     "Labels and units from the schema in conf: °C, named weekdays and seasons, yes/no boxes; the prediction rounded, with its unit."
     shown, record = displays(project), shown_record(page)

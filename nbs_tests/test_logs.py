@@ -17,7 +17,7 @@ import requests
 
 from looplab.prediction_log import read_prediction_log
 
-from conftest import free_port, good_record, project_with_models, running_server, wait_until
+from conftest import free_port, good_record, kedro_run, project_with_models, running_server, wait_until
 
 pytestmark = pytest.mark.skipif(not os.access("/usr/sbin/nginx", os.X_OK), reason="nginx is missing: run make system-packages")
 
@@ -65,8 +65,10 @@ def test_one_request_id_from_the_gateway_to_the_prediction_log(gateway_and_worke
     # the worker writes its line after answering: wait (bounded) for the gateway's line and the worker's
     trail = wait_until(lambda: (lambda found: found if {r["component"] for r in found} >= {"gateway", "serving"} else None)(
         looplab_logs(tool, served, "--request-id", request_id)), 30, "the request's gateway and worker log lines")
-    assert [record["component"] for record in trail] == ["gateway", "serving"], trail  # time order: nginx's line has the second only
-    gateway, worker = trail
+    # time order: nginx's line has the second only; past the logs, the request's prediction-log row, and that no window scored it yet
+    assert [record["component"] for record in trail][0] == "gateway" and trail[-1]["component"] == "monitoring", trail
+    assert sorted(record["component"] for record in trail) == ["gateway", "monitoring", "prediction-log", "serving"], trail
+    [gateway], [worker] = ([record for record in trail if record["component"] == name] for name in ("gateway", "serving"))
     assert gateway["uri"] == "/v1/models/bike-demand/predict" and gateway["status"] == 200
     assert (worker["level"], worker["status"], worker["model_name"], worker["model_version"], worker["env"]) == \
         ("INFO", 200, "bike-demand", "1", "local")
@@ -103,3 +105,74 @@ def test_kedro_runs_log_json_with_their_data_run(gateway_and_worker, tool):
                    if record["message"].startswith("promoted")]  # the command's own component (the kedro run's registry lines match too)
     assert promotion["component"] == "registry"
     assert (promotion["logger"], promotion["model_version"], promotion["run_id"]) == ("looplab.registry", "1", registered[0]["run_id"])
+
+
+def test_a_papermill_run_logs_json_in_its_environment(gateway_and_worker, tool):
+    "The training notebook run by papermill, as the retraining trigger runs it: its kernel's lines, in the environment it was given."
+    served = gateway_and_worker
+    project = served["project"]
+    output = project / "data" / "08_reporting" / "train-explore.ipynb"
+    run = subprocess.run([tool("papermill"), str(project / "notebooks" / "runs" / "train.ipynb"), str(output), "-k", "looplab",
+                          "-p", "env", "test", "-p", "root", str(project), "-p", "model_family", "linear"],
+                         cwd=project, env=served["env"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = looplab_logs(tool, served, "--component", "papermill-train", "--env", "test")
+    assert records and {(record["component"], record["env"]) for record in records} == {("papermill-train", "test")}, records
+    started, *rest = records
+    assert started["message"] == "papermill-train kernel started (environment test)"
+    assert started["notebook"] == "notebooks/runs/train.ipynb" and "output_notebook" not in started  # none given: none said
+    [done] = [record for record in rest if record["message"].startswith("training run done")]
+    printed = json.loads(output.read_text())  # the run id the notebook printed is the one its lines carry
+    assert f"MLflow run {done['run_id']}" in json.dumps(printed), done
+    assert done["model_name"] == "bike-demand" and "model_version" not in done  # an exploratory run registers nothing
+    assert any(record["logger"].startswith("looplab.training") for record in rest), rest  # the library's own records, in the kernel's file
+
+
+def test_a_request_traced_to_the_monitoring_window_that_scored_it(gateway_and_worker, tool):
+    "`looplab logs --request-id` past the logs: the request's prediction-log rows, then the window a real monitoring run scored."
+    from looplab.core import load_config
+    from looplab.versioning import load_version
+
+    served = gateway_and_worker
+    project = served["project"]
+    parameters = load_config(env="test", root=project)
+    features, data = parameters["training"]["features"], parameters["data"]
+
+    def as_records(frame):
+        "Rows of a model-input set as request records: the features, the event time and the entity (logged, not model inputs)."
+        frame = frame.dropna(subset=features)
+        records = json.loads(frame[features].to_json(orient="records"))
+        for record, moment, entity in zip(records, frame["event_timestamp"], frame[data["entity"]["column"]], strict=True):
+            record.update({data["timestamp"]: moment.isoformat(), data["entity"]["column"]: entity})
+        return records
+
+    train = load_version(project / "data" / "05_model_input" / "train_set.parquet")
+    week = as_records(train[(train["event_timestamp"] >= "2011-01-10") & (train["event_timestamp"] < "2011-01-17")])  # labels due
+    later = as_records(load_version(project / "data" / "05_model_input" / "evaluation_set.parquet"))[-1]  # labels not due yet
+    url = f"{served['url']}/v1/models/bike-demand/predict"
+    assert requests.post(url, json={"records": week[1:]}, timeout=60).status_code == 200  # the rest of the week, another request
+    answer = requests.post(url, json={"records": [week[0], later]}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    request_id = answer.headers["X-Request-ID"]
+
+    before = looplab_logs(tool, served, "--request-id", request_id)  # no monitoring run yet: said so
+    assert [record["status"] for record in before if record["component"] == "monitoring"] == ["not scored", "not scored"], before
+
+    kedro_run(tool, served["env"], project, "-p", "monitoring", "--env", "test")
+    trail = looplab_logs(tool, served, "--request-id", request_id)
+    rows = [record for record in trail if record["component"] == "prediction-log"]
+    assert [(row["row"], row["event_time"][:13], row["model_version"]) for row in rows] == \
+        [(0, week[0][data["timestamp"]][:13], "1"), (1, later[data["timestamp"]][:13], "1")], rows
+    scored, pending = (record for record in trail if record["component"] == "monitoring")
+    assert (scored["window_start"], scored["window_end"], scored["status"]) == ("2011-01-10T00:00:00", "2011-01-17T00:00:00", "scored"), scored
+    assert scored["predictions"] == len(week) and scored["mae"] > 0 and isinstance(scored["drift"], bool), scored
+    assert scored["message"].startswith(f"window 2011-01-10 00:00 – 2011-01-17 00:00 scored (1 of this request's rows): "
+                                        f"MAE {scored['mae']:.4g}"), scored
+    assert scored["request_rows"] == pending["request_rows"] == 1
+    assert pending["window_start"] == "2011-01-17T00:00:00" and pending["status"] == "estimated", pending
+    assert pending["message"].startswith("window 2011-01-17 00:00 – 2011-01-24 00:00 not scored yet (labels due 2011-01-26 00:00; 1 of this request's rows)")
+
+    # the same trail for people
+    shown = subprocess.run([tool("looplab"), "logs", "--request-id", request_id], cwd=project, env=served["env"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "rows): MAE" in shown.stdout and "not scored yet" in shown.stdout, shown.stdout + shown.stderr

@@ -327,6 +327,15 @@ def test_a_crashing_training_run_leaves_the_champion_serving(project, fresh_stor
         assert alias_version("bike-demand", "champion") == "1"
     assert decision["fired"] and decision["outcome"] == "failed" and decision["champion_after"] == "1"
     assert "TrainingDataError" in decision["error"] or "no training rows" in decision["error"], decision["error"]
+    # the notebook's kernel logged JSON lines in the trigger's environment, its failure among them
+    lines = (project / "data" / "08_reporting" / "logs" / "papermill-train.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    [failure] = [record for record in records if record["level"] == "ERROR" and "TrainingDataError" in record["message"]]
+    assert failure["message"].startswith("a cell raised TrainingDataError") and "Traceback" in failure["exc_info"], failure
+    kernel = [record for record in records if record["pid"] == failure["pid"]]  # that kernel's lines
+    assert {(record["component"], record["env"]) for record in kernel} == {("papermill-train", "test")}, kernel
+    assert kernel[0]["message"] == "papermill-train kernel started (environment test)"
+    assert kernel[0]["output_notebook"].startswith(str(fresh_store / "retraining")), kernel[0]
     stored = load_store(project, "test")["decisions"]
     assert stored.iloc[-1]["outcome"] == "failed"                     # the decision and its outcome, merged
     assert not (fresh_store / "retraining.lock").exists()

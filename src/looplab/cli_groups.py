@@ -350,7 +350,8 @@ def ops_render_rules(env: str | None) -> None:
               help="Only records at this level or above (the gateway's lines: 4xx warning, 5xx error).")
 @click.option("--component", default=None,
               help="Only this component (serving, gateway, replay, kedro, registry, ops, data, …) or looplab module (retraining).")
-@click.option("--request-id", "request_id", default=None, help="Only the records of this request (the gateway's X-Request-ID).")
+@click.option("--request-id", "request_id", default=None,
+              help="Only the records of this request (the gateway's X-Request-ID), then its prediction-log rows and the monitoring window that scored them.")
 @click.option("--env", default=None,
               help="The environment whose log folder is read, and only its records (default: the folder of $KEDRO_ENV or local, every record in it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
@@ -358,7 +359,8 @@ def logs(since: str | None, level: str | None, component: str | None, request_id
     """The JSON logs of every looplab process, and the gateway's access log, filtered and in time order.
 
     \b
-    Follow one request from the gateway to the worker:   looplab logs --request-id ID
+    Follow one request from the gateway to the worker, its prediction-log rows and the
+    monitoring window that scored them:                  looplab logs --request-id ID
     What went wrong in the last hour:                    looplab logs --since 1h --level warning
     """
     import sys
@@ -373,6 +375,12 @@ def logs(since: str | None, level: str | None, component: str | None, request_id
     except (ValueError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from None
     records = read_logs(files, query)
+    if request_id is not None:  # past the logs: the request's rows in the prediction log, and their monitoring window
+        from looplab.logs import record_time
+        from looplab.trace import request_trace
+
+        records += [record for record in request_trace(request_id, project_paths().root, env) if query.matches(record)]
+        records.sort(key=record_time)
     if records:
         lines = (orjson.dumps(record).decode() for record in records) if as_json else map(format_record, records)
         sys.stdout.write("\n".join(lines) + "\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,8 @@ from . import registry, tracking
 from .core import figure_png, load_config, mlflow_settings, new_figure
 from .drift import DriftResult
 from .monitoring import load_store, monitoring_settings
+
+_logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['OUTCOME_COLOURS', 'ERRORS', 'SCORE_CEILING', 'STYLE', 'EMPTY', 'StoreError', 'dashboard_settings', 'unreadable_files',
@@ -611,6 +614,7 @@ def page(
         config = dashboard_settings(root, env)
         store = read_store(config["store"])
     except (StoreError, FileNotFoundError, ValueError) as error:
+        _logger.warning("dashboard: cannot show the monitoring data: %s", error)  # the page says it in one line; the logs keep it
         return f"<div id='looplab-error' class='looplab-error' style='color:#b00'>{html.escape(str(error))}</div>"
     read_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     header = STYLE + (f"<div class='looplab-source' style='color:#555;margin-bottom:6px'>store <code>{html.escape(str(config['store']))}</code>"

@@ -26,8 +26,8 @@ from .core import find_project_root, load_config, setup_logging
 # %% auto #0
 __all__ = ['LOG_DEFAULTS', 'LOG_SUFFIX', 'LEVELS', 'REQUEST_LOGGER_SUFFIX', 'ACCESS_LOG', 'ALLOY_LABELS', 'LINE_FIELDS',
            'LogSettingsError', 'log_settings', 'log_context', 'log_fields', 'JsonLines', 'JsonStreamHandler',
-           'SharedRotatingFileHandler', 'setup_logs', 'log_request', 'log_files', 'parse_since', 'LogQuery',
-           'access_record', 'read_logs', 'format_record', 'logql_problems']
+           'SharedRotatingFileHandler', 'setup_logs', 'log_request', 'add_process_fields', 'notebook_logs', 'log_files',
+           'parse_since', 'LogQuery', 'record_time', 'access_record', 'read_logs', 'format_record', 'logql_problems']
 
 # %% ../../notebooks/48_logs.ipynb #40a33ec1
 LOG_DEFAULTS: dict[str, Any] = {
@@ -95,6 +95,7 @@ class JsonLines(OrjsonFormatter):
     def __init__(self, component: str, env: str):
         super().__init__(reserved_attrs=[*RESERVED_ATTRS, _HANDLED, "taskName", "color_message"])
         self.component, self.env = component, env
+        self.fields: dict[str, Any] = {}  # the process's own fields (`add_process_fields`): a notebook kernel's run id, its model version
 
     def add_fields(self, log_data: dict, record: logging.LogRecord, message_dict: dict) -> None:
         log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
@@ -104,6 +105,7 @@ class JsonLines(OrjsonFormatter):
         log_data["logger"] = record.name
         log_data["message"] = record.message
         log_data["pid"] = record.process
+        log_data.update(self.fields)
         log_data.update(_CONTEXT.get() or {})
         super().add_fields(log_data, record, message_dict)
 
@@ -278,8 +280,49 @@ def log_request(
     formatter = handler.formatter
     data = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": logging.getLevelName(level),
             "component": formatter.component, "env": formatter.env, "logger": logger, "message": message, "pid": os.getpid(),
-            **(_CONTEXT.get() or {}), **fields}
+            **formatter.fields, **(_CONTEXT.get() or {}), **fields}
     handler.write_line(orjson.dumps(data, default=str).decode() + "\n")
+
+# %% ../../notebooks/48_logs.ipynb #4cd7db48
+_NOTEBOOK_LOGGER = "looplab.notebook"
+
+
+def add_process_fields(**fields: Any) -> None:
+    "Fields every later record of this process carries (a None value removes one): a notebook kernel's MLflow run id, its model version."
+    handler = _file_handler()
+    if handler is None:
+        return
+    for key, value in fields.items():
+        if value is None:
+            handler.formatter.fields.pop(key, None)
+        else:
+            handler.formatter.fields[key] = value
+
+
+def _log_cell_error(shell, kind, error, traceback, tb_offset=None) -> None:
+    "IPython's handler of an error raised in a cell: an ERROR record with the traceback, then IPython's usual display of it."
+    logging.getLogger(_NOTEBOOK_LOGGER).error("a cell raised %s: %s", kind.__name__, error, exc_info=(kind, error, traceback))
+    shell.showtraceback((kind, error, traceback), tb_offset=tb_offset)
+
+
+def notebook_logs(
+    component: str,                  # papermill-train, papermill-drift, voila-serving, voila-monitoring: the runner and the notebook
+    root: Path | str | None = None,  # project root; found when None
+    env: str | None = None,          # conf environment (None: `local`)
+    **fields: Any,                   # fields every record of the kernel carries (notebook, run_id, model_name, model_version, …)
+) -> Path | None:                    # the JSON log file (None: `logs.destination: stderr`)
+    "A notebook kernel's JSON logs: `setup_logs`, `fields` on every record, one record of the start, and an error raised in a cell logged too."
+    path = setup_logs(root, env, component)
+    add_process_fields(**fields)
+    try:
+        from IPython import get_ipython
+    except ImportError:  # no IPython: not a kernel
+        get_ipython = lambda: None  # noqa: E731
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((Exception,), _log_cell_error)
+    logging.getLogger(_NOTEBOOK_LOGGER).info("%s kernel started (environment %s)", component, env or "local")
+    return path
 
 # %% ../../notebooks/48_logs.ipynb #e07413c1
 ACCESS_LOG = "access.log"  # the gateway's JSON access log, in `gateway.run_dir/logs/`
@@ -351,6 +394,11 @@ def _moment(text: Any) -> datetime:
     except ValueError:
         return datetime.min.replace(tzinfo=UTC)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def record_time(record: dict) -> datetime:
+    "A record's time, aware; the earliest time when it has none that can be read. Records are shown in this order."
+    return _moment(record.get("time"))
 
 
 def access_record(entry: dict) -> dict:
@@ -452,12 +500,15 @@ def read_logs(
         finally:
             if isinstance(data, mmap.mmap):
                 data.close()
-    found.sort(key=lambda record: _moment(record.get("time")))
+    found.sort(key=record_time)
     return found
 
 # %% ../../notebooks/48_logs.ipynb #74e5ccaf
 _SHOWN = {"time", "level", "component", "message", "logger", "env", "pid", "request_id", "model_name", "model_version",
-          "client", "method", "uri", "status", "bytes_sent", "request_time", "upstream_addr", "upstream_response_time"}  # in the message
+          "client", "method", "uri", "status", "bytes_sent", "request_time", "upstream_addr", "upstream_response_time",
+          # a request's trace (`looplab.trace`): a prediction-log row, its monitoring window
+          "row", "event_time", "entity", "prediction", "window_start", "window_end", "request_rows", "labels_due", "monitored_at",
+          "predictions", "mae", "error_rate", "estimated_mae", "estimated_error_rate", "drift", "drifted", "late"}  # in the message
 
 
 def format_record(record: dict) -> str:

@@ -25,7 +25,8 @@ import pandas as pd
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['BATCH_LINE_ROWS', 'LOG_COLUMNS', 'format_entries', 'read_prediction_log', 'log_request_id', 'PredictionLog']
+__all__ = ['BATCH_LINE_ROWS', 'LOG_COLUMNS', 'format_entries', 'read_prediction_log', 'request_rows', 'log_request_id',
+           'PredictionLog']
 
 # %% ../../notebooks/34_prediction_log.ipynb #fa8ae2b0
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -139,6 +140,35 @@ def read_prediction_log(path: Path | str) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = pd.Series([None] * len(frame), dtype="object")
     return frame[LOG_COLUMNS + [column for column in frame.columns if column not in LOG_COLUMNS]]
+
+# %% ../../notebooks/34_prediction_log.ipynb #8d835c27
+def request_rows(
+    path: Path | str,  # the prediction log folder
+    request_id: str,   # the request's id (its `X-Request-ID`)
+) -> list[dict]:       # its rows in file order, a column-wise line's rows in their order; empty when none is logged
+    "The logged rows of one request, from every process's file under `path`."
+    import mmap
+
+    marker, found = request_id.encode(), []
+    for file in sorted(Path(path).glob("predictions-*.jsonl")):
+        try:
+            with open(file, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size == 0:
+                    continue
+                data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            continue
+        with data:
+            position = data.find(marker)
+            while position >= 0:
+                start, end = data.rfind(b"\n", 0, position) + 1, data.find(b"\n", position)
+                if end < 0:  # an unfinished last line: its process died writing it
+                    break
+                entry = orjson.loads(data[start:end])
+                if entry.get("request_id") == request_id:
+                    found.extend(_log_rows(entry))
+                position = data.find(marker, end)
+    return found
 
 # %% ../../notebooks/34_prediction_log.ipynb #c3341f01
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
