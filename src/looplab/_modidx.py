@@ -50,6 +50,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'looplab.core.Settings.mlflow': ('core.html#settings.mlflow', 'looplab/core.py'),
                               'looplab.core.Settings.mlflow_client': ('core.html#settings.mlflow_client', 'looplab/core.py'),
                               'looplab.core.Settings.section': ('core.html#settings.section', 'looplab/core.py'),
+                              'looplab.core._conf_state': ('core.html#_conf_state', 'looplab/core.py'),
                               'looplab.core._files_gitignore_lets_through': ('core.html#_files_gitignore_lets_through', 'looplab/core.py'),
                               'looplab.core._notes': ('core.html#_notes', 'looplab/core.py'),
                               'looplab.core._plain': ('core.html#_plain', 'looplab/core.py'),

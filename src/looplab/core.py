@@ -5,6 +5,7 @@
 # %% ../../notebooks/00_core.ipynb #bd1eb58b
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.util
@@ -236,6 +237,10 @@ def load_config(
         raise FileNotFoundError(f"{conf / 'local'} is missing: create it (empty is fine); it holds this machine's own settings")
     patterns = {**CONFIG_PATTERNS}
     patterns.setdefault(key, [f"{key}*", f"{key}*/**"])
+    # a process asks for the same configuration many times (a replay: every day); loaded again only when a file changed
+    cache_key = (key, str(conf), env, repr(sorted((runtime_params or {}).items())), _conf_state(conf, env))
+    if key != "credentials" and cache_key in _LOADED:  # credentials may read the process's environment variables: never kept
+        return copy.deepcopy(_LOADED[cache_key])
     try:
         with _LOADER_LOCK, warnings.catch_warnings():  # OmegaConf's deprecation notice about Kedro's own resolvers
             warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
@@ -244,9 +249,27 @@ def load_config(
                 config_patterns=patterns, merge_strategy={**MERGE_STRATEGY, key: MERGE_STRATEGY.get(key, "soft")},
                 runtime_params=runtime_params or {},
             )
-            return dict(loader[key])
+            loaded = dict(loader[key])
     except MissingConfigException as error:
         raise FileNotFoundError(f"no {key!r} configuration under {conf} (looked for {patterns[key]})") from error
+    if key != "credentials":
+        if len(_LOADED) >= 64:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[cache_key] = copy.deepcopy(loaded)
+    return loaded
+
+
+_LOADED: dict[tuple, dict] = {}  # load_config's answers, by what they were loaded from
+
+
+def _conf_state(conf: Path, env: str | None) -> tuple:
+    "Every file of `conf/base` and the environment's folder with its size, modification time and inode: what a loaded configuration depends on."
+    found = []
+    for folder in (conf / "base", conf / (env or "local")):
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else ():
+            stat = path.stat()
+            found.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(found)
 
 
 # %% ../../notebooks/00_core.ipynb #d935f4db
