@@ -17,66 +17,107 @@ from numba import njit
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'BLOCK', 'MIN_ROWS_PER_THREAD', 'RELATIVE_TOLERANCE', 'CompiledModel', 'compile_model']
+__all__ = ['logger', 'BLOCK', 'LANES', 'MIN_ROWS_PER_THREAD', 'RELATIVE_TOLERANCE', 'LARGEST', 'CompiledModel', 'compile_model']
 
 # %% ../../notebooks/33_inference.ipynb #cfb54e97
-BLOCK = 256                # rows stepped together through one tree
+BLOCK = 128                # rows whose features sit together in a small buffer while the trees walk them
+LANES = 512                # walks (tree, row) stepped together: a 1-row request walks 512 trees at once
 MIN_ROWS_PER_THREAD = 1024 # below 2 x this many rows a request runs on the calling thread only
 RELATIVE_TOLERANCE = 1e-12 # accepted only when the raw sums agree exactly and the inverse link differs
+LARGEST = np.finfo(np.float64).max  # where +inf goes in the copy of a row read by missing-goes-right nodes
 
 # %% ../../notebooks/33_inference.ipynb #23e93399
 @njit(nogil=True, cache=False)
-def _predict_rows(X, start, stop, out, feature, threshold, left, right, missing_left, value,
-                  roots, depth, base, block):  # pragma: no cover - compiled by numba
+def _predict_rows(X, start, stop, out, threshold, node, value, leaf, roots,
+                  base, block, lanes):  # pragma: no cover - compiled by numba
     "Raw predictions (`base` plus each tree's leaf value, in tree order) of rows `start:stop` into `out`."
-    n = stop - start
-    blocks = (n + block - 1) // block
-    for b in range(blocks):
-        first = start + b * block
+    features = X.shape[1]
+    width = 2 * features
+    trees = roots.shape[0]
+    capacity = 1
+    while capacity < max(block, lanes):
+        capacity *= 2
+    total = np.empty(block, np.float64)
+    rows = np.empty(block * width, np.float64)  # each row twice: as given, then as missing-goes-right nodes read it
+    at = np.empty(capacity, np.uint32)          # the node each walk has reached
+    moving = np.empty(capacity, np.uint64)      # the walks not at a leaf yet: node | walk << 32
+    low = np.uint64(0xFFFFFFFF)
+    for first in range(start, stop, block):
         m = min(stop, first + block) - first
-        acc = np.full(block, base)
-        nodes = np.empty(block, np.uint32)
-        for t in range(roots.shape[0]):
-            root = roots[t]
-            for j in range(m):
-                nodes[j] = root
-            for _ in range(depth[t]):
-                for j in range(m):
-                    node = nodes[j]
-                    x = X[first + j, feature[node]]
-                    go_left = (x <= threshold[node]) | ((x != x) & (missing_left[node] == 1))
-                    nodes[j] = left[node] if go_left else right[node]
-            for j in range(m):
-                acc[j] += value[nodes[j]]
+        span = 1  # walks per tree: the block's rows rounded up to a power of two, so a walk's row is walk & (span - 1)
+        while span < m:
+            span *= 2
+        row_bits = np.uint64(span - 1)
+        group = max(1, lanes // span)
         for j in range(m):
-            out[first + j] = acc[j]
+            total[j] = base
+            for f in range(features):
+                x = X[first + j, f]
+                rows[j * width + f] = x
+                rows[j * width + features + f] = np.inf if x != x else (LARGEST if x == np.inf else x)
+        for first_tree in range(0, trees, group):
+            last_tree = min(trees, first_tree + group)
+            count = 0
+            for t in range(first_tree, last_tree):
+                root = roots[t]
+                for j in range(m):
+                    walk = (t - first_tree) * span + j
+                    at[walk] = root
+                    moving[count] = np.uint64(root) | (np.uint64(walk) << np.uint64(32))
+                    count += 1 - leaf[root]
+            while count > 0:
+                kept = 0
+                for a in range(count):
+                    state = moving[a]
+                    here = state & low
+                    walk = state >> np.uint64(32)
+                    packed = node[here]
+                    x = rows[(walk & row_bits) * np.uint64(width) + (packed >> np.uint64(32))]
+                    step = (packed & low) + np.uint64(x > threshold[here])
+                    at[walk] = np.uint32(step)
+                    moving[kept] = step | (walk << np.uint64(32))
+                    kept += np.int64(leaf[step] ^ np.uint8(1))
+                count = kept
+            for t in range(first_tree, last_tree):
+                for j in range(m):
+                    total[j] += value[at[(t - first_tree) * span + j]]
+        for j in range(m):
+            out[first + j] = total[j]
 
 # %% ../../notebooks/33_inference.ipynb #cf6a660c
 def _flatten(
     estimator,  # a fitted HistGradientBoostingRegressor with one tree per iteration
-) -> dict[str, np.ndarray]:  # the kernel's arrays: feature, threshold, left, right, missing_left, value, roots, depth
-    "The estimator's trees as flat node arrays, in tree order."
-    parts: dict[str, list] = {k: [] for k in ("feature", "threshold", "left", "right", "missing_left", "value")}
-    roots, depth, offset = [], [], 0
+) -> dict[str, np.ndarray]:  # the kernel's arrays: threshold, node (child | column << 32), value, leaf, roots
+    "The estimator's trees as flat node arrays, in tree order, each breadth first with a node's children side by side."
+    features = int(estimator.n_features_in_)
+    parts: dict[str, list] = {k: [] for k in ("threshold", "node", "value", "leaf")}
+    roots, offset = [], 0
     for (predictor,) in estimator._predictors:
         nodes = predictor.nodes
-        count = len(nodes)
-        index = np.arange(offset, offset + count)
-        leaf = nodes["is_leaf"].astype(bool)
-        parts["feature"].append(np.where(leaf, 0, nodes["feature_idx"]))
-        parts["threshold"].append(np.where(leaf, np.inf, nodes["num_threshold"]))
-        parts["left"].append(np.where(leaf, index, nodes["left"].astype(np.int64) + offset))
-        parts["right"].append(np.where(leaf, index, nodes["right"].astype(np.int64) + offset))
-        parts["missing_left"].append(np.where(leaf, 1, nodes["missing_go_to_left"]))
-        parts["value"].append(nodes["value"])
+        is_leaf = nodes["is_leaf"].astype(bool)
+        order, place = [0], np.zeros(len(nodes), dtype=np.int64)  # new place of each scikit-learn node
+        for i in order:  # the list grows as it is read: breadth first
+            if not is_leaf[i]:
+                for child in (int(nodes["left"][i]), int(nodes["right"][i])):
+                    place[child] = len(order)
+                    order.append(child)
+        tree = nodes[order]
+        leaf = is_leaf[order]
+        index = np.arange(offset, offset + len(tree))
+        goes_right = ~tree["missing_go_to_left"].astype(bool) & ~leaf
+        threshold = np.where(leaf, np.inf, tree["num_threshold"])
+        threshold[goes_right & (threshold == np.inf)] = LARGEST
+        column = np.where(leaf, 0, tree["feature_idx"].astype(np.int64) + np.where(goes_right, features, 0))
+        child = np.where(leaf, index, offset + place[tree["left"]])
+        parts["threshold"].append(threshold)
+        parts["node"].append(child.astype(np.uint64) | (column.astype(np.uint64) << np.uint64(32)))
+        parts["value"].append(tree["value"])
+        parts["leaf"].append(leaf)
         roots.append(offset)
-        depth.append(int(nodes["depth"].max()) if count else 0)
-        offset += count
-    dtypes = {"feature": np.uint32, "threshold": np.float64, "left": np.uint32, "right": np.uint32,
-              "missing_left": np.uint8, "value": np.float64}
+        offset += len(tree)
+    dtypes = {"threshold": np.float64, "node": np.uint64, "value": np.float64, "leaf": np.uint8}
     arrays = {k: np.ascontiguousarray(np.concatenate(v), dtype=dtypes[k]) for k, v in parts.items()}
     arrays["roots"] = np.asarray(roots, dtype=np.uint32)
-    arrays["depth"] = np.asarray(depth, dtype=np.int64)
     return arrays
 
 # %% ../../notebooks/33_inference.ipynb #fdb245f7
@@ -181,8 +222,7 @@ class CompiledModel:
         rows = X.shape[0]
         out = np.empty(rows, dtype=np.float64)
         a = self.arrays
-        args = (a["feature"], a["threshold"], a["left"], a["right"], a["missing_left"], a["value"],
-                a["roots"], a["depth"], self.base, BLOCK)
+        args = (a["threshold"], a["node"], a["value"], a["leaf"], a["roots"], self.base, BLOCK, LANES)
         threads = self.threads if threads is None else max(1, int(threads))
         threads = min(threads, rows // MIN_ROWS_PER_THREAD) if threads > 1 else 1
         if threads <= 1:
@@ -240,10 +280,17 @@ def _unsupported(model) -> str | None:
         return "categorical splits"
     if getattr(estimator, "_preprocessor", None) is not None:
         return "the estimator has its own preprocessor"
+    if 2 * int(estimator.n_features_in_) >= 2**32:
+        return "too many features"
     for (predictor,) in estimator._predictors:
         nodes = predictor.nodes
         if len(nodes) == 0 or np.any(nodes["is_categorical"]):
             return "a tree with categorical or no nodes"
+        goes_right = ~nodes["missing_go_to_left"].astype(bool) & ~nodes["is_leaf"].astype(bool)
+        if np.any(goes_right & (nodes["num_threshold"] == LARGEST)):  # the kernel puts +inf there
+            return "a split at the largest float64 whose missing values go right"
+    if sum(len(predictor.nodes) for (predictor,) in estimator._predictors) >= 2**32:
+        return "too many nodes"
     return None
 
 # %% ../../notebooks/33_inference.ipynb #de32043f
