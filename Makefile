@@ -143,7 +143,7 @@ bench-data: setup  ## data layer at 1M and 10M rows, and one STREAM_MB landing C
 bench-training: setup  ## one training run direct / kedro run -p training / papermill: wall times, overheads (REPS=3)
 	$(BIN)/python benchmarks/training/run.py --repetitions $(REPS)
 
-bench-serving: setup system-packages  ## mlflow models serve vs looplab through nginx under wrk, and a bare ASGI echo (the HTTP ceiling): rps, p50/p99, 10k-row batch rows/s (DURATION=15)
+bench-serving: setup system-packages  ## mlflow models serve and BentoML (own venv in benchmarks/bentoml, built when missing) vs looplab through nginx under wrk, and a bare ASGI echo (the HTTP ceiling): rps, p50/p99, 10k-row batch rows/s (DURATION=15)
 	DURATION=$(DURATION) $(BIN)/python benchmarks/serving/run.py
 
 .PHONY: bench-monitoring

@@ -90,3 +90,27 @@ def test_bench_training_smoke(root, tmp_path, quiet_env):
     assert result["target"]["papermill_overhead_s_max"] == 3.0 and isinstance(result["met"]["papermill_overhead"], bool)
     assert result["met"]["papermill_overhead"] == (result["overheads"]["papermill"]["seconds"] <= 3.0)
     assert not list(tmp_path.glob("looplab-bench-training-*")), "temporary files are removed"
+
+
+def test_bentoml_anchor_has_its_own_pinned_environment(root):
+    "BentoML's environment is built by its setup script from pinned requirements; the model's packages match the lock (nothing installed here)."
+    folder = root / "benchmarks" / "bentoml"
+    setup = (folder / "setup.sh").read_text(encoding="utf-8")
+    assert "requirements.txt" in setup and ".venv/bin/uv" in setup and "-m venv" in setup
+    pins = dict(line.split("==") for line in (folder / "requirements.txt").read_text(encoding="utf-8").splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert pins["bentoml"].startswith("1.4.")
+    lock = dict(line.split("==") for line in (root / "requirements.lock").read_text(encoding="utf-8").splitlines() if "==" in line)
+    # the champion is written with skops by looplab's environment: it must load with the same code
+    for package in ("scikit-learn", "numpy", "scipy", "skops", "pandas"):
+        assert pins[package] == lock[package], package
+    service = (folder / "service.py").read_text(encoding="utf-8")
+    assert "workers=WORKERS" in service and "WORKERS = 2" in service and "batchable=True" in service
+    assert "threadpool_limits(1)" in service and '"access": {"enabled": False}' in service
+
+
+def test_serving_benchmark_reports_the_bentoml_row(root):
+    "The serving benchmark builds BentoML's environment itself and holds looplab to 20× its rps with p99 ≤ 10 ms."
+    script = (root / "benchmarks" / "serving" / "run.py").read_text(encoding="utf-8")
+    assert 'BENTOML_RATIO_MIN = 20.0' in script and "BENTOML_P99_MAX_MS = 10.0" in script
+    assert '"setup.sh"' in script and 'results["bentoml"] = {"failed"' in script and '"rps_ratio_bentoml"' in script

@@ -7,6 +7,12 @@ one-row JSON POSTs, DURATION seconds each, default 15):
 
 - mlflow (the anchor): `mlflow models serve -m models:/bike-demand@champion -w 2 --env-manager local`,
   body `{"dataframe_records": [row]}` at /invocations;
+- BentoML (the second anchor, benchmarks/bentoml/service.py in its own environment built by
+  benchmarks/bentoml/setup.sh): `bentoml serve service:BikeDemand`, 2 workers, adaptive batching over a
+  batchable API taking a list of records, one OpenMP thread per worker, no access log; the champion
+  re-written with skops by looplab's environment and loaded with the registry's trusted types; body
+  `{"records": [row]}` at /predict. Its answer must equal the champion's prediction. A failed anchor is
+  reported in its row (`{"failed": reason}`) and the other rows still run;
 - looplab: `looplab serve --workers 2` behind `looplab gateway` (nginx), body `{"records": [row]}`
   at /v1/models/bike-demand/predict; the gateway's rate limit raised out of the way and its body
   limit raised for the batch test.
@@ -19,8 +25,8 @@ ASGI app that parses the JSON body and sends it back (benchmarks/serving/echo.py
 worker started as looplab's are (httptools, uvloop, no access log), same body.
 Last, the same load through the gateway over `looplab serve --workers 1` (on a 2-core machine one
 worker, with batches twice as large, can beat two).
-Targets: looplab rps ≥ 10 × mlflow's; looplab p99 ≤ 25 ms; batch ≥ 500,000 rows/s; looplab's one
-worker without nginx ≥ 90 % of the echo's rps.
+Targets: looplab rps ≥ 10 × mlflow's; looplab p99 ≤ 25 ms; looplab rps ≥ 20 × BentoML's with
+looplab's p99 ≤ 10 ms; batch ≥ 500,000 rows/s; looplab's one worker without nginx ≥ 90 % of the echo's rps.
 
     .venv/bin/python benchmarks/serving/run.py                 # 15 s per server
     DURATION=5 .venv/bin/python benchmarks/serving/run.py --out /tmp/serving.json
@@ -49,6 +55,7 @@ from common import copy_project, machine, say, write_result  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "serving.json"
 BIN = Path(sys.executable).parent
+BENTOML = ROOT / "benchmarks" / "bentoml"  # BentoML's own environment (setup.sh) and the service it serves
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 # The gateway is measured as it is configured by default: every request carries an API key it checks.
 API_KEY = "bench-key-0123456789abcdef"
@@ -56,6 +63,8 @@ HEADERS = {"Content-Type": "application/json", "X-API-Key": API_KEY}
 MODEL = "bike-demand"
 RPS_RATIO_MIN = 10.0
 P99_MAX_MS = 25.0
+BENTOML_RATIO_MIN = 20.0  # looplab through the gateway against BentoML, with looplab's p99 at most BENTOML_P99_MAX_MS
+BENTOML_P99_MAX_MS = 10.0
 BATCH_ROWS_PER_S_MIN = 500_000
 BATCH_ROWS = 10_000
 ECHO_SHARE_MIN = 0.90
@@ -92,14 +101,33 @@ def run(command: list[str], project: Path, log: Path) -> float:
 
 def start(command: list[str], project: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
     output = log.open("w", encoding="utf-8")
-    return subprocess.Popen(command, cwd=project, env={**child_env(project), **(env or {})}, stdout=output,
+    environment = {key: value for key, value in {**child_env(project), **(env or {})}.items() if value is not None}  # None: unset
+    return subprocess.Popen(command, cwd=project, env=environment, stdout=output,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def descendants(pid: int) -> list[int]:
+    "The processes `pid` started, and theirs (BentoML puts each worker in a session of its own)."
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    "Stop a server and everything it started (its own process group)."
+    "Stop a server and everything it started (its own process group, and any descendant that left it)."
     if process.poll() is not None:
         return
+    started = descendants(process.pid)
     try:
         os.killpg(process.pid, 15)
         process.wait(timeout=timeout)
@@ -109,6 +137,11 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
         except ProcessLookupError:
             pass
         process.wait(timeout=10)
+    for pid in started:  # a worker its parent did not take down with it
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
 
 
 def post(url: str, body: bytes, timeout: float = 30) -> tuple[int, bytes]:
@@ -146,6 +179,63 @@ def records(project: Path, rows: int) -> list[dict]:
     frame = load_version(project / "data" / "05_model_input" / "evaluation_set.parquet")[features].dropna()
     repeated = frame.sample(n=rows, replace=len(frame) < rows, random_state=0) if rows > 1 else frame.iloc[:1]
     return json.loads(repeated.to_json(orient="records", date_format="iso"))
+
+
+def export_for_bentoml(project: Path, folder: Path, one: list[dict]) -> list[float]:
+    """The champion as BentoML's anchor loads it: the pipeline looplab's registry loads (skops, its trusted types),
+    written again with skops into `folder` beside the trusted types and the feature order; returns its predictions
+    for `one`, computed here the way the service computes them, to check the anchor serves the same model."""
+    import mlflow
+    import pandas as pd
+    import skops.io
+
+    from looplab.core import load_config
+    from looplab.registry import SKOPS_TRUSTED_TYPES, load_model
+    model = load_model(MODEL, "champion", mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}"))
+    features = load_config(env="test", root=project)["training"]["features"]
+    folder.mkdir(parents=True, exist_ok=True)
+    skops.io.dump(model, folder / "model.skops")
+    (folder / "trusted.json").write_text(json.dumps(SKOPS_TRUSTED_TYPES), encoding="utf-8")
+    (folder / "features.json").write_text(json.dumps(features), encoding="utf-8")
+    return model.predict(pd.DataFrame.from_records(one, columns=features)).tolist()
+
+
+def bentoml_anchor(project: Path, work: Path, one: list[dict], port: int, args: argparse.Namespace) -> dict:
+    """The champion behind BentoML (benchmarks/bentoml/service.py, in benchmarks/bentoml/.venv built by setup.sh),
+    under the same wrk load and with looplab's single-record body; raises SystemExit with the reason when it fails."""
+    say("[bentoml] its environment (benchmarks/bentoml/setup.sh)")
+    built = subprocess.run(["sh", str(BENTOML / "setup.sh")], capture_output=True, text=True, timeout=900, check=False)
+    if built.returncode != 0:
+        raise SystemExit(f"benchmarks/bentoml/setup.sh failed (exit {built.returncode}): {(built.stdout + built.stderr)[-1500:]}")
+    python = BENTOML / ".venv" / "bin" / "python"
+    versions = json.loads(subprocess.run(
+        [str(python), "-c", "import json, bentoml, sklearn, skops, numpy; print(json.dumps({'bentoml': bentoml.__version__, "
+         "'scikit-learn': sklearn.__version__, 'skops': skops.__version__, 'numpy': numpy.__version__}))"],
+        capture_output=True, text=True, timeout=120, check=True).stdout)
+    from importlib import metadata
+    if versions["scikit-learn"] != metadata.version("scikit-learn"):
+        raise SystemExit(f"BentoML's environment has scikit-learn {versions['scikit-learn']}, looplab's "
+                         f"{metadata.version('scikit-learn')}: pin the lock's version in benchmarks/bentoml/requirements.txt")
+    folder = work / "bentoml-model"
+    expected = export_for_bentoml(project, folder, one)
+    say(f"[bentoml] bentoml serve service:BikeDemand (2 workers, adaptive batching) on 127.0.0.1:{port}")
+    environment = {"PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}", "BENCH_BENTOML_MODEL": str(folder),
+                   "OMP_NUM_THREADS": "1", "BENTOML_HOME": str(work / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "true"}
+    log = work / "bentoml.log"
+    server = start([str(python.parent / "bentoml"), "serve", "service:BikeDemand", "--working-dir", str(BENTOML),
+                    "--host", "127.0.0.1", "--port", str(port)], project, log, {**environment, "PYTHONPATH": None})
+    try:
+        url = f"http://127.0.0.1:{port}/predict"
+        body = json.dumps({"records": one}).encode()
+        answer = json.loads(wait_ready(url, body, server, log, seconds=120))
+        if len(answer) != len(expected) or any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(answer, expected, strict=True)):
+            raise SystemExit(f"BentoML answered {answer}, the champion predicts {expected}: not the same model")
+        say(f"[bentoml] ready, the champion's prediction {answer}; warm-up 2 s, then wrk {args.duration} s")
+        wrk(url, body, work, "bentoml-warmup", 2, args.threads, args.connections)
+        figures = wrk(url, body, work, "bentoml", args.duration, args.threads, args.connections)
+    finally:
+        stop(server)
+    return {**figures, "prediction": answer, "versions": versions}
 
 
 def ms(value: str, unit: str) -> float:
@@ -238,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         big = records(project, BATCH_ROWS)
         taken: set[int] = set()
         mlflow_port, serving_port, gateway_port, echo_port = free_port(taken), free_port(taken), free_port(taken), free_port(taken)
+        bentoml_port = free_port(taken)
 
         # mlflow models serve: the anchor
         say(f"[mlflow] mlflow models serve -w 2 --env-manager local on :{mlflow_port}")
@@ -251,6 +342,15 @@ def main(argv: list[str] | None = None) -> int:
         results["mlflow"] = wrk(mlflow_url, mlflow_body, work, "mlflow", args.duration, args.threads, args.connections)
         say(f"[mlflow] {results['mlflow']['rps']:.0f} rps, p50 {results['mlflow'].get('p50_ms')} ms, p99 {results['mlflow'].get('p99_ms')} ms")
         stop(mlflow)
+
+        # BentoML, the second anchor: a failure is reported in its row and the other rows still run
+        try:
+            results["bentoml"] = bentoml_anchor(project, work, one, bentoml_port, args)
+            say(f"[bentoml] {results['bentoml']['rps']:.0f} rps, p50 {results['bentoml'].get('p50_ms')} ms, "
+                f"p99 {results['bentoml'].get('p99_ms')} ms")
+        except (SystemExit, Exception) as error:  # noqa: BLE001 - any failure of the anchor is its row's result
+            results["bentoml"] = {"failed": str(error)[-3000:]}
+            say(f"[bentoml] failed: {error}")
 
         # looplab serve + gateway
         (project / "conf" / "local" / "serving.yml").write_text(f"serving:\n  port: {serving_port}\n  workers: 2\n")
@@ -326,26 +426,42 @@ def main(argv: list[str] | None = None) -> int:
     met["one_worker"] = {"rps_ratio": ratio_one >= RPS_RATIO_MIN, "looplab_p99": one["p99_ms"] <= P99_MAX_MS}
     echo_share = results["looplab_worker_direct"]["rps"] / results["echo"]["rps"]
     met["echo_share"] = echo_share >= ECHO_SHARE_MIN
+    bento = results["bentoml"]
+    ratio_bentoml = results["looplab"]["rps"] / bento["rps"] if "rps" in bento else None
+    met["bentoml"] = (ratio_bentoml >= BENTOML_RATIO_MIN and results["looplab"]["p99_ms"] <= BENTOML_P99_MAX_MS) if ratio_bentoml else None
     result = {"benchmark": "serving", "machine": info, **results, "rps_ratio": ratio, "rps_ratio_one_worker": ratio_one,
-              "echo_share": echo_share,
+              "echo_share": echo_share, "rps_ratio_bentoml": ratio_bentoml,
               "targets": {"rps_ratio_min": RPS_RATIO_MIN, "looplab_p99_ms_max": P99_MAX_MS,
-                          "batch_rows_per_second_min": BATCH_ROWS_PER_S_MIN, "echo_share_min": ECHO_SHARE_MIN},
+                          "batch_rows_per_second_min": BATCH_ROWS_PER_S_MIN, "echo_share_min": ECHO_SHARE_MIN,
+                          "bentoml_ratio_min": BENTOML_RATIO_MIN, "bentoml_looplab_p99_ms_max": BENTOML_P99_MAX_MS},
               "met": met,
               "settings": {"duration_s": args.duration, "threads": args.threads, "connections": args.connections,
                            "body": "one row of the evaluation set's features", "model": f"models:/{MODEL}@champion (env test)",
                            "mlflow": "mlflow models serve -w 2 --env-manager local; {\"dataframe_records\": [row]} → /invocations",
                            "looplab": "looplab serve --workers 2 + looplab gateway (nginx); {\"records\": [row]} → /v1/models/bike-demand/predict; "
                                       "rate limit raised, max_body_size and body_buffer_size 16m",
+                           "bentoml": "bentoml serve service:BikeDemand (benchmarks/bentoml/service.py, own environment from "
+                                      "benchmarks/bentoml/setup.sh): 2 workers, batchable API taking a list of records (adaptive "
+                                      "batching, max_batch_size 64, max_latency_ms 1000), OMP_NUM_THREADS=1 and threadpoolctl 1 thread "
+                                      "per worker, access log and metrics off, 127.0.0.1; the champion re-written with skops by "
+                                      "looplab's environment, loaded with looplab's trusted types; {\"records\": [row]} → /predict",
                            "echo": "benchmarks/serving/echo.py (orjson loads + dumps of the body) on uvicorn, 1 worker, --http httptools "
                                    "--no-access-log; the same body; compared with looplab's first worker without nginx",
                            "setup_s": setup_s},
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     mark = {True: "met", False: "not met"}
+    if ratio_bentoml:
+        versus_bentoml = (f"BentoML {bento['rps']:.0f} rps (p50 {bento['p50_ms']:.1f} ms, p99 {bento['p99_ms']:.1f} ms): looplab "
+                          f"{ratio_bentoml:.1f}× (target ≥ {BENTOML_RATIO_MIN:.0f}× with p99 ≤ {BENTOML_P99_MAX_MS:.0f} ms: "
+                          f"{'met' if met['bentoml'] else 'NOT met'})")
+    else:
+        versus_bentoml = f"BentoML: failed ({bento['failed'].splitlines()[0][:160] if bento['failed'] else 'no reason'})"
     result["summary"] = (
         f"serving ({args.connections} conn, {args.duration} s): mlflow {results['mlflow']['rps']:.0f} rps "
         f"(p50 {results['mlflow']['p50_ms']:.1f} ms, p99 {results['mlflow']['p99_ms']:.1f} ms) · looplab {results['looplab']['rps']:.0f} rps "
         f"(p50 {results['looplab']['p50_ms']:.1f} ms, p99 {results['looplab']['p99_ms']:.1f} ms) · ratio {ratio:.1f}× "
         f"(target ≥ {RPS_RATIO_MIN:.0f}×: {mark[met['rps_ratio']]}; p99 ≤ {P99_MAX_MS:.0f} ms: {mark[met['looplab_p99']]}) · "
+        f"{versus_bentoml} · "
         f"one worker behind nginx {one['rps']:.0f} rps (p99 {one['p99_ms']:.1f} ms, {ratio_one:.1f}×) · "
         f"batch of 10,000: records {results['batch']['rows_per_second'] / 1000:.0f}k rows/s, "
         f"columns {results['batch_columns']['rows_per_second'] / 1000:.0f}k rows/s (target ≥ {BATCH_ROWS_PER_S_MIN // 1000}k: "
