@@ -417,12 +417,12 @@ def column_kinds(features: pd.DataFrame, params: dict) -> dict[str, str]:
     return {column: features[column].dtype.kind for column in columns if column in features.columns}
 
 
-def write_newest_rows(store, source: pd.DataFrame, params: dict) -> int:
-    "Each entity's newest feature row into the online store, view by view (the label's view stays offline); the rows written."
+def write_newest_rows(store, source: pd.DataFrame, params: dict, views: list[str]) -> int:
+    "Each entity's newest feature row into the online store, for each of `views` (the online ones); the rows written."
     entity = params["entity"]["column"]
     newest = source.sort_values(EVENT_TIMESTAMP, kind="stable").groupby(entity, sort=False).tail(1)
     for view, columns in feature_groups(params).items():
-        if view != label_view(params):
+        if view in views:
             store.write_to_online_store(view, newest[[entity, EVENT_TIMESTAMP, *columns]])
     return len(newest)
 
@@ -464,7 +464,7 @@ def materialize_features(
     end = (source[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1)).to_pydatetime()  # Feast's end is exclusive
     with feast_quietly(), online_store_errors(store):
         if applied:  # what `materialize` loads over the whole table, written directly: each entity's newest row, per online view
-            write_newest_rows(store, source, params)
+            write_newest_rows(store, source, params, previous["report"]["online_views"])
         else:
             store.apply(objects)
             store.materialize(start_date=start, end_date=end)
