@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ from typing import Any
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'MERGE_MARKER', 'ENV_VARIABLE',
            'OWNER_TAGS', 'LOG_FORMAT', 'FIGURE_DPI', 'is_project_root', 'find_project_root', 'ProjectPaths',
            'project_paths', 'project_files', 'copy_project_files', 'merge_config', 'config_loader_class', 'load_config',
-           'catalog_config', 'resolve_store_uri', 'mlflow_settings', 'configure_mlflow', 'RunOwner',
+           'catalog_config', 'finite_number', 'resolve_store_uri', 'mlflow_settings', 'configure_mlflow', 'RunOwner',
            'close_abandoned_runs', 'Settings', 'setup_logging', 'file_sha256', 'mark_kept', 'kept_version',
            'mark_made_from', 'made_from', 'made_from_file', 'model_threads', 'figure_png', 'new_figure']
 
@@ -287,6 +288,15 @@ def catalog_config(
             entry = {**entry, "filepath": str(root / path)}
         absolute[name] = entry
     return absolute
+
+# %% ../../notebooks/00_core.ipynb #dde75a2a
+def finite_number(value: Any) -> float | None:
+    "`value` as a finite float; None when it is missing, not a number, NaN or infinite."
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 # %% ../../notebooks/00_core.ipynb #28438403
 def resolve_store_uri(

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .core import mlflow_settings
+from .core import finite_number, mlflow_settings
 from .monitoring import load_store
 from .ops_config import OpsError
 from .registry import registry_client
@@ -58,14 +58,6 @@ WINDOW_GAUGES = {  # column of windows.parquet → (metric, help)
 LABELLED_GAUGES = {"mae", "rmse", "bias", "baseline_mae", "evaluation_mae", "degradation", "labelled", "error_rate", "estimate_error"}
 
 # %% ../../notebooks/43_ops.ipynb #08d5b100
-def _finite(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _timestamp(value: Any) -> float | None:
     import pandas as pd
 
@@ -98,7 +90,7 @@ def store_metrics(frames: dict) -> list:  # {"windows", "drift", "decisions"}: D
             scored = rows[status != "estimated"]
             for column, family in families.items():
                 source = (scored.iloc[-1] if len(scored) else None) if column in LABELLED_GAUGES else row
-                value = _finite(source.get(column)) if source is not None and column in source else None
+                value = finite_number(source.get(column)) if source is not None and column in source else None
                 if value is not None:
                     family.add_metric([str(model_name), str(source.get("model_version"))], value)
             stamp = _timestamp(row["window_end"])
@@ -114,7 +106,7 @@ def store_metrics(frames: dict) -> list:  # {"windows", "drift", "decisions"}: D
         for _, row in latest.iterrows():
             key = [str(row.get("model_version")), str(row["feature"]), str(row.get("test"))]
             for family, column in ((p_values, "p_value"), (distances, "distance")):
-                value = _finite(row.get(column))
+                value = finite_number(row.get(column))
                 if value is not None:
                     family.add_metric(key, value)
     decisions_total = CounterMetricFamily("looplab_monitoring_retraining_decisions", "retraining decisions in the audit log",
@@ -193,7 +185,7 @@ class RegistryFacts:
         trained = GaugeMetricFamily("looplab_monitoring_champion_trained_timestamp_seconds",
                                     "when the champion version was registered (end of its training)", labels=["model_name", "version"])
         for name, fact in sorted(self.facts.items()):
-            number = _finite(fact["version"])
+            number = finite_number(fact["version"])
             if number is not None:
                 version.add_metric([name], number)
             trained.add_metric([name, fact["version"]], fact["created"])

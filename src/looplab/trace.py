@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from .core import find_project_root, load_config
+from .core import find_project_root, finite_number, load_config
 from .ingestion import arrives_untimed
 from .monitoring import load_store, monitoring_settings, window_of
 from .prediction_log import request_rows
@@ -53,14 +53,6 @@ def event_time(
     return None
 
 # %% ../../notebooks/50_trace.ipynb #93344e6c
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _record(time: Any, component: str, env: str, message: str, level: str = "INFO", **fields: Any) -> dict:
     moment = pd.Timestamp(time) if time is not None else pd.Timestamp.now(UTC)
     moment = moment.tz_localize(UTC) if moment.tzinfo is None else moment.tz_convert(UTC)
@@ -71,7 +63,7 @@ def _record(time: Any, component: str, env: str, message: str, level: str = "INF
 
 def _row_record(row: dict, request_id: str, env: str) -> dict:
     where = f" for {row['entity']}" if row.get("entity") else ""
-    prediction = _number(row.get("prediction"))
+    prediction = finite_number(row.get("prediction"))
     shown = f"{prediction:.4g}" if prediction is not None else row.get("prediction")
     return _record(row.get("time"), "prediction-log", env,
                    f"row {row.get('row', 0)}: predicted {shown}{where} at event time {row.get('event_time') or 'none'}",
@@ -83,12 +75,12 @@ def _window_facts(window: dict, drifted: list[str]) -> str:
     "The numbers of a stored window, in one phrase."
     parts = []
     for name, label in (("mae", "MAE"), ("error_rate", "error rate")):
-        if (value := _number(window.get(name))) is not None:
-            baseline = _number(window.get(f"baseline_{name}"))
+        if (value := finite_number(window.get(name))) is not None:
+            baseline = finite_number(window.get(f"baseline_{name}"))
             parts.append(f"{label} {value:.4g}" + (f" (baseline {baseline:.4g})" if baseline is not None else ""))
-        estimate = _number(window.get(f"estimated_{name}"))
+        estimate = finite_number(window.get(f"estimated_{name}"))
         if estimate is not None:
-            low, high = _number(window.get(f"estimated_{name}_low")), _number(window.get(f"estimated_{name}_high"))
+            low, high = finite_number(window.get(f"estimated_{name}_low")), finite_number(window.get(f"estimated_{name}_high"))
             band = f" (95 % band {low:.4g}–{high:.4g})" if low is not None and high is not None else ""
             parts.append(f"estimated {label} {estimate:.4g}{band}")
     if window.get("drift") is None or (isinstance(window.get("drift"), float) and math.isnan(window["drift"])):
@@ -115,8 +107,8 @@ def _window_record(start: pd.Timestamp, end: pd.Timestamp, rows: list[dict], sto
     drifted = sorted(drift.loc[(drift["window_start"] == start) & drift["drift"].fillna(False).astype(bool), "feature"]) if len(drift) else []
     status = str(window.get("status") or "scored")
     facts = _window_facts(window, drifted)
-    numbers = {key: _number(window.get(key)) for key in ("mae", "error_rate", "estimated_mae", "estimated_error_rate")}
-    fields.update(status=status, model_version=window.get("model_version"), predictions=_number(window.get("predictions")),
+    numbers = {key: finite_number(window.get(key)) for key in ("mae", "error_rate", "estimated_mae", "estimated_error_rate")}
+    fields.update(status=status, model_version=window.get("model_version"), predictions=finite_number(window.get("predictions")),
                   drift=None if window.get("drift") is None else bool(window["drift"]), drifted=drifted,
                   monitored_at=window.get("monitored_at"), **numbers)
     if status == "estimated":
