@@ -107,7 +107,24 @@ def quiet_env() -> dict[str, str]:
     return {**inherited, "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
 
+# Servers listen below the kernel's ephemeral range (32768-60999 here): a port from inside it can be taken
+# by a client's outgoing connection while a killed worker restarts (bind: address already in use).
+LISTEN_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
+    "A port of 127.0.0.1 that nothing listens on, with the next one free too (workers take consecutive ports)."
+    import random
+
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        try:
+            with socket.socket() as probe, socket.socket() as following:
+                probe.bind(("127.0.0.1", port))
+                following.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
