@@ -93,12 +93,21 @@ def lagged_values(
     offset: pd.Timedelta,   # how far back; positive, so only earlier values are seen
 ) -> np.ndarray:            # aligned with `frame`'s rows; NaN where that time has no row
     "The value of `value` for the same entity at exactly `time - offset`, row by row."
+    keys = pd.MultiIndex.from_arrays([frame[entity].to_numpy(), frame[time].to_numpy()])
+    return _looked_back(keys, frame[value].astype("float64").to_numpy(), offset)
+
+
+def _looked_back(
+    keys: pd.MultiIndex,   # (entity, time) of each row, unique
+    values: np.ndarray,    # float64, aligned with `keys`
+    offset: pd.Timedelta,  # how far back; positive
+) -> np.ndarray:           # each row's value at (entity, time - offset); NaN where there is no such row
     if offset <= pd.Timedelta(0):
         raise ValueError(f"a lag offset must be positive (strictly earlier values only), got {offset}")
-    history = frame[[entity, time, value]].rename(columns={time: "_at", value: "_value"})
-    wanted = pd.DataFrame({entity: frame[entity].to_numpy(), "_at": frame[time].to_numpy() - offset.to_timedelta64()})
-    # a left merge keeps the left rows' order, and keys are unique, so the result aligns with `frame`
-    return wanted.merge(history, on=[entity, "_at"], how="left")["_value"].to_numpy(dtype="float64")
+    # matched by position through the key (no merged copy of the table per lag)
+    wanted = pd.MultiIndex.from_arrays([keys.get_level_values(0), keys.get_level_values(1) - offset.to_timedelta64()])
+    at = keys.get_indexer(wanted)
+    return np.where(at >= 0, values[at], np.nan) if len(values) else np.empty(0)
 
 # %% ../../notebooks/13_features.ipynb #465d3007
 EVENT_TIMESTAMP = "event_timestamp"  # Feast's conventional name for the event time of a feature row
@@ -129,32 +138,41 @@ def build_features(
             f"build_features: validated_rides lacks the column(s) {', '.join(missing)}; "
             f"found {', '.join(map(str, validated_rides.columns))}"
         )
-    rides = validated_rides[[entity, time, *inputs, target]].copy()
-    rides[time] = canonical_times(rides[time], params["timezone"])
+    features = validated_rides.reindex(columns=[entity, time, *inputs, target])  # the one copy of the table: built on in place
+    features[time] = canonical_times(features[time], params["timezone"])
     for column in (entity, time):
-        if rides[column].isna().any():
-            rows = ", ".join(map(str, rides.index[rides[column].isna()][:5]))
-            raise ValueError(f"build_features: {int(rides[column].isna().sum())} row(s) without {column} (index {rows})")
-    duplicated = rides.duplicated([entity, time], keep=False)
+        if features[column].isna().any():
+            rows = ", ".join(map(str, features.index[features[column].isna()][:5]))
+            raise ValueError(f"build_features: {int(features[column].isna().sum())} row(s) without {column} (index {rows})")
+    keys = pd.MultiIndex.from_arrays([features[entity].to_numpy(), features[time].to_numpy()])
+    duplicated = keys.duplicated(keep=False)
     if duplicated.any():
-        first = rides.loc[duplicated, [entity, time]].iloc[0]
+        first = features.loc[duplicated, [entity, time]].iloc[0]
         raise ValueError(
             f"build_features: {int(duplicated.sum())} rows share an ({entity}, {time}) key, "
             f"e.g. ({first[entity]}, {first[time]}); the validated table must have one row per key"
         )
-    rides = rides.sort_values([entity, time], ignore_index=True)
+    if keys.is_monotonic_increasing:  # a stored table is sorted already: no copy to sort it
+        features.index = pd.RangeIndex(len(features))
+    else:
+        features = features.sort_values([entity, time], ignore_index=True)
+        keys = pd.MultiIndex.from_arrays([features[entity].to_numpy(), features[time].to_numpy()])
 
-    features = rides[[entity, time, *inputs]].rename(columns={time: EVENT_TIMESTAMP})
+    labels = features.pop(target)
+    values = labels.astype("float64").to_numpy()
+    features.rename(columns={time: EVENT_TIMESTAMP}, inplace=True)
     for hours in settings.get("lags_hours", []):
-        features[lag_column(target, hours)] = lagged_values(rides, entity, time, target, pd.Timedelta(hours=int(hours)))
+        features[lag_column(target, hours)] = _looked_back(keys, values, pd.Timedelta(hours=int(hours)))
     for days in settings.get("rolling_same_hour_days", []):
-        same_hour = np.column_stack([
-            lagged_values(rides, entity, time, target, pd.Timedelta(days=day)) for day in range(1, int(days) + 1)
-        ]) if len(rides) else np.empty((0, int(days)))
-        with warnings.catch_warnings():  # an hour with no earlier value is a NaN mean, as intended
-            warnings.simplefilter("ignore", RuntimeWarning)
-            features[same_hour_mean_column(target, days)] = np.nanmean(same_hour, axis=1) if len(rides) else []
-    features[target] = rides[target].to_numpy()
+        total, seen = np.zeros(len(features)), np.zeros(len(features))  # the mean of the days that have a value
+        for day in range(1, int(days) + 1):
+            earlier = _looked_back(keys, values, pd.Timedelta(days=day))
+            present = ~np.isnan(earlier)
+            total[present] += earlier[present]
+            seen += present
+        with np.errstate(invalid="ignore", divide="ignore"):  # an hour with no earlier value is a NaN mean, as intended
+            features[same_hour_mean_column(target, days)] = total / seen
+    features[target] = labels.to_numpy()
     return features
 
 # %% ../../notebooks/13_features.ipynb #c12e88e3
@@ -420,7 +438,9 @@ def column_kinds(features: pd.DataFrame, params: dict) -> dict[str, str]:
 def write_newest_rows(store, source: pd.DataFrame, params: dict, views: list[str]) -> int:
     "Each entity's newest feature row into the online store, for each of `views` (the online ones); the rows written."
     entity = params["entity"]["column"]
-    newest = source.sort_values(EVENT_TIMESTAMP, kind="stable").groupby(entity, sort=False).tail(1)
+    order = np.argsort(source[EVENT_TIMESTAMP].to_numpy(), kind="stable")  # positions by time: no sorted copy of the table
+    last = ~pd.Series(source[entity].to_numpy()[order]).duplicated(keep="last").to_numpy()
+    newest = source.iloc[order[last]]
     for view, columns in feature_groups(params).items():
         if view in views:
             store.write_to_online_store(view, newest[[entity, EVENT_TIMESTAMP, *columns]])
@@ -452,7 +472,7 @@ def materialize_features(
     # the same definitions, built from columns of the same kinds, applied before: the registry stands as it is
     applied = bool(previous) and previous.get("fingerprint") == fingerprint and previous.get("kinds") == kinds and _store_present(previous["report"], paths)
     objects = None if applied else feast_objects(features, params, paths)
-    source = features.copy()
+    source = features.copy(deep=False)  # the same columns; only the time column is replaced (a new array), never copied whole
     source[EVENT_TIMESTAMP] = to_feast_time(source[EVENT_TIMESTAMP], params["timezone"])
     paths.source.parent.mkdir(parents=True, exist_ok=True)
     partial = paths.source.with_name(paths.source.name + ".partial")
@@ -463,11 +483,16 @@ def materialize_features(
     start = source[EVENT_TIMESTAMP].min().to_pydatetime()
     end = (source[EVENT_TIMESTAMP].max() + pd.Timedelta(seconds=1)).to_pydatetime()  # Feast's end is exclusive
     with feast_quietly(), online_store_errors(store):
-        if applied:  # what `materialize` loads over the whole table, written directly: each entity's newest row, per online view
-            write_newest_rows(store, source, params, previous["report"]["online_views"])
-        else:
+        # What `materialize` loads over [start, end): each entity's newest row per online view, written directly from the
+        # table in hand rather than read back whole from the source, view by view; the registry then records the interval
+        # as `materialize` does. Definitions applied before with columns of the same kinds are not applied again.
+        if not applied:
             store.apply(objects)
-            store.materialize(start_date=start, end_date=end)
+        online = [view for view in store.list_feature_views() if view.online]
+        write_newest_rows(store, source, params, [view.name for view in online])
+        if not applied:
+            for view in online:
+                store.registry.apply_materialization(view, store.project, start, end)  # (Feast times: zone-aware, from `to_feast_time`)
     views = {view.name: [field.name for field in view.features] for view in store.list_feature_views()}
     report.update({
         "materialized": True,

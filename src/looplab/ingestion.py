@@ -146,6 +146,21 @@ def normalise_timestamps(
         return local, pd.Series(False, index=values.index)
     if pd.api.types.is_datetime64_dtype(values.dtype):
         return values.astype("datetime64[ns]"), pd.Series(False, index=values.index)
+    try:  # each distinct text parsed once: an hour's time repeats once per entity
+        codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+    except TypeError:  # unhashable values (a nested JSON value): parsed one by one
+        return _parse_times(values, timezone)
+    if not len(uniques) or 2 * len(uniques) > len(values):  # nothing to parse, or mostly distinct
+        return _parse_times(values, timezone)
+    times, failed = _parse_times(pd.Series(uniques, dtype=object), timezone)
+    present = codes >= 0
+    local = np.where(present, times.to_numpy()[codes], np.datetime64("NaT", "ns"))
+    unparseable = present & failed.to_numpy()[codes]
+    return pd.Series(local, index=values.index, dtype="datetime64[ns]"), pd.Series(unparseable, index=values.index)
+
+
+def _parse_times(values: pd.Series, timezone: str) -> tuple[pd.Series, pd.Series]:
+    "`normalise_timestamps` of values that are no datetime column, value by value."
     result = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
     present = values.notna()
     text = values[present].astype(str).str.strip()
@@ -202,7 +217,8 @@ def order_columns(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
     rest = [c for c in frame.columns if c not in first]
     data = [c for c in rest if not str(c).startswith(LINEAGE_PREFIX)]
     lineage = [c for c in rest if str(c).startswith(LINEAGE_PREFIX)]
-    return frame[[c for c in first if c in frame.columns] + data + lineage]
+    ordered = [c for c in first if c in frame.columns] + data + lineage
+    return frame if ordered == list(frame.columns) else frame[ordered]  # no copy of a frame already in order
 
 
 def normalise_batch(
@@ -227,8 +243,11 @@ def normalise_batch(
             logger.warning("source '%s': %d row(s) without a %r column; they will be quarantined", source, len(frame), time_name)
         raw = pd.Series(None, index=frame.index, dtype=object)
     local, unparseable = normalise_timestamps(raw, params["timezone"])
-    frame = frame.assign(**{time_name: local})
-    frame["_raw_timestamp"] = raw.astype(str).where(unparseable, None).astype(object)
+    frame[time_name] = local  # `frame` is this function's own copy (reset_index above)
+    kept = pd.Series(np.full(len(frame), None, dtype=object), index=frame.index)  # the text of the times that could not be parsed
+    if unparseable.any():
+        kept[unparseable] = raw[unparseable].astype(str)
+    frame["_raw_timestamp"] = kept
     if entity not in frame.columns:
         default = params["entity"].get("default")
         if default is None and len(frame):
@@ -303,9 +322,11 @@ def ingest_sources(
         }
         logger.info("source '%s': %d new row(s)%s%s", name, batch.rows, f" from {len(batch.files)} file(s)" if batch.files else "",
                     f"; {len(batch.rejected)} file(s) rejected, moved to {Path(batch.rejected[0]['moved_to']).parent}" if batch.rejected else "")
+        del batch  # the rows as sent: normalised above, not needed any more (a big file is not held twice)
     if not frames:
         return empty_batch(params, batch_id), pending
     ingested = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    frames.clear()
     ingested = order_columns(uniform_column_types(ingested), [params["timestamp"], params["entity"]["column"]])
     if arrives_untimed(params):
         ingested[params["timestamp"]] = arrival_times(len(ingested), params["timezone"]).to_numpy()
@@ -438,6 +459,28 @@ def read_revisions(params: dict, root: Path | str | None = None) -> pd.DataFrame
     return _read_beside("revisions", params, root)
 
 
+def _upserted(
+    stored: pd.DataFrame,   # the stored table
+    batch: pd.DataFrame,    # the validated batch
+    replaced: np.ndarray,   # positions in `stored` of the rows the batch replaces
+    taken: np.ndarray,      # positions in `batch` of the rows to store (replacing or new), ascending
+    keys: list[str],        # [entity, timestamp]
+    stored_order: bool,     # whether the stored table's column order wins (a table is stored already)
+) -> pd.DataFrame:          # the new table: time, entity, the other columns; sorted by (entity, time)
+    "The table after an upsert, built with one copy of each kept row (a batch taken whole is not copied to pick it)."
+    left = stored.drop(index=stored.index[replaced]) if len(replaced) else stored
+    right = batch if len(taken) == len(batch) else batch.iloc[taken]
+    parts = [part for part in (left, right) if len(part)]
+    table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else batch.iloc[:0])
+    known = [*stored.columns, *batch.columns] if stored_order else [*batch.columns, *stored.columns]
+    columns = [keys[1], keys[0], *(c for c in dict.fromkeys(known) if c not in keys)]
+    if list(table.columns) != columns:
+        table = table.reindex(columns=columns)
+    if pd.MultiIndex.from_arrays([table[k] for k in keys]).is_monotonic_increasing:
+        return table.reset_index(drop=True) if table is batch or table is stored else table  # sorted already
+    return table.sort_values(keys, ignore_index=True)
+
+
 def append_validated(
     validated_batch: pd.DataFrame,  # this run's valid rows
     params: dict,                   # the `data` block: `validated_path`, `timestamp`, `entity`
@@ -453,7 +496,8 @@ def append_validated(
             stored = pd.read_parquet(stored_file)
         except Exception as error:
             raise ValueError(f"the stored validated table {stored_file} cannot be read: {describe(error)}") from None
-    batch = validated_batch.drop(columns=[c for c in validated_batch.columns if str(c).startswith(LINEAGE_PREFIX) and c not in KEPT_LINEAGE])
+    dropped = [c for c in validated_batch.columns if str(c).startswith(LINEAGE_PREFIX) and c not in KEPT_LINEAGE]
+    batch = validated_batch.drop(columns=dropped) if dropped else validated_batch  # (never a copy of the batch for nothing)
     missing = [key for key in keys if key not in batch.columns]
     if missing:
         raise ValueError(f"validated batch lacks the key column(s) {', '.join(missing)}")
@@ -475,20 +519,28 @@ def append_validated(
                   "batch_rows": 0, "version_read": stored_file.parent.name, "kept_version": stored_file.parent.name}
         return mark_kept(stored, table_path, stored_file.parent.name), report
     as_read = stored
-    batch, stored = (frame.astype({keys[1]: "datetime64[ns]"}) for frame in (batch, stored))
-    new, old = batch.set_index(keys), stored.set_index(keys)
-    data_columns = [c for c in dict.fromkeys([*new.columns, *old.columns]) if not str(c).startswith(LINEAGE_PREFIX)]
-    common = new.index.intersection(old.index)
-    mine, theirs = new.loc[common].reindex(columns=data_columns), old.loc[common].reindex(columns=data_columns)
-    same = ((mine == theirs) | (mine.isna() & theirs.isna())).all(axis=1)
-    updated, added = common[~same.to_numpy()], new.index.difference(old.index)
+    batch, stored = (frame if frame[keys[1]].dtype == "datetime64[ns]" else frame.astype({keys[1]: "datetime64[ns]"})
+                     for frame in (batch, stored))
+    # Rows are matched by position through the key, never by a key index over the whole table (a copy of it).
+    at = pd.MultiIndex.from_arrays([stored[k] for k in keys]).get_indexer(pd.MultiIndex.from_arrays([batch[k] for k in keys]))
+    common, added = np.flatnonzero(at >= 0), np.flatnonzero(at < 0)  # batch positions: keys stored already / new keys
+    data_columns = [c for c in dict.fromkeys([*batch.columns, *stored.columns]) if not str(c).startswith(LINEAGE_PREFIX) and c not in keys]
+    mine = batch.iloc[common].reindex(columns=data_columns).reset_index(drop=True)
+    theirs = stored.iloc[at[common]].reindex(columns=data_columns).reset_index(drop=True)
+    same = ((mine == theirs) | (mine.isna() & theirs.isna())).all(axis=1).to_numpy()
+    del mine, theirs
+    updated = common[~same]
+
+    def keyed(frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+        return frame.iloc[rows].set_index(keys)
+
     revised = {"rows": len(updated), "rule": conflict, "kept_in": None, "held": 0}
     if len(updated) and conflict == "update":
-        revised["kept_in"] = keep_revisions(old.loc[updated], new.loc[updated], params, root)
+        revised["kept_in"] = keep_revisions(keyed(stored, at[updated]), keyed(batch, updated), params, root)
         logger.warning("%d stored row(s) re-sent with other values: the new values replace them (data.on_conflict: update); "
                        "the previous ones are kept in %s", len(updated), revised["kept_in"])
     elif len(updated) and conflict == "quarantine":
-        revised["kept_in"], revised["held"] = hold_conflicts(old.loc[updated], new.loc[updated], params, root), len(updated)
+        revised["kept_in"], revised["held"] = hold_conflicts(keyed(stored, at[updated]), keyed(batch, updated), params, root), len(updated)
         logger.warning("%d stored row(s) re-sent with other values: the stored values stay and the re-sent ones are held in %s "
                        "(data.on_conflict: quarantine; `looplab data quarantine` lists them)", len(updated), revised["kept_in"])
         updated = updated[:0]
@@ -499,11 +551,7 @@ def append_validated(
     if kept:  # every row as stored: that version stays, not written again
         table = mark_kept(as_read, table_path, stored_file.parent.name)
     else:
-        parts = [part for part in (old.drop(index=updated), new.loc[updated.append(added)]) if len(part)]
-        table = pd.concat(parts) if parts else new.iloc[:0]
-        known = [*old.columns, *new.columns] if stored_file is not None else [*new.columns, *old.columns]  # stored order wins
-        columns = [keys[1], keys[0], *dict.fromkeys(known)]
-        table = table.reset_index().reindex(columns=columns).sort_values(keys, ignore_index=True)
+        table = _upserted(stored, batch, at[updated], np.sort(np.concatenate([updated, added])), keys, stored_file is not None)
     report = {"rows_before": len(stored), "added": len(added), "updated": len(updated),
               "unchanged": int(same.sum()), "kept_stored": revised["rows"] - len(updated), "revisions": revised,
               "rows_after": len(table), "batch_rows": len(batch), "version_read": stored_file.parent.name if stored_file else None,

@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'DTYPES', 'COLUMN_SETTINGS', 'DISPLAY_SETTINGS', 'DISPLAY_KEYS', 'NOT_A', 'LINEAGE_KEPT',
-           'DEFAULT_SAMPLE_ROWS', 'DUPLICATE_RULES', 'build_schema', 'coerce_batch', 'row_problems', 'canonical_rows',
-           'quarantine_rows', 'batch_problems', 'rejection_reasons', 'acceptance_units', 'keep_one_duplicate',
-           'impossible_times', 'validate_batch', 'count_rejected']
+           'DEFAULT_SAMPLE_ROWS', 'DUPLICATE_RULES', 'build_schema', 'text_values', 'coerce_batch', 'row_problems',
+           'canonical_rows', 'quarantine_rows', 'batch_problems', 'rejection_reasons', 'acceptance_units',
+           'keep_one_duplicate', 'impossible_times', 'validate_batch', 'count_rejected']
 
 # %% ../../notebooks/12_validation.ipynb #0537277a
 DTYPES = ("int64", "float64", "str", "datetime64[ns]")  # the canonical dtypes a schema column can take
@@ -215,6 +215,21 @@ def _local_time(value: Any, timezone: str | None) -> pd.Timestamp:
     return time
 
 
+def _text(value: Any) -> str | None:
+    "A quarantined value as text; nulls stay null."
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def text_values(values: pd.Series) -> np.ndarray:
+    "`_text` of every value, as an object array: a column that already holds only text keeps its (shared) strings."
+    array = values.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(array, skipna=True) in ("string", "empty"):
+        return np.where(pd.isna(array), None, array)
+    return values.astype(object).map(_text).to_numpy(dtype=object)
+
+
 def _coerce_column(
     values: pd.Series,     # one column of the batch
     kind: str,             # its canonical dtype, from conf
@@ -222,7 +237,7 @@ def _coerce_column(
 ) -> tuple[pd.Series, pd.Series]:  # (converted values, mask of values that did not convert)
     present = values.notna()
     if kind == "str":
-        return values.map(lambda value: str(value) if pd.notna(value) else None).astype(object), present & False
+        return pd.Series(text_values(values), index=values.index, dtype=object), present & False
     if kind == "datetime64[ns]":
         times = _local_times(values, timezone)
         return times, present & times.isna()
@@ -255,12 +270,13 @@ def coerce_batch(
         if column.metadata.get("role") == "timestamp" and "_raw_timestamp" in batch.columns:
             # ingestion already turned the text it could not parse into NaT, keeping the text aside
             unparsed = values.isna() & originals.isna() & batch["_raw_timestamp"].notna()
-            originals = originals.astype(object).where(~unparsed, batch["_raw_timestamp"])
-            failed |= unparsed
+            if unparsed.any():  # (times as objects only then: millions of them would cost seconds and memory)
+                originals = originals.astype(object).where(~unparsed, batch["_raw_timestamp"])
+                failed |= unparsed
         for row in np.flatnonzero(failed.to_numpy()):
             problems.append((int(row), order, f"{name}: type", f"{name}={_show(originals.iat[row])} is not {NOT_A[kind]}"))
         coerced[name] = values
-    return pd.DataFrame(coerced, index=batch.index), problems
+    return pd.DataFrame(coerced, index=batch.index, copy=False), problems  # the converted columns as they are, not copied into blocks
 
 # %% ../../notebooks/12_validation.ipynb #e48819b9
 def _row_schema(
@@ -287,7 +303,7 @@ def row_problems(
     present = [name for name in schema.columns if name in coerced.columns]
     loose = _row_schema(schema, present)
     try:
-        loose.validate(coerced, lazy=True)
+        loose.validate(coerced, lazy=True, inplace=True)  # the checks only: no dtypes to coerce, no copy of the batch
         return []
     except pa.errors.SchemaErrors as errors:
         cases = errors.failure_cases
@@ -330,26 +346,26 @@ LINEAGE_KEPT = ("_source", "_batch_id")  # the lineage columns the validated tab
 DEFAULT_SAMPLE_ROWS = 20
 
 
-def _text(value: Any) -> str | None:
-    "A quarantined value as text; nulls stay null."
-    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
-        return None
-    return value if isinstance(value, str) else str(value)
 
 
 def canonical_rows(
     coerced: pd.DataFrame,       # coerced schema columns of the valid rows (missing columns only when empty)
     batch: pd.DataFrame,         # the same rows as given, for the lineage columns
     schema: pa.DataFrameSchema,  # from `build_schema`
+    rows: np.ndarray | None = None,  # the positions to keep; every row when None
 ) -> pd.DataFrame:               # the canonical columns in canonical dtypes, then `_source`, `_batch_id`
-    frame = {}
+    "The valid rows as the validated table stores them, built column by column: one copy of the kept values, never of the whole batch."
+    def kept(values: pd.Series) -> pd.Series:
+        return values if rows is None else pd.Series(values.array.take(rows), dtype=values.dtype)
+
+    frame = {}  # arrays with a fresh 0 … n-1 index, each column its own block (not copied again into 2-D blocks)
+    length = len(coerced) if rows is None else len(rows)
     for name, column in schema.columns.items():
-        values = coerced[name] if name in coerced.columns else pd.Series(index=coerced.index, dtype=object)
-        frame[name] = values.astype(_empty_dtype(column))
+        values = kept(coerced[name]) if name in coerced.columns else pd.Series(index=range(length), dtype=object)
+        frame[name] = values.astype(_empty_dtype(column), copy=False).array
     for name in LINEAGE_KEPT:
-        values = batch[name] if name in batch.columns else pd.Series(None, index=batch.index, dtype=object)
-        frame[name] = values.map(_text).astype(object)
-    return pd.DataFrame(frame, index=coerced.index).reset_index(drop=True)
+        frame[name] = text_values(kept(batch[name])) if name in batch.columns else np.full(length, None, dtype=object)
+    return pd.DataFrame(frame, index=pd.RangeIndex(length), copy=False)
 
 
 def quarantine_rows(
@@ -425,19 +441,21 @@ def _percent(share: float) -> str:
 DUPLICATE_RULES = ("last", "first", "none")  # `validation.duplicates`: which row of a repeated key is kept
 
 
-def acceptance_units(batch: pd.DataFrame) -> dict[str, list[int]]:
+def acceptance_units(batch: pd.DataFrame) -> dict[str, np.ndarray]:
     "The units a batch is accepted or rejected by: each landing file (`_file`), and the rows that came from no file; positions in `batch`."
     if not len(batch):
         return {}
     files = batch["_file"] if "_file" in batch.columns else pd.Series(None, index=batch.index, dtype=object)
-    without = files.isna().to_numpy()
+    codes, names = pd.factorize(files.to_numpy(dtype=object), use_na_sentinel=True)  # one pass, however many units (a stream: one per message)
+    labels = [f"file {name}" for name in names]
+    without = codes < 0
     if without.any():  # an SQL batch, an API's pages: accepted or rejected together
         sources = sorted(batch.loc[without, "_source"].dropna().astype(str).unique()) if "_source" in batch.columns else []
-        name = f"rows of {', '.join(sources)}" if sources else "rows without a file"
-    units = np.where(without, name if without.any() else "", "file " + files.astype(str).to_numpy())
-    codes, names = pd.factorize(units)  # in order of first appearance; one pass, however many units (a stream: one per message)
-    groups = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
-    return {unit: list(positions) for unit, positions in zip(names, groups, strict=True)}
+        codes = np.where(without, len(labels), codes)
+        labels.append(f"rows of {', '.join(sources)}" if sources else "rows without a file")
+    groups = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes, minlength=len(labels)))[:-1])
+    seen, first = np.unique(codes, return_index=True)
+    return {labels[code]: groups[code] for code in seen[np.argsort(first)]}  # in order of first appearance
 
 
 def keep_one_duplicate(
@@ -502,7 +520,8 @@ def validate_batch(
     schema = build_schema(params)
     names = list(schema.columns)
 
-    batch = batch.reset_index(drop=True)
+    if not batch.index.equals(pd.RangeIndex(len(batch))):
+        batch = batch.reset_index(drop=True)  # (a copy: only when the index is not 0 … n-1 already)
     rows_in = len(batch)
     missing = [name for name in names if name not in batch.columns]
     extra = [str(c) for c in batch.columns if not str(c).startswith("_") and c not in schema.columns]
@@ -510,7 +529,10 @@ def validate_batch(
 
     coerced, own_reasons, reason_counts = batch_problems(batch, schema, params)
     invalid_share = len(own_reasons) / rows_in if rows_in else 0.0
-    null_fractions = {name: float(batch[name].isna().mean()) if rows_in else 0.0 for name in present}
+    missing_values = pd.DataFrame({name: batch[name].isna().to_numpy() for name in present}, index=batch.index)
+    null_fractions = {name: float(missing_values[name].mean()) if rows_in else 0.0 for name in present}
+    invalid = np.zeros(rows_in, dtype=bool)
+    invalid[list(own_reasons)] = True
 
     # The unit of acceptance is the file (or a source's rows): one bad file never takes another's rows with it.
     units = acceptance_units(batch)
@@ -518,9 +540,11 @@ def validate_batch(
     for number, positions in enumerate(units.values()):
         unit_of[positions] = number
     # each unit's facts in one grouped pass, not one slice per unit (a stream batch has a unit per message)
-    null_shares = batch[present].isna().groupby(unit_of).mean().to_numpy() if present else np.zeros((len(units), 0))
-    extra_present = batch[extra].notna().groupby(unit_of).any().to_numpy() if extra else np.zeros((len(units), 0), dtype=bool)
-    invalid_shares = pd.Series(np.isin(np.arange(rows_in), list(own_reasons))).groupby(unit_of).mean().to_numpy()
+    null_shares = missing_values.groupby(unit_of).mean().to_numpy() if present else np.zeros((len(units), 0))
+    del missing_values
+    extra_present = (pd.DataFrame({name: batch[name].notna().to_numpy() for name in extra}).groupby(unit_of).any().to_numpy()
+                     if extra else np.zeros((len(units), 0), dtype=bool))
+    invalid_shares = pd.Series(invalid).groupby(unit_of).mean().to_numpy()
     rejected_units: dict[str, list[str]] = {}
     for number, (unit, positions) in enumerate(units.items()):
         reasons_here = rejection_reasons(
@@ -537,21 +561,24 @@ def validate_batch(
     rejected_rows: dict[int, str] = {}
     for unit, reasons_here in rejected_units.items():
         prefix = ("batch rejected: " if whole else f"{unit} rejected: ") + "; ".join(reasons_here)
-        rejected_rows.update(dict.fromkeys(units[unit], prefix))
-    quarantined = sorted(set(own_reasons) | set(rejected_rows))
+        rejected_rows.update(dict.fromkeys(units[unit].tolist(), prefix))
+    out = invalid  # the rows quarantined: invalid ones and those of rejected units
+    out[list(rejected_rows)] = True
+    quarantined = np.flatnonzero(out).tolist()
     reasons = {row: "; ".join([*([rejected_rows[row]] if row in rejected_rows else []), *own_reasons.get(row, [])]) for row in quarantined}
-    valid = sorted(set(range(rows_in)) - set(quarantined))
+    valid = np.flatnonzero(~out)
 
-    validated = canonical_rows(coerced.iloc[valid], batch.iloc[valid], schema)
+    validated = canonical_rows(coerced, batch, schema, None if len(valid) == rows_in else valid)
+    del coerced
     quarantine = quarantine_rows(batch, quarantined, reasons, names)
 
     # Nothing is lost and nothing is counted twice: checked here, not only in the tests.
-    if rows_in != len(validated) + len(quarantine) or set(valid) & set(quarantined):
+    if rows_in != len(validated) + len(quarantine) or len(validated) != len(valid):
         raise RuntimeError(
             f"validation lost or duplicated rows: {rows_in} in, {len(validated)} valid, {len(quarantine)} quarantined"
         )
     try:
-        schema.validate(validated, lazy=True)
+        schema.validate(validated, lazy=True, inplace=True)  # already in its dtypes: checked without a copy
     except pa.errors.SchemaErrors as errors:
         raise RuntimeError(f"validation let rows through that fail the schema (a bug here): {errors.failure_cases.head(5)}") from None
 

@@ -123,9 +123,12 @@ class StoredTableDataset(ParquetDataset):
             return
         self._kept = None
         ParquetDataset.save(self, data)
+        written = self.list_versions(full_path=False)[0] if self._version is not None and self._protocol == "file" else None
         sources = made_from(data)
-        if sources is not None and self._version is not None and self._protocol == "file":
-            made_from_file(self._filepath, self.list_versions(full_path=False)[0]).write_text(json.dumps(sources), encoding="utf-8")
+        if sources is not None and written is not None:
+            made_from_file(self._filepath, written).write_text(json.dumps(sources), encoding="utf-8")
+        # the later nodes of this run get the frame just written (marked with its version), not a second copy read back
+        self._kept = mark_kept(data, self._filepath, written) if written is not None else None
 
     def load(self) -> pd.DataFrame:
         if getattr(self, "_kept", None) is not None:
