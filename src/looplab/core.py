@@ -28,9 +28,10 @@ from typing import Any
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'MERGE_MARKER', 'ENV_VARIABLE',
            'OWNER_TAGS', 'LOG_FORMAT', 'FIGURE_DPI', 'is_project_root', 'find_project_root', 'ProjectPaths',
            'project_paths', 'project_files', 'copy_project_files', 'merge_config', 'config_loader_class', 'load_config',
-           'catalog_config', 'finite_number', 'resolve_store_uri', 'mlflow_settings', 'configure_mlflow', 'RunOwner',
-           'close_abandoned_runs', 'Settings', 'setup_logging', 'file_sha256', 'mark_kept', 'kept_version',
-           'mark_made_from', 'made_from', 'made_from_file', 'model_threads', 'figure_png', 'new_figure']
+           'catalog_config', 'finite_number', 'shared_values', 'shared_text', 'resolve_store_uri', 'mlflow_settings',
+           'configure_mlflow', 'RunOwner', 'close_abandoned_runs', 'Settings', 'setup_logging', 'file_sha256',
+           'mark_kept', 'kept_version', 'mark_made_from', 'made_from', 'made_from_file', 'model_threads', 'figure_png',
+           'new_figure']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -297,6 +298,30 @@ def finite_number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+# %% ../../notebooks/00_core.ipynb #cc361aad
+def shared_values(
+    values,  # a pandas Series  # a column of Python objects (text, mostly)
+):  # the same values, equal ones one shared object; the column itself when they are mostly distinct
+    "A text column with each distinct value stored once: a region or a weather name repeated over millions of rows costs a pointer a row."
+    import numpy as np
+    import pandas as pd
+
+    if values.dtype != object or len(values) < 2:
+        return values
+    codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+    if 2 * len(uniques) > len(values):
+        return values
+    table = np.empty(len(uniques) + 1, dtype=object)
+    table[:-1] = uniques
+    table[-1] = np.nan  # code -1: a missing value, as pandas' reader gives it
+    return pd.Series(table[codes], index=values.index, name=values.name)
+
+
+def shared_text(frame):  # a pandas DataFrame
+    "`frame` with every column of Python objects passed through `shared_values` (the same values, less memory)."
+    shared = {column: shared_values(frame[column]) for column in frame.columns if frame[column].dtype == object}
+    return frame.assign(**shared) if shared else frame
 
 # %% ../../notebooks/00_core.ipynb #28438403
 def resolve_store_uri(

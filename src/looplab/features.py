@@ -159,7 +159,8 @@ def build_features(
         keys = pd.MultiIndex.from_arrays([features[entity].to_numpy(), features[time].to_numpy()])
 
     labels = features.pop(target)
-    values = labels.astype("float64").to_numpy()
+    looks_back = bool(settings.get("lags_hours") or settings.get("rolling_same_hour_days"))
+    values = labels.astype("float64").to_numpy() if looks_back else None  # (a class label is looked back on only when asked)
     features.rename(columns={time: EVENT_TIMESTAMP}, inplace=True)
     for hours in settings.get("lags_hours", []):
         features[lag_column(target, hours)] = _looked_back(keys, values, pd.Timedelta(hours=int(hours)))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core import file_sha256, find_project_root, resolve_store_uri
+from .core import file_sha256, find_project_root, resolve_store_uri, shared_text
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,10 @@ __all__ = ['logger', 'BIKESHARE_COLUMNS', 'MONTHS', 'CALENDAR_COLUMNS_REPLACED',
            'PARQUET_SUFFIXES', 'UTF16_BOMS', 'READ_BLOCK_BYTES', 'CSV_CHUNK_ROWS', 'RETRIED_STATUS', 'SOURCE_KINDS',
            'NOT_SOURCE_SETTINGS', 'LANDING_FILE_NAME', 'TIME_FORMAT', 'bikeshare_timestamps', 'file_lines',
            'bikeshare_to_rides', 'one_line', 'describe', 'SourceError', 'SourceBatch', 'file_entry', 'file_stamp',
-           'unchanged_files', 'newest_time', 'SqlSource', 'shared_values', 'shared_text', 'decodable_text',
-           'record_lines', 'read_landing_csv', 'read_landing_parquet', 'FileSource', 'is_url', 'HttpSource',
-           'resolve_path', 'resolve_url', 'make_source', 'demo_rides', 'with_text_times', 'write_atomically',
-           'demo_sources', 'table_rows', 'seed_demo_sources', 'replay_day']
+           'unchanged_files', 'newest_time', 'SqlSource', 'decodable_text', 'record_lines', 'read_landing_csv',
+           'read_landing_parquet', 'FileSource', 'is_url', 'HttpSource', 'resolve_path', 'resolve_url', 'make_source',
+           'demo_rides', 'with_text_times', 'write_atomically', 'demo_sources', 'table_rows', 'seed_demo_sources',
+           'replay_day']
 
 # %% ../../notebooks/10_sources.ipynb #c798c778
 BIKESHARE_COLUMNS = (
@@ -234,34 +234,11 @@ class SqlSource:
         new_watermark = None if last is None else last.isoformat(sep=" ") if isinstance(last, (datetime, date)) else str(last)
         return SourceBatch(self.name, frame, new_watermark)
 
-# %% ../../notebooks/10_sources.ipynb #cc361aad
-def shared_values(
-    values: pd.Series,  # a column of Python objects (text, mostly)
-) -> pd.Series:         # the same values, equal ones one shared object; the column itself when they are mostly distinct
-    "A text column with each distinct value stored once: a region or a weather name repeated over millions of rows costs a pointer a row."
-    if values.dtype != object or len(values) < 2:
-        return values
-    codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
-    if 2 * len(uniques) > len(values):
-        return values
-    table = np.empty(len(uniques) + 1, dtype=object)
-    table[:-1] = uniques
-    table[-1] = np.nan  # code -1: a missing value, as pandas' reader gives it
-    return pd.Series(table[codes], index=values.index, name=values.name)
-
-
-def shared_text(frame: pd.DataFrame) -> pd.DataFrame:
-    "`frame` with every column of Python objects passed through `shared_values` (the same values, less memory)."
-    shared = {column: shared_values(frame[column]) for column in frame.columns if frame[column].dtype == object}
-    return frame.assign(**shared) if shared else frame
-
 # %% ../../notebooks/10_sources.ipynb #b2f1a877
 BAD_FILE_POLICIES = ("reject", "fail")  # `data.on_bad_file`: what a file that cannot be read does
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-
-
 READ_BLOCK_BYTES = 1 << 24  # how much of a landing file is decoded at a time while its encoding is checked
 CSV_CHUNK_ROWS = 250_000    # rows pandas parses at a time: a big file's text never lives whole in memory
 
@@ -334,13 +311,11 @@ def read_landing_csv(
     "A landing CSV file, refused with the file and line when it is not in its encoding or is truncated or malformed; read as a stream, never whole into memory."
     codec = decodable_text(path, source, encoding)
     lines = record_lines(path, source, codec)
-    try:
+    try:  # each chunk's repeated text is kept once as it is read
         with pd.read_csv(path, encoding=codec, chunksize=CSV_CHUNK_ROWS) as chunks:
-            parts = [shared_text(chunk) for chunk in chunks]  # each chunk's repeated text kept once as it is read
+            frame = pd.concat([shared_text(chunk) for chunk in chunks], ignore_index=True)
     except Exception as error:  # pandas' ParserError names the line
         raise SourceError(source, f"file {path.name} cannot be read as CSV: {describe(error)}") from None
-    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    del parts
     if len(frame) != len(lines):
         raise SourceError(source, f"file {path.name}: pandas read {len(frame)} rows where the file has {len(lines)} records")
     frame["_line"] = pd.array(lines, dtype="Int64")
