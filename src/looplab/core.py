@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # %% auto #0
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'MERGE_MARKER', 'ENV_VARIABLE',
@@ -300,16 +300,23 @@ def finite_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 # %% ../../notebooks/00_core.ipynb #cc361aad
+if TYPE_CHECKING:  # annotations only: core imports pandas when a function needs it
+    import pandas as pd
+
+
 def shared_values(
-    values,  # a pandas Series  # a column of Python objects (text, mostly)
-):  # the same values, equal ones one shared object; the column itself when they are mostly distinct
+    values: pd.Series,  # a column of Python objects (text, mostly)
+) -> pd.Series:        # the same values, equal ones one shared object; the column itself when they are mostly distinct
     "A text column with each distinct value stored once: a region or a weather name repeated over millions of rows costs a pointer a row."
     import numpy as np
     import pandas as pd
 
     if values.dtype != object or len(values) < 2:
         return values
-    codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+    try:
+        codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+    except TypeError:  # unhashable values (lists, dicts): left as they are
+        return values
     if 2 * len(uniques) > len(values):
         return values
     table = np.empty(len(uniques) + 1, dtype=object)
@@ -318,7 +325,7 @@ def shared_values(
     return pd.Series(table[codes], index=values.index, name=values.name)
 
 
-def shared_text(frame):  # a pandas DataFrame
+def shared_text(frame: pd.DataFrame) -> pd.DataFrame:
     "`frame` with every column of Python objects passed through `shared_values` (the same values, less memory)."
     shared = {column: shared_values(frame[column]) for column in frame.columns if frame[column].dtype == object}
     return frame.assign(**shared) if shared else frame

@@ -171,8 +171,7 @@ def build_features(
             present = ~np.isnan(earlier)
             total[present] += earlier[present]
             seen += present
-        # an hour with no earlier value is a NaN mean, as intended: numpy's own NaN (0 / 0 would give one with the sign bit
-        # set, which a Parquet round trip does not keep, so the table's content hash would change once stored)
+        # an hour with no earlier value is a NaN mean, as intended (numpy's own NaN: 0 / 0 would set its sign bit)
         features[same_hour_mean_column(target, days)] = np.divide(total, seen, out=np.full(len(features), np.nan), where=seen > 0)
     features[target] = labels.to_numpy()
     return features

@@ -476,9 +476,9 @@ def _upserted(
     columns = [keys[1], keys[0], *(c for c in dict.fromkeys(known) if c not in keys)]
     if list(table.columns) != columns:
         table = table.reindex(columns=columns)
-    if pd.MultiIndex.from_arrays([table[k] for k in keys]).is_monotonic_increasing:
-        return table.reset_index(drop=True) if table is batch or table is stored else table  # sorted already
-    return table.sort_values(keys, ignore_index=True)
+    if not pd.MultiIndex.from_arrays([table[k] for k in keys]).is_monotonic_increasing:
+        return table.sort_values(keys, ignore_index=True)
+    return table if table.index.equals(pd.RangeIndex(len(table))) else table.reset_index(drop=True)  # sorted already: no copy
 
 
 def append_validated(

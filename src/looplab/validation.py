@@ -346,8 +346,6 @@ LINEAGE_KEPT = ("_source", "_batch_id")  # the lineage columns the validated tab
 DEFAULT_SAMPLE_ROWS = 20
 
 
-
-
 def canonical_rows(
     coerced: pd.DataFrame,       # coerced schema columns of the valid rows (missing columns only when empty)
     batch: pd.DataFrame,         # the same rows as given, for the lineage columns

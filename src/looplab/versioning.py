@@ -42,7 +42,10 @@ def content_hash(
     schema = [[str(name), str(dtype)] for name, dtype in frame.dtypes.items()]
     digest.update(json.dumps({"columns": schema, "rows": len(frame)}).encode())
     for position in range(frame.shape[1]):  # by position: duplicate column names stay distinct
-        values = pd.util.hash_pandas_object(frame.iloc[:, position], index=False).to_numpy()
+        column = frame.iloc[:, position]
+        if column.dtype.kind == "f" and column.isna().any():  # a missing number is one value: NaNs of other bits (-NaN) hash alike
+            column = column.where(column.notna())
+        values = pd.util.hash_pandas_object(column, index=False).to_numpy()
         digest.update(np.ascontiguousarray(values, dtype="<u8").tobytes())
     return digest.hexdigest()[:HASH_LENGTH]
 
