@@ -22,6 +22,7 @@ from looplab.versioning import (
     DATASETS,
     content_hash,
     dataset_paths,
+    describe_ingested,
     diff_frames,
     diff_versions,
     list_versions,
@@ -185,6 +186,25 @@ def test_record_data_versions_logs_digests_to_mlflow_and_the_log(in_project):
         log_data_inputs(versions)
     seen = {item.dataset.name: item.dataset.digest for item in client.get_run(training.info.run_id).inputs.dataset_inputs}
     assert seen == {name: record["content_hash"] for name, record in versions["datasets"].items()}
+
+
+def test_the_ingested_batch_described_early_is_recorded_as_the_batch_itself(in_project):
+    "The data pipeline describes the batch right after ingestion (so it can go once validated): the record is the same."
+    project = in_project
+    params = params_of(project)
+    frames = {name: load_version(path) for name, path in dataset_paths(params, project).items()}
+    described = json.loads(json.dumps(describe_ingested(frames["ingested_batch"], params)))  # as the production catalog stores it
+    from_frame = record_data_versions(frames["ingested_batch"], frames["validated_rides"], frames["features"], params)
+    from_description = record_data_versions(described, frames["validated_rides"], frames["features"], params)
+    assert from_description["batch_id"] == from_frame["batch_id"] == "b-2"
+    assert from_description["datasets"] == from_frame["datasets"]
+    assert from_description["datasets"]["ingested_batch"]["version"] == SECOND
+
+    client = MlflowClient(tracking_uri=mlflow_settings(root=project)["tracking_uri"])
+    logged = {item.dataset.name: item.dataset for item in client.get_run(from_description["mlflow_run_id"]).inputs.dataset_inputs}
+    raw = logged["ingested_batch"]
+    assert raw.digest == from_frame["datasets"]["ingested_batch"]["content_hash"]
+    assert [column["name"] for column in json.loads(raw.schema)["mlflow_colspec"]] == list(frames["ingested_batch"].columns)
 
 
 def test_data_kept_in_memory_is_recorded_without_a_version(in_project):

@@ -439,7 +439,8 @@ def column_kinds(features: pd.DataFrame, params: dict) -> dict[str, str]:
 def write_newest_rows(store, source: pd.DataFrame, params: dict, views: list[str]) -> int:
     "Each entity's newest feature row into the online store, for each of `views` (the online ones); the rows written."
     entity = params["entity"]["column"]
-    order = np.argsort(source[EVENT_TIMESTAMP].to_numpy(), kind="stable")  # positions by time: no sorted copy of the table
+    # positions by time: no sorted copy of the table; the zone-aware times as UTC numbers (not millions of Timestamp objects)
+    order = np.argsort(source[EVENT_TIMESTAMP].to_numpy(dtype="datetime64[ns]"), kind="stable")
     last = ~pd.Series(source[entity].to_numpy()[order]).duplicated(keep="last").to_numpy()
     newest = source.iloc[order[last]]
     for view, columns in feature_groups(params).items():

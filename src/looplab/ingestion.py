@@ -218,7 +218,9 @@ def order_columns(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
     data = [c for c in rest if not str(c).startswith(LINEAGE_PREFIX)]
     lineage = [c for c in rest if str(c).startswith(LINEAGE_PREFIX)]
     ordered = [c for c in first if c in frame.columns] + data + lineage
-    return frame if ordered == list(frame.columns) else frame[ordered]  # no copy of a frame already in order
+    if ordered == list(frame.columns):
+        return frame
+    return pd.DataFrame({name: frame[name] for name in ordered}, index=frame.index, copy=False)  # the columns reordered, not copied
 
 
 def normalise_batch(
@@ -230,7 +232,8 @@ def normalise_batch(
 ) -> pd.DataFrame:          # the canonical frame, with `_raw_timestamp`, `_source`, `_batch_id`
     "One source's rows as the canonical frame: timestamp normalised, entity filled, lineage added."
     time_name, entity = params["timestamp"], params["entity"]["column"]
-    frame = frame.reset_index(drop=True)
+    # this function's own frame: the columns it sets are not set in the caller's (a shallow copy: the values are not copied)
+    frame = frame.copy(deep=False) if frame.index.equals(pd.RangeIndex(len(frame))) else frame.reset_index(drop=True)
     if arrives_untimed(params) and time_name in frame.columns:
         raise ValueError(f"source '{source}': a column {time_name!r} arrived, but data.event_time is arrival, which "
                          f"writes that column itself; name another column in data.timestamp")
@@ -243,7 +246,7 @@ def normalise_batch(
             logger.warning("source '%s': %d row(s) without a %r column; they will be quarantined", source, len(frame), time_name)
         raw = pd.Series(None, index=frame.index, dtype=object)
     local, unparseable = normalise_timestamps(raw, params["timezone"])
-    frame[time_name] = local  # `frame` is this function's own copy (reset_index above)
+    frame[time_name] = local  # `frame` is this function's own (above)
     kept = pd.Series(np.full(len(frame), None, dtype=object), index=frame.index)  # the text of the times that could not be parsed
     if unparseable.any():
         kept[unparseable] = raw[unparseable].astype(str)

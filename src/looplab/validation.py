@@ -243,8 +243,8 @@ def _coerce_column(
         return times, present & times.isna()
     if pd.api.types.is_bool_dtype(values.dtype):
         values = values.astype("int64")
-    elif kind == "int64" and pd.api.types.is_integer_dtype(values.dtype):
-        return values.astype("Int64"), present & False
+    elif kind == "int64" and pd.api.types.is_integer_dtype(values.dtype):  # whole numbers already: no copy when none can miss
+        return (values if values.dtype == np.int64 else values.astype("Int64")), present & False
     numbers = pd.to_numeric(values, errors="coerce")
     numbers = pd.Series(np.asarray(numbers, dtype="float64"), index=values.index) if len(values) else numbers.astype("float64")
     good = np.isfinite(numbers)
@@ -351,6 +351,7 @@ def canonical_rows(
     batch: pd.DataFrame,         # the same rows as given, for the lineage columns
     schema: pa.DataFrameSchema,  # from `build_schema`
     rows: np.ndarray | None = None,  # the positions to keep; every row when None
+    consume: bool = False,       # drop each column from `coerced` once taken: the kept copy and the coerced values are never both whole
 ) -> pd.DataFrame:               # the canonical columns in canonical dtypes, then `_source`, `_batch_id`
     "The valid rows as the validated table stores them, built column by column: one copy of the kept values, never of the whole batch."
     def kept(values: pd.Series) -> pd.Series:
@@ -361,6 +362,8 @@ def canonical_rows(
     for name, column in schema.columns.items():
         values = kept(coerced[name]) if name in coerced.columns else pd.Series(index=range(length), dtype=object)
         frame[name] = values.astype(_empty_dtype(column), copy=False).array
+        if consume and name in coerced.columns:
+            del values, coerced[name]
     for name in LINEAGE_KEPT:
         frame[name] = text_values(kept(batch[name])) if name in batch.columns else np.full(length, None, dtype=object)
     return pd.DataFrame(frame, index=pd.RangeIndex(length), copy=False)
@@ -566,7 +569,7 @@ def validate_batch(
     reasons = {row: "; ".join([*([rejected_rows[row]] if row in rejected_rows else []), *own_reasons.get(row, [])]) for row in quarantined}
     valid = np.flatnonzero(~out)
 
-    validated = canonical_rows(coerced, batch, schema, None if len(valid) == rows_in else valid)
+    validated = canonical_rows(coerced, batch, schema, None if len(valid) == rows_in else valid, consume=True)
     del coerced
     quarantine = quarantine_rows(batch, quarantined, reasons, names)
 

@@ -27,8 +27,8 @@ _logger = logging.getLogger(__name__)
 __all__ = ['HASH_LENGTH', 'DATASETS', 'SCHEMA_SAMPLE_ROWS', 'content_hash', 'DataVersionError', 'list_versions', 'versioned_path',
            'resolve_version', 'load_version', 'StoredTableDataset', 'column_profile', 'diff_frames', 'format_table',
            'format_diff', 'dataset_name', 'configured_paths', 'dataset_paths', 'describe_version', 'read_versions_log',
-           'schema_sample', 'record_data_versions', 'log_data_inputs', 'version_history', 'format_history',
-           'diff_versions']
+           'schema_sample', 'sample_schema', 'describe_ingested', 'record_data_versions', 'log_data_inputs',
+           'version_history', 'format_history', 'diff_versions']
 
 # %% ../../notebooks/14_versioning.ipynb #bf438dab
 HASH_LENGTH = 32  # hex digits; MLflow stores dataset digests in a String(36) column
@@ -385,8 +385,8 @@ def schema_sample(
     return frame.iloc[chosen]
 
 
-def _mlflow_dataset(record: dict[str, Any], frame: pd.DataFrame | None = None):
-    "An MLflow dataset for a record: from the frame when there is one, else metadata only."
+def _mlflow_dataset(record: dict[str, Any], frame: pd.DataFrame | None = None, schema: str | None = None):
+    "An MLflow dataset for a record: from the frame when there is one, else metadata only (with `schema`, MLflow's JSON of one, when given)."
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -397,21 +397,48 @@ def _mlflow_dataset(record: dict[str, Any], frame: pd.DataFrame | None = None):
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         source = resolve_dataset_source(record["source"])
         if frame is None:
-            return MetaDataset(source, name=record["dataset"], digest=record["content_hash"])
+            from mlflow.types import Schema
+
+            return MetaDataset(source, name=record["dataset"], digest=record["content_hash"], schema=Schema.from_json(schema) if schema else None)
         dataset = mlflow.data.from_pandas(frame, source=source, name=record["dataset"], digest=record["content_hash"])
         # MLflow infers a text column's type value by value in Python (88 s for 3M rows); the first rows
         # tell the same (a typed column's dtype decides; validated text columns hold text) in milliseconds,
         # and the first row missing each column tells whether it is required
-        dataset.schema = mlflow.models.infer_signature(schema_sample(frame)).inputs
+        dataset.schema = sample_schema(frame)
         return dataset
+
+
+def sample_schema(frame: pd.DataFrame):
+    "MLflow's schema of `frame`, inferred from `schema_sample`."
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        return mlflow.models.infer_signature(schema_sample(frame)).inputs
 
 
 def _input_tags(record: dict[str, Any]) -> dict[str, str]:
     return {"stage": record["stage"], "version": record["version"] or "not stored", "rows": str(record["rows"])}
 
 
+def describe_ingested(
+    ingested_batch: pd.DataFrame,   # the raw batch as the ingest node saved it
+    params: dict,                   # the `data` parameters (`ingested_path` when it is stored)
+    root: Path | str | None = None, # project root; found when None (Kedro: the run's settings)
+) -> dict[str, Any]:                # record (as `describe_version`), batch_id, empty, schema (MLflow's, as JSON; None when empty)
+    """What `record_data_versions` needs of the ingested batch, taken while it is in hand: its version record, batch id and
+    MLflow schema, all JSON. The data pipeline calls it right after ingestion, so the batch can go as soon as it is validated."""
+    root = find_project_root(root)
+    path = configured_paths(params, root).get("ingested_batch")
+    recorded = {(name, record["version"]): record["content_hash"] for run in read_versions_log(_absolute(params["versions_log"], root))
+                for name, record in run.get("datasets", {}).items() if record.get("version")} if params.get("versions_log") else {}
+    return {"record": describe_version(ingested_batch, "ingested_batch", _absolute(path, root), path, recorded),
+            "batch_id": _batch_id(ingested_batch), "empty": bool(ingested_batch.empty),
+            "schema": None if ingested_batch.empty else sample_schema(ingested_batch).to_json()}
+
+
 def record_data_versions(
-    ingested_batch: pd.DataFrame,   # the raw batch as ingested by this run
+    ingested_batch: pd.DataFrame | dict,  # the raw batch as ingested by this run, or what `describe_ingested` took of it
     validated_rides: pd.DataFrame,  # the validated table after this run's append
     features: pd.DataFrame,         # the features built from it
     params: dict,                   # the `data` parameters: validated_path, features_path, versions_log
@@ -428,17 +455,19 @@ def record_data_versions(
     earlier = read_versions_log(log)
     recorded = {(name, record["version"]): record["content_hash"]
                 for run in earlier for name, record in run.get("datasets", {}).items() if record.get("version")}
-    frames = {"ingested_batch": ingested_batch, "validated_rides": validated_rides, "features": features}
-    records = {name: describe_version(frame, name, paths[name], configured[name], recorded) for name, frame in frames.items()}
+    described = ingested_batch if isinstance(ingested_batch, dict) else None
+    frames = {"ingested_batch": None if described else ingested_batch, "validated_rides": validated_rides, "features": features}
+    records = {name: described["record"] if described and name == "ingested_batch" else
+               describe_version(frame, name, paths[name], configured[name], recorded) for name, frame in frames.items()}
     versions = {
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "batch_id": _batch_id(ingested_batch),
+        "batch_id": described["batch_id"] if described else _batch_id(ingested_batch),
         "mlflow_run_id": None,
         "datasets": records,
     }
 
     last = earlier[-1] if earlier else {}
-    if ingested_batch.empty and last.get("mlflow_run_id") and all(
+    if (described["empty"] if described else ingested_batch.empty) and last.get("mlflow_run_id") and all(
             records[name]["version"] and (last.get("datasets", {}).get(name) or {}).get("version") == records[name]["version"]
             for name in ("validated_rides", "features")):
         # nothing new and the same stored versions as the last record: its MLflow run already describes them
@@ -449,7 +478,8 @@ def record_data_versions(
         configure_mlflow(env, root, experiment="data")
         with mlflow.start_run(run_name=f"data versions {versions['batch_id'] or versions['recorded_at']}") as run:
             for name, record in records.items():
-                mlflow.log_input(_mlflow_dataset(record, frames[name]), context=record["stage"], tags=_input_tags(record))
+                schema = described["schema"] if described and name == "ingested_batch" else None
+                mlflow.log_input(_mlflow_dataset(record, frames[name], schema), context=record["stage"], tags=_input_tags(record))
                 mlflow.log_metric(f"rows_{record['stage']}", record["rows"])
             if versions["batch_id"]:
                 mlflow.set_tag("batch_id", versions["batch_id"])

@@ -13,7 +13,7 @@ from looplab.pipelines import after_previous, with_settings
 from looplab.scale import features_on_engine, ingest_on_engine, validate_on_engine
 from looplab.sources import seed_demo_sources
 from looplab.validation_report import report_validation
-from looplab.versioning import record_data_versions
+from looplab.versioning import describe_ingested, record_data_versions
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -25,6 +25,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["demo_sources", "params:data", "settings"],
                 ["ingested_batch", "pending_watermarks"],
                 name="ingest_sources_node",
+            ),
+            Node(  # what the version record needs of the batch, taken now: the batch goes once it is validated
+                with_settings(describe_ingested, "root"),
+                ["ingested_batch", "params:data", "settings"],
+                "ingested_description",
+                name="describe_ingested_node",
             ),
             Node(
                 validate_on_engine,
@@ -53,7 +59,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 with_settings(record_data_versions, "root", "env"),
-                ["ingested_batch", "validated_rides", "features", "params:data", "settings"],
+                ["ingested_description", "validated_rides", "features", "params:data", "settings"],
                 "data_versions",
                 name="record_data_versions_node",
             ),
