@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 __all__ = ['PROJECT_ROOT_VARIABLE', 'DATA_LAYERS', 'CONFIG_PATTERNS', 'MERGE_STRATEGY', 'MERGE_MARKER', 'ENV_VARIABLE',
            'OWNER_TAGS', 'LOG_FORMAT', 'FIGURE_DPI', 'is_project_root', 'find_project_root', 'ProjectPaths',
            'project_paths', 'project_files', 'copy_project_files', 'merge_config', 'config_loader_class', 'load_config',
-           'catalog_config', 'finite_number', 'shared_values', 'shared_text', 'resolve_store_uri', 'mlflow_settings',
-           'configure_mlflow', 'RunOwner', 'close_abandoned_runs', 'Settings', 'setup_logging', 'file_sha256',
-           'mark_kept', 'kept_version', 'mark_made_from', 'made_from', 'made_from_file', 'model_threads', 'figure_png',
-           'new_figure']
+           'catalog_config', 'finite_number', 'one_line', 'describe', 'shared_values', 'shared_text',
+           'resolve_store_uri', 'mlflow_settings', 'configure_mlflow', 'RunOwner', 'close_abandoned_runs', 'Settings',
+           'setup_logging', 'file_sha256', 'mark_kept', 'kept_version', 'mark_made_from', 'made_from', 'made_from_file',
+           'model_threads', 'figure_png', 'new_figure']
 
 # %% ../../notebooks/00_core.ipynb #5fbcd28d
 PROJECT_ROOT_VARIABLE = "LOOPLAB_PROJECT_ROOT"
@@ -298,6 +298,20 @@ def finite_number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def one_line(
+    text: Any,         # a message, possibly spanning lines
+    limit: int = 400,  # longest message kept, in characters
+) -> str:              # the message on one line
+    "Whitespace collapsed to single spaces, cut at `limit` characters."
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def describe(error: BaseException) -> str:
+    "An exception as `TypeName: message`, on one line."
+    return one_line(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
 
 # %% ../../notebooks/00_core.ipynb #cc361aad
 if TYPE_CHECKING:  # annotations only: core imports pandas when a function needs it

@@ -177,8 +177,8 @@ def uniform_column_types(frame: pd.DataFrame) -> pd.DataFrame:
     "`frame` with every object column of mixed (or nested) value types turned into text, so it stores as Parquet."
     converted = {}
     for column in frame.columns:
-        if frame[column].dtype != object:
-            continue
+        if frame[column].dtype != object or pd.api.types.infer_dtype(frame[column], skipna=True) in ("string", "empty"):
+            continue  # not objects, or text only (told in one pass in C, not value by value)
         kinds = set(frame[column].dropna().map(type))
         if len(kinds) > 1 or kinds & {dict, list, tuple, set}:
             values = frame[column]

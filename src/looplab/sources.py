@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core import file_sha256, find_project_root, resolve_store_uri, shared_text
+from .core import describe, file_sha256, find_project_root, one_line, resolve_store_uri, shared_text
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +32,10 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'BIKESHARE_COLUMNS', 'MONTHS', 'CALENDAR_COLUMNS_REPLACED', 'BAD_FILE_POLICIES', 'CSV_SUFFIXES',
            'PARQUET_SUFFIXES', 'UTF16_BOMS', 'READ_BLOCK_BYTES', 'CSV_CHUNK_ROWS', 'RETRIED_STATUS', 'SOURCE_KINDS',
            'NOT_SOURCE_SETTINGS', 'LANDING_FILE_NAME', 'TIME_FORMAT', 'bikeshare_timestamps', 'file_lines',
-           'bikeshare_to_rides', 'one_line', 'describe', 'SourceError', 'SourceBatch', 'file_entry', 'file_stamp',
-           'unchanged_files', 'newest_time', 'SqlSource', 'decodable_text', 'record_lines', 'read_landing_csv',
-           'read_landing_parquet', 'FileSource', 'is_url', 'HttpSource', 'resolve_path', 'resolve_url', 'make_source',
-           'demo_rides', 'with_text_times', 'write_atomically', 'demo_sources', 'table_rows', 'seed_demo_sources',
-           'replay_day']
+           'bikeshare_to_rides', 'SourceError', 'SourceBatch', 'file_entry', 'file_stamp', 'unchanged_files',
+           'newest_time', 'SqlSource', 'decodable_text', 'record_lines', 'read_landing_csv', 'read_landing_parquet',
+           'FileSource', 'is_url', 'HttpSource', 'resolve_path', 'resolve_url', 'make_source', 'demo_rides',
+           'with_text_times', 'write_atomically', 'demo_sources', 'table_rows', 'seed_demo_sources', 'replay_day']
 
 # %% ../../notebooks/10_sources.ipynb #c798c778
 BIKESHARE_COLUMNS = (
@@ -91,20 +90,6 @@ def bikeshare_to_rides(
     return rides.drop(columns=list(CALENDAR_COLUMNS_REPLACED)).sort_values("timestamp", ignore_index=True)
 
 # %% ../../notebooks/10_sources.ipynb #6de5caae
-def one_line(
-    text: Any,         # a message, possibly spanning lines
-    limit: int = 400,  # longest message kept, in characters
-) -> str:              # the message on one line
-    "Whitespace collapsed to single spaces, cut at `limit` characters."
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def describe(error: BaseException) -> str:
-    "An exception as `TypeName: message`, on one line."
-    return one_line(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
-
-
 class SourceError(Exception):
     "A source could not be read; the message is `source '<name>': <reason>`."
 
@@ -151,11 +136,14 @@ def newest_time(
     values: pd.Series,  # timestamps as a source sent them (text, datetimes, zone-aware or not)
 ) -> str | None:        # the newest one, as the source wrote it; None when there is none
     "The newest parseable timestamp in `values`, in the source's own spelling (so it can be sent back)."
-    if values is None or values.dropna().empty:
+    present = values.dropna() if values is not None else None
+    if present is None or present.empty:
         return None
-    present = values.dropna()
-    text = present.astype(str)
-    parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")  # only to find the newest
+    try:  # each distinct value parsed once (an hour's time repeats once per entity)
+        present = pd.Series(pd.unique(present))
+    except TypeError:  # unhashable values (a nested JSON value): parsed as they are
+        pass
+    parsed = pd.to_datetime(present.astype(str), format="ISO8601", utc=True, errors="coerce")  # only to find the newest
     if parsed.isna().all():
         return None
     newest = present.loc[parsed.idxmax()]
