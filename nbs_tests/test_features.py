@@ -102,6 +102,22 @@ def test_lags_are_the_target_exactly_h_hours_earlier_or_missing(missing):
             assert (np.isnan(value) and not earlier) or value == pytest.approx(np.mean(earlier)), time
 
 
+@settings(max_examples=30, deadline=None)
+@given(dc=st.lists(st.integers(0, HOURS - 1), max_size=40), arlington=st.lists(st.integers(0, HOURS - 1), max_size=40),
+       seed=st.integers(0, 2**16))
+def test_lags_are_each_regions_own_earlier_hours_whatever_the_row_order(dc, arlington, seed):
+    "Two regions with their own gaps, rows shuffled: each lag is the same region's target h hours earlier (a merge as the reference)."
+    params = load_config()["data"]
+    rides = pd.concat([rides_frame(with_gaps(dc), "dc"), rides_frame(with_gaps(arlington), "arlington", scale=1000)], ignore_index=True)
+    features = build_features(rides.sample(frac=1, random_state=seed), params)
+    assert list(features[["region", "event_timestamp"]].itertuples(index=False)) == sorted(rides[["region", "timestamp"]].itertuples(index=False))
+    for hours in params["features"]["lags_hours"]:
+        earlier = rides[["region", "timestamp", "bikers"]].assign(timestamp=rides["timestamp"] + pd.Timedelta(hours=hours))
+        expected = features[["region", "event_timestamp"]].merge(
+            earlier.rename(columns={"timestamp": "event_timestamp"}), on=["region", "event_timestamp"], how="left")["bikers"]
+        np.testing.assert_array_equal(features[f"bikers_lag_{hours}h"].to_numpy(), expected.astype("float64").to_numpy())
+
+
 def test_features_never_depend_on_later_targets(two_regions):
     params = load_config()["data"]
     cut = START + pd.Timedelta(days=6)

@@ -30,11 +30,12 @@ logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['logger', 'EVENT_TIMESTAMP', 'LABEL_TTL', 'MATERIALIZED_FILE', 'RETRIEVAL_ENGINES', 'FILE_OFFLINE_STORES',
            'lag_column', 'same_hour_mean_column', 'feature_inputs', 'feature_groups', 'label_view', 'lagged_values',
-           'canonical_times', 'build_features', 'to_feast_time', 'from_feast_time', 'FeatureStorePaths', 'resolve_path',
-           'feature_store_paths', 'store_config', 'features_made_from', 'stored_features', 'use_feast_sqlite_codecs',
-           'feast_quietly', 'open_feature_store', 'online_store_errors', 'load_definitions', 'feast_objects',
-           'store_fingerprint', 'column_kinds', 'write_newest_rows', 'materialize_features', 'feature_references',
-           'with_feature_dtypes', 'pandas_point_in_time', 'feast_point_in_time', 'training_set', 'online_features']
+           'RowKeys', 'row_keys', 'canonical_times', 'build_features', 'to_feast_time', 'from_feast_time',
+           'FeatureStorePaths', 'resolve_path', 'feature_store_paths', 'store_config', 'features_made_from',
+           'stored_features', 'use_feast_sqlite_codecs', 'feast_quietly', 'open_feature_store', 'online_store_errors',
+           'load_definitions', 'feast_objects', 'store_fingerprint', 'column_kinds', 'write_newest_rows',
+           'materialize_features', 'feature_references', 'with_feature_dtypes', 'pandas_point_in_time',
+           'feast_point_in_time', 'training_set', 'online_features']
 
 # %% ../../notebooks/13_features.ipynb #1793592c
 def lag_column(target: str, hours: int) -> str:
@@ -93,21 +94,45 @@ def lagged_values(
     offset: pd.Timedelta,   # how far back; positive, so only earlier values are seen
 ) -> np.ndarray:            # aligned with `frame`'s rows; NaN where that time has no row
     "The value of `value` for the same entity at exactly `time - offset`, row by row."
-    keys = pd.MultiIndex.from_arrays([frame[entity].to_numpy(), frame[time].to_numpy()])
-    return _looked_back(keys, frame[value].astype("float64").to_numpy(), offset)
+    return _looked_back(row_keys(frame[entity].to_numpy(), frame[time].to_numpy()), frame[value].astype("float64").to_numpy(), offset)
+
+
+@dataclass
+class RowKeys:
+    "Each row's (entity, time) as integers: the row of the same entity at another time is found by binary search."
+    codes: np.ndarray        # each row's entity, numbered in sorted order (-1: missing)
+    times: np.ndarray        # each row's time, int64 nanoseconds
+    distinct: np.ndarray     # the distinct times, sorted
+    order: np.ndarray        # the row positions in (entity, time) order
+    sorted_keys: np.ndarray  # entity number × len(distinct) + time rank, in that order
+
+
+def row_keys(entities: np.ndarray, times: np.ndarray) -> RowKeys:
+    "The `RowKeys` of rows with these entities and times (arrays aligned with the rows)."
+    codes = pd.factorize(entities, sort=True)[0].astype(np.int64)
+    times = np.asarray(times, dtype="datetime64[ns]").view(np.int64)
+    distinct = np.unique(times)
+    keys = codes * len(distinct) + np.searchsorted(distinct, times)
+    order = np.argsort(keys, kind="stable")
+    return RowKeys(codes, times, distinct, order, keys[order])
 
 
 def _looked_back(
-    keys: pd.MultiIndex,   # (entity, time) of each row, unique
-    values: np.ndarray,    # float64, aligned with `keys`
+    keys: RowKeys,         # (entity, time) of each row, unique
+    values: np.ndarray,    # float64, aligned with the rows
     offset: pd.Timedelta,  # how far back; positive
 ) -> np.ndarray:           # each row's value at (entity, time - offset); NaN where there is no such row
     if offset <= pd.Timedelta(0):
         raise ValueError(f"a lag offset must be positive (strictly earlier values only), got {offset}")
-    # matched by position through the key (no merged copy of the table per lag)
-    wanted = pd.MultiIndex.from_arrays([keys.get_level_values(0), keys.get_level_values(1) - offset.to_timedelta64()])
-    at = keys.get_indexer(wanted)
-    return np.where(at >= 0, values[at], np.nan) if len(values) else np.empty(0)
+    if not len(values):
+        return np.empty(0)
+    # matched by position through integer keys (no merged copy of the table per lag, no index of Python objects)
+    wanted = keys.times - offset.value
+    rank = np.minimum(np.searchsorted(keys.distinct, wanted), len(keys.distinct) - 1)
+    key = keys.codes * len(keys.distinct) + rank
+    at = np.minimum(np.searchsorted(keys.sorted_keys, key), len(values) - 1)
+    found = (keys.distinct[rank] == wanted) & (keys.sorted_keys[at] == key) & (keys.codes >= 0) & (keys.times != np.iinfo(np.int64).min)
+    return np.where(found, values[keys.order[at]], np.nan)
 
 # %% ../../notebooks/13_features.ipynb #465d3007
 EVENT_TIMESTAMP = "event_timestamp"  # Feast's conventional name for the event time of a feature row
@@ -144,19 +169,22 @@ def build_features(
         if features[column].isna().any():
             rows = ", ".join(map(str, features.index[features[column].isna()][:5]))
             raise ValueError(f"build_features: {int(features[column].isna().sum())} row(s) without {column} (index {rows})")
-    keys = pd.MultiIndex.from_arrays([features[entity].to_numpy(), features[time].to_numpy()])
-    duplicated = keys.duplicated(keep=False)
-    if duplicated.any():
+    keys = row_keys(features[entity].to_numpy(), features[time].to_numpy())
+    repeated = np.flatnonzero(keys.sorted_keys[1:] == keys.sorted_keys[:-1])
+    if len(repeated):
+        duplicated = np.zeros(len(features), dtype=bool)
+        duplicated[keys.order[repeated]] = duplicated[keys.order[repeated + 1]] = True
         first = features.loc[duplicated, [entity, time]].iloc[0]
         raise ValueError(
             f"build_features: {int(duplicated.sum())} rows share an ({entity}, {time}) key, "
             f"e.g. ({first[entity]}, {first[time]}); the validated table must have one row per key"
         )
-    if keys.is_monotonic_increasing:  # a stored table is sorted already: no copy to sort it
+    if (keys.order == np.arange(len(features))).all():  # a stored table is sorted already: no copy to sort it
         features.index = pd.RangeIndex(len(features))
     else:
-        features = features.sort_values([entity, time], ignore_index=True)
-        keys = pd.MultiIndex.from_arrays([features[entity].to_numpy(), features[time].to_numpy()])
+        features = features.take(keys.order)  # the one sorted copy, then numbered 0 … n-1 in place
+        features.index = pd.RangeIndex(len(features))
+        keys = row_keys(features[entity].to_numpy(), features[time].to_numpy())
 
     labels = features.pop(target)
     looks_back = bool(settings.get("lags_hours") or settings.get("rolling_same_hour_days"))
