@@ -127,13 +127,18 @@ lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv)
 		--python-platform x86_64-unknown-linux-gnu --no-emit-package rfc3987-syntax \
 		--no-emit-package lark -o requirements.lock
 
-# Benchmarks: each writes benchmarks/results/<name>.json and prints one summary line.
-.PHONY: bench bench-data bench-training bench-serving
+# Benchmarks: each writes benchmarks/results/<name>.json and prints one summary line; `make bench`
+# ends with the one table of them all (bench-summary), after every benchmark, also under -j.
+.PHONY: bench bench-data bench-training bench-serving bench-summary
 SIZES ?= 1000000 10000000
 REPS ?= 3
 DURATION ?= 15
 
-bench: setup bench-data bench-training bench-serving bench-monitoring bench-estimation bench-inference bench-logs bench-stream  ## run every benchmark
+bench: setup bench-data bench-training bench-serving bench-monitoring bench-estimation bench-inference bench-logs bench-stream  ## run every benchmark, then write the summary table
+	@$(MAKE) --no-print-directory bench-summary
+
+bench-summary: setup  ## the one summary table of the last results: benchmarks/results/SUMMARY.md
+	$(BIN)/python benchmarks/summary.py
 
 STREAM_MB ?= 200
 
