@@ -185,7 +185,8 @@ def main() -> int:
             def run():
                 result = subprocess.run([str(BIN / "looplab"), "logs", "--json", *options], cwd=project, capture_output=True, timeout=600)
                 assert result.returncode == 0, result.stderr.decode()[-2000:]
-                return result.stdout.count(b"\n")
+                # the lines of the log files; with --request-id the command also reports the request's prediction-log rows
+                return sum(b'"component":"prediction-log"' not in line for line in result.stdout.splitlines())
             return run
 
         filters = {"request_id": ["--request-id", request_id],

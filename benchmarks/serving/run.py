@@ -26,7 +26,7 @@ worker started as looplab's are (httptools, uvloop, no access log), same body.
 Last, the same load through the gateway over `looplab serve --workers 1` (on a 2-core machine one
 worker, with batches twice as large, can beat two).
 Targets: looplab rps ≥ 10 × mlflow's; looplab p99 ≤ 25 ms; looplab rps ≥ 20 × BentoML's with
-looplab's p99 ≤ 10 ms; batch ≥ 500,000 rows/s; looplab's one worker without nginx ≥ 90 % of the echo's rps.
+looplab's p99 ≤ 10 ms; batches ≥ 500,000 rows/s as records, ≥ 800,000 as columns; looplab's one worker without nginx ≥ 90 % of the echo's rps.
 
     .venv/bin/python benchmarks/serving/run.py                 # 15 s per server
     DURATION=5 .venv/bin/python benchmarks/serving/run.py --out /tmp/serving.json
@@ -65,7 +65,7 @@ RPS_RATIO_MIN = 10.0
 P99_MAX_MS = 25.0
 BENTOML_RATIO_MIN = 20.0  # looplab through the gateway against BentoML, with looplab's p99 at most BENTOML_P99_MAX_MS
 BENTOML_P99_MAX_MS = 10.0
-BATCH_ROWS_PER_S_MIN = 500_000
+BATCH_ROWS_PER_S_MIN = {"records": 500_000, "columns": 800_000}  # 10,000-row requests through the gateway, by body form
 BATCH_ROWS = 10_000
 ECHO_SHARE_MIN = 0.90
 
@@ -420,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = results["looplab"]["rps"] / results["mlflow"]["rps"]
     met = {"rps_ratio": ratio >= RPS_RATIO_MIN, "looplab_p99": results["looplab"]["p99_ms"] <= P99_MAX_MS,
-           "batch_rows_per_second": max(results["batch"]["rows_per_second"], results["batch_columns"]["rows_per_second"]) >= BATCH_ROWS_PER_S_MIN}
+           "batch_rows_per_second": {form: results[key]["rows_per_second"] >= BATCH_ROWS_PER_S_MIN[form]
+                                     for key, form in (("batch", "records"), ("batch_columns", "columns"))}}
     one = results["looplab_one_worker"]
     ratio_one = one["rps"] / results["mlflow"]["rps"]
     met["one_worker"] = {"rps_ratio": ratio_one >= RPS_RATIO_MIN, "looplab_p99": one["p99_ms"] <= P99_MAX_MS}
@@ -463,9 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(target ≥ {RPS_RATIO_MIN:.0f}×: {mark[met['rps_ratio']]}; p99 ≤ {P99_MAX_MS:.0f} ms: {mark[met['looplab_p99']]}) · "
         f"{versus_bentoml} · "
         f"one worker behind nginx {one['rps']:.0f} rps (p99 {one['p99_ms']:.1f} ms, {ratio_one:.1f}×) · "
-        f"batch of 10,000: records {results['batch']['rows_per_second'] / 1000:.0f}k rows/s, "
-        f"columns {results['batch_columns']['rows_per_second'] / 1000:.0f}k rows/s (target ≥ {BATCH_ROWS_PER_S_MIN // 1000}k: "
-        f"{mark[met['batch_rows_per_second']]}) · one worker without nginx {results['looplab_worker_direct']['rps']:.0f} rps = "
+        f"batch of 10,000: records {results['batch']['rows_per_second'] / 1000:.0f}k rows/s "
+        f"(target ≥ {BATCH_ROWS_PER_S_MIN['records'] // 1000}k: {mark[met['batch_rows_per_second']['records']]}), "
+        f"columns {results['batch_columns']['rows_per_second'] / 1000:.0f}k rows/s "
+        f"(target ≥ {BATCH_ROWS_PER_S_MIN['columns'] // 1000}k: {mark[met['batch_rows_per_second']['columns']]}) · one worker without nginx {results['looplab_worker_direct']['rps']:.0f} rps = "
         f"{echo_share:.0%} of a bare ASGI JSON echo's {results['echo']['rps']:.0f} (target ≥ {ECHO_SHARE_MIN:.0%}: {mark[met['echo_share']]})")
     return write_result(result, args.out)
 
