@@ -1046,6 +1046,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'looplab.versioning._mlflow_dataset': ('versioning.html#_mlflow_dataset', 'looplab/versioning.py'),
                                     'looplab.versioning._parquet_dataset': ('versioning.html#_parquet_dataset', 'looplab/versioning.py'),
                                     'looplab.versioning._plain': ('versioning.html#_plain', 'looplab/versioning.py'),
+                                    'looplab.versioning._recorded_hashes': ('versioning.html#_recorded_hashes', 'looplab/versioning.py'),
                                     'looplab.versioning._same': ('versioning.html#_same', 'looplab/versioning.py'),
                                     'looplab.versioning._shown': ('versioning.html#_shown', 'looplab/versioning.py'),
                                     'looplab.versioning.column_profile': ('versioning.html#column_profile', 'looplab/versioning.py'),

@@ -421,6 +421,12 @@ def _input_tags(record: dict[str, Any]) -> dict[str, str]:
     return {"stage": record["stage"], "version": record["version"] or "not stored", "rows": str(record["rows"])}
 
 
+def _recorded_hashes(runs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    "(dataset, version) -> content hash of every stored version the versions log records (a version's content never changes)."
+    return {(name, record["version"]): record["content_hash"] for run in runs for name, record in run.get("datasets", {}).items()
+            if record.get("version")}
+
+
 def describe_ingested(
     ingested_batch: pd.DataFrame,   # the raw batch as the ingest node saved it
     params: dict,                   # the `data` parameters (`ingested_path` when it is stored)
@@ -430,8 +436,7 @@ def describe_ingested(
     MLflow schema, all JSON. The data pipeline calls it right after ingestion, so the batch can go as soon as it is validated."""
     root = find_project_root(root)
     path = configured_paths(params, root).get("ingested_batch")
-    recorded = {(name, record["version"]): record["content_hash"] for run in read_versions_log(_absolute(params["versions_log"], root))
-                for name, record in run.get("datasets", {}).items() if record.get("version")} if params.get("versions_log") else {}
+    recorded = _recorded_hashes(read_versions_log(_absolute(params["versions_log"], root))) if params.get("versions_log") else {}
     return {"record": describe_version(ingested_batch, "ingested_batch", _absolute(path, root), path, recorded),
             "batch_id": _batch_id(ingested_batch), "empty": bool(ingested_batch.empty),
             "schema": None if ingested_batch.empty else sample_schema(ingested_batch).to_json()}
@@ -453,21 +458,20 @@ def record_data_versions(
     paths = {name: _absolute(path, root) for name, path in configured.items()}
     log = _absolute(params["versions_log"], root)
     earlier = read_versions_log(log)
-    recorded = {(name, record["version"]): record["content_hash"]
-                for run in earlier for name, record in run.get("datasets", {}).items() if record.get("version")}
-    described = ingested_batch if isinstance(ingested_batch, dict) else None
-    frames = {"ingested_batch": None if described else ingested_batch, "validated_rides": validated_rides, "features": features}
-    records = {name: described["record"] if described and name == "ingested_batch" else
-               describe_version(frame, name, paths[name], configured[name], recorded) for name, frame in frames.items()}
+    recorded = _recorded_hashes(earlier)
+    described = ingested_batch if isinstance(ingested_batch, dict) else describe_ingested(ingested_batch, params, root)
+    frames = {"validated_rides": validated_rides, "features": features}
+    records = {"ingested_batch": described["record"],
+               **{name: describe_version(frame, name, paths[name], configured[name], recorded) for name, frame in frames.items()}}
     versions = {
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "batch_id": described["batch_id"] if described else _batch_id(ingested_batch),
+        "batch_id": described["batch_id"],
         "mlflow_run_id": None,
         "datasets": records,
     }
 
     last = earlier[-1] if earlier else {}
-    if (described["empty"] if described else ingested_batch.empty) and last.get("mlflow_run_id") and all(
+    if described["empty"] and last.get("mlflow_run_id") and all(
             records[name]["version"] and (last.get("datasets", {}).get(name) or {}).get("version") == records[name]["version"]
             for name in ("validated_rides", "features")):
         # nothing new and the same stored versions as the last record: its MLflow run already describes them
@@ -478,8 +482,9 @@ def record_data_versions(
         configure_mlflow(env, root, experiment="data")
         with mlflow.start_run(run_name=f"data versions {versions['batch_id'] or versions['recorded_at']}") as run:
             for name, record in records.items():
-                schema = described["schema"] if described and name == "ingested_batch" else None
-                mlflow.log_input(_mlflow_dataset(record, frames[name], schema), context=record["stage"], tags=_input_tags(record))
+                # the raw batch by its description (the frame is gone by now in the data pipeline), the others from the frame
+                dataset = _mlflow_dataset(record, schema=described["schema"]) if name == "ingested_batch" else _mlflow_dataset(record, frames[name])
+                mlflow.log_input(dataset, context=record["stage"], tags=_input_tags(record))
                 mlflow.log_metric(f"rows_{record['stage']}", record["rows"])
             if versions["batch_id"]:
                 mlflow.set_tag("batch_id", versions["batch_id"])
