@@ -553,11 +553,14 @@ def validate_batch(
     for number, positions in enumerate(units.values()):
         unit_of[positions] = number
     # each unit's facts in one grouped pass, not one slice per unit (a stream batch has a unit per message)
-    null_shares = missing_values.groupby(unit_of).mean().to_numpy() if present else np.zeros((len(units), 0))
+    if len(units) == 1:  # one file (or source): its shares are the batch's, without grouping
+        null_shares = missing_values.to_numpy().mean(axis=0, keepdims=True) if present else np.zeros((1, 0))
+    else:
+        null_shares = missing_values.groupby(unit_of).mean().to_numpy() if present else np.zeros((len(units), 0))
     del missing_values
     extra_present = (pd.DataFrame({name: batch[name].notna().to_numpy() for name in extra}).groupby(unit_of).any().to_numpy()
                      if extra else np.zeros((len(units), 0), dtype=bool))
-    invalid_shares = pd.Series(invalid).groupby(unit_of).mean().to_numpy()
+    invalid_shares = np.array([invalid.mean()]) if len(units) == 1 else pd.Series(invalid).groupby(unit_of).mean().to_numpy()
     rejected_units: dict[str, list[str]] = {}
     for number, (unit, positions) in enumerate(units.items()):
         reasons_here = rejection_reasons(
