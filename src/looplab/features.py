@@ -163,7 +163,9 @@ def build_features(
             f"build_features: validated_rides lacks the column(s) {', '.join(missing)}; "
             f"found {', '.join(map(str, validated_rides.columns))}"
         )
-    features = validated_rides.reindex(columns=[entity, time, *inputs, target])  # the one copy of the table: built on in place
+    # the one copy of the table, column by column (not gathered into 2-D blocks, a second pass over it): built on in place
+    features = pd.DataFrame({column: validated_rides[column].copy() for column in [entity, time, *inputs, target]},
+                            index=validated_rides.index, copy=False)
     features[time] = canonical_times(features[time], params["timezone"])
     for column in (entity, time):
         if features[column].isna().any():
