@@ -552,15 +552,15 @@ def validate_batch(
     unit_of = np.zeros(rows_in, dtype=np.int64)
     for number, positions in enumerate(units.values()):
         unit_of[positions] = number
-    # each unit's facts in one grouped pass, not one slice per unit (a stream batch has a unit per message)
-    if len(units) == 1:  # one file (or source): its shares are the batch's, without grouping
-        null_shares = missing_values.to_numpy().mean(axis=0, keepdims=True) if present else np.zeros((1, 0))
-    else:
-        null_shares = missing_values.groupby(unit_of).mean().to_numpy() if present else np.zeros((len(units), 0))
+    # each unit's facts in one counting pass, not one slice per unit (a stream batch has a unit per message)
+    rows_of = np.bincount(unit_of, minlength=len(units))
+    def shares(flags: np.ndarray) -> np.ndarray:  # per unit, the share of its rows flagged
+        return np.bincount(unit_of, weights=flags, minlength=len(units)) / np.maximum(rows_of, 1)
+    null_shares = np.column_stack([shares(missing_values[name].to_numpy()) for name in present]) if present else np.zeros((len(units), 0))
     del missing_values
     extra_present = (pd.DataFrame({name: batch[name].notna().to_numpy() for name in extra}).groupby(unit_of).any().to_numpy()
                      if extra else np.zeros((len(units), 0), dtype=bool))
-    invalid_shares = np.array([invalid.mean()]) if len(units) == 1 else pd.Series(invalid).groupby(unit_of).mean().to_numpy()
+    invalid_shares = shares(invalid)
     rejected_units: dict[str, list[str]] = {}
     for number, (unit, positions) in enumerate(units.items()):
         reasons_here = rejection_reasons(
