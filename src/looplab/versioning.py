@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 __all__ = ['HASH_LENGTH', 'DATASETS', 'SCHEMA_SAMPLE_ROWS', 'content_hash', 'DataVersionError', 'list_versions', 'versioned_path',
            'resolve_version', 'load_version', 'StoredTableDataset', 'column_profile', 'diff_frames', 'format_table',
            'format_diff', 'dataset_name', 'configured_paths', 'dataset_paths', 'describe_version', 'read_versions_log',
-           'schema_sample', 'sample_schema', 'describe_ingested', 'record_data_versions', 'log_data_inputs',
+           'schema_sample', 'mlflow_schema', 'describe_ingested', 'record_data_versions', 'log_data_inputs',
            'version_history', 'format_history', 'diff_versions']
 
 # %% ../../notebooks/14_versioning.ipynb #bf438dab
@@ -404,11 +404,11 @@ def _mlflow_dataset(record: dict[str, Any], frame: pd.DataFrame | None = None, s
         # MLflow infers a text column's type value by value in Python (88 s for 3M rows); the first rows
         # tell the same (a typed column's dtype decides; validated text columns hold text) in milliseconds,
         # and the first row missing each column tells whether it is required
-        dataset.schema = sample_schema(frame)
+        dataset.schema = mlflow_schema(frame)
         return dataset
 
 
-def sample_schema(frame: pd.DataFrame):
+def mlflow_schema(frame: pd.DataFrame):
     "MLflow's schema of `frame`, inferred from `schema_sample`."
     import mlflow
 
@@ -439,7 +439,7 @@ def describe_ingested(
     recorded = _recorded_hashes(read_versions_log(_absolute(params["versions_log"], root))) if params.get("versions_log") else {}
     return {"record": describe_version(ingested_batch, "ingested_batch", _absolute(path, root), path, recorded),
             "batch_id": _batch_id(ingested_batch), "empty": bool(ingested_batch.empty),
-            "schema": None if ingested_batch.empty else sample_schema(ingested_batch).to_json()}
+            "schema": None if ingested_batch.empty else mlflow_schema(ingested_batch).to_json()}
 
 
 def record_data_versions(
