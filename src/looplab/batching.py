@@ -70,11 +70,15 @@ class MicroBatcher:
         threads: int | None = 1,      # native threads of the model per predict call; None: the library's default
         large_batch_rows: int = 4096,  # a batch this large ...
         large_batch_threads: int | None = 2,  # ... may use this many native threads
+        inline_rows: int = 256,       # a batch of at most this many rows for a compiled predictor that agreed with its model
+                                      # is predicted on the event loop itself (0: always on the predicting thread)
     ):
         self.holder, self.max_batch_size, self.max_wait = holder, int(max_batch_size), float(max_wait_ms) / 1000
         self.on_batch, self.threads = on_batch, threads
         self.large_batch_rows, self.large_batch_threads = int(large_batch_rows), large_batch_threads
+        self.inline_rows = int(inline_rows)
         self.batches = 0
+        self.inline_batches = 0       # of `batches`, those predicted on the event loop
         self._checked = weakref.WeakKeyDictionary()  # compiled predictor → agreed with its model on its first batch
         self._items: list = []        # (columns, rows, future) waiting for a batch
         self._rows = 0
@@ -119,12 +123,34 @@ class MicroBatcher:
             self._full.clear()
         return batch
 
+    @staticmethod
+    def _columns(batch: list) -> dict[str, np.ndarray]:
+        "The batch's requests as one set of columns."
+        if len(batch) == 1:
+            return batch[0][0]
+        return {name: np.concatenate([item[0][name] for item in batch]) for name in batch[0][0]}
+
+    def _predict_inline(self, served: ServedModel, batch: list) -> bool:
+        "Predicts and delivers a small batch on the event loop, when its compiled predictor agreed with its model; False: the thread must."
+        compiled = served.compiled
+        if compiled is None or self._checked.get(compiled) is not True or sum(item[1] for item in batch) > self.inline_rows:
+            return False
+        try:
+            predictions = compiled.predict(self._columns(batch), threads=1)
+        except Exception as error:  # noqa: BLE001 - set aside; the predicting thread and the model itself answer
+            self._checked[compiled] = False
+            _logger.error("the compiled predictor of %s version %s failed (%s: %s); serving the model itself",
+                          served.name, served.version, type(error).__name__, error)
+            return False
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(predictions)
+        self.inline_batches += 1
+        self._deliver(batch, served, done)
+        return True
+
     def _predict(self, served: ServedModel, batch: list) -> np.ndarray:
         "Runs in the predicting thread: one frame, one call."
-        if len(batch) == 1:
-            columns = batch[0][0]
-        else:
-            columns = {name: np.concatenate([item[0][name] for item in batch]) for name in batch[0][0]}
+        columns = self._columns(batch)
         rows = len(next(iter(columns.values()))) if columns else 0
         large = rows >= self.large_batch_rows and self.large_batch_threads
         compiled = served.compiled
@@ -190,6 +216,9 @@ class MicroBatcher:
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(RuntimeError("no model loaded yet"))
+                continue
+            if self._predict_inline(served, batch):
+                await asyncio.sleep(0)  # the answered requests go on before the next batch is taken
                 continue
             running = loop.run_in_executor(self._executor, self._predict, served, batch)
             running.add_done_callback(lambda done, batch=batch, served=served: self._deliver(batch, served, done))

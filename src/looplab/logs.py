@@ -10,6 +10,7 @@ import logging
 import mmap
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 from .core import find_project_root, load_config, setup_logging
 
 # %% auto #0
-__all__ = ['LOG_DEFAULTS', 'LOG_SUFFIX', 'LEVELS', 'REQUEST_LOGGER_SUFFIX', 'ACCESS_LOG', 'ALLOY_LABELS', 'LINE_FIELDS',
-           'LogSettingsError', 'log_settings', 'log_context', 'log_fields', 'JsonLines', 'JsonStreamHandler',
-           'SharedRotatingFileHandler', 'setup_logs', 'log_request', 'add_process_fields', 'notebook_logs', 'log_files',
-           'parse_since', 'LogQuery', 'record_time', 'access_record', 'read_logs', 'format_record', 'logql_problems']
+__all__ = ['LOG_DEFAULTS', 'LOG_SUFFIX', 'LEVELS', 'LOOK_SECONDS', 'REQUEST_LOGGER_SUFFIX', 'ACCESS_LOG', 'ALLOY_LABELS',
+           'LINE_FIELDS', 'LogSettingsError', 'log_settings', 'log_context', 'log_fields', 'JsonLines',
+           'JsonStreamHandler', 'SharedRotatingFileHandler', 'setup_logs', 'log_request', 'add_process_fields',
+           'notebook_logs', 'log_files', 'parse_since', 'LogQuery', 'record_time', 'access_record', 'read_logs',
+           'format_record', 'logql_problems']
 
 # %% ../../notebooks/48_logs.ipynb #40a33ec1
 LOG_DEFAULTS: dict[str, Any] = {
@@ -130,6 +132,9 @@ class JsonStreamHandler(_OncePerRecord, logging.StreamHandler):
             self.flush()
 
 
+LOOK_SECONDS = 0.1  # `write_line` looks at the file (stat) at least this often, and whenever its own lines may have filled it
+
+
 class SharedRotatingFileHandler(_OncePerRecord, RotatingFileHandler):
     "A `RotatingFileHandler` for a file several processes append to: rotation by any of them is seen by all."
 
@@ -137,6 +142,8 @@ class SharedRotatingFileHandler(_OncePerRecord, RotatingFileHandler):
         super().__init__(filename, maxBytes=int(max_bytes), backupCount=int(backups), encoding="utf-8")
         self._identity = self._on_disk()
         self._gone = False  # the folder itself was removed (a project copy deleted): records are dropped, not errors
+        self._size = 0      # the file's size when last looked at, plus what `write_line` wrote since
+        self._look_at = 0.0 # when `write_line` looks at the file again (time.monotonic)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -167,24 +174,31 @@ class SharedRotatingFileHandler(_OncePerRecord, RotatingFileHandler):
             if not self._gone:
                 self.stream = self._open()
                 self._identity = self._on_disk()
+            self._size = 0
             return False
+        self._size = stat.st_size
         return stat.st_size >= self.maxBytes
 
     def doRollover(self) -> None:
         super().doRollover()
         self._identity = self._on_disk()
+        self._size = 0
 
     def write_line(self, line: str) -> None:
-        "Write one ready JSON line (`log_request`), rotating first when the file is full."
+        "Write one ready JSON line (`log_request`), rotating first when the file is full (looked at every `LOOK_SECONDS`)."
         with self.lock:
             try:
-                if self.shouldRollover(None):
-                    self.doRollover()
+                now = time.monotonic()
+                if now >= self._look_at or self._size + len(line) >= self.maxBytes:
+                    self._look_at = now + LOOK_SECONDS
+                    if self.shouldRollover(None):
+                        self.doRollover()
                 if not self._gone:
                     if self.stream is None:
                         self.stream = self._open()
                     self.stream.write(line)
                     self.stream.flush()
+                    self._size += len(line)
             except OSError:
                 self.handleError(None)
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -13,7 +14,6 @@ import os
 import re
 import socket
 import threading
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,15 @@ def request_rows(
 
 # %% ../../notebooks/34_prediction_log.ipynb #c3341f01
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_FRESH: list = []  # [this process's random prefix, its counter]
+
+
+def _new_prefix() -> None:
+    _FRESH[:] = [os.urandom(8).hex(), itertools.count()]
+
+
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)  # a forked worker draws its own prefix
 
 
 def log_request_id(
@@ -180,7 +189,10 @@ def log_request_id(
     "The client's request id when it is a plain token (letters, digits, `._:-`, at most 128), else a fresh random one."
     if isinstance(given, bytes):
         given = given.decode("latin-1")
-    return given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    prefix, counter = _FRESH
+    return f"{prefix}{next(counter):016x}"
 
 # %% ../../notebooks/34_prediction_log.ipynb #d760d066
 class PredictionLog:

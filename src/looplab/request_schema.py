@@ -228,6 +228,8 @@ def _column(
         if kind == "float?":  # null allowed, as NaN; NaN and infinity themselves are not
             if not types <= {float, int, type(None)}:
                 return None
+            if len(values) <= 16:  # a few values: plain Python is quicker than numpy's reductions
+                return np.array(values, dtype=np.float64) if all(value is None or math.isfinite(value) for value in values) else None
             array = np.array(values, dtype=np.float64)
             return array if not np.isinf(array).any() and int(np.isnan(array).sum()) == values.count(None) else None
         if kind == "float":

@@ -513,7 +513,7 @@ def create_app(
     metrics = ServingMetrics()
     batcher = MicroBatcher(holder, batching.get("max_batch_size", 256), batching.get("max_wait_ms", 2), on_batch=metrics.observe_batch,
                            threads=settings.get("predict_threads", 1), large_batch_rows=batching.get("large_batch_rows", 4096),
-                           large_batch_threads=settings.get("large_batch_threads", 2))
+                           large_batch_threads=settings.get("large_batch_threads", 2), inline_rows=batching.get("inline_rows", 256))
     prediction_log = PredictionLog(log_settings["path"], log_settings.get("flush_rows", 1000), log_settings.get("flush_seconds", 1.0)) \
         if log_settings.get("path") else None
     plans: dict[tuple, tuple] = {}  # served version → (its pydantic record model, its InputPlan, its ValueRules)
@@ -526,9 +526,11 @@ def create_app(
             plans[key] = (request_schema.record_model(served.columns), request_schema.InputPlan(served.columns, entity, timestamp, timezone), rules)
         return plans[key]
 
+    # FastAPI's own OpenTelemetry asks, on every request, whether a provider is configured (about 13 µs); off unless asked for
+    telemetry = None if settings.get("opentelemetry", False) else {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(title="looplab serving", version="1", lifespan=_lifespan(holder, batcher, prediction_log),
                   description="Predictions from the registered model that the configured alias names.",
-                  docs_url=None, redoc_url=None)  # FastAPI's pages load from a CDN: `_offline_docs` serves its own
+                  docs_url=None, redoc_url=None, telemetry=telemetry)  # FastAPI's pages load from a CDN: `_offline_docs` serves its own
     _offline_docs(app)
     app.state.holder, app.state.batcher, app.state.prediction_log, app.state.metrics = holder, batcher, prediction_log, metrics
 

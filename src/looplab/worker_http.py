@@ -15,7 +15,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 # %% auto #0
 __all__ = ['HEADER_TIMEOUT_VARIABLE', 'BODY_TIMEOUT_VARIABLE', 'DEFAULT_READ_TIMEOUT', 'PROTOCOL', 'read_timeouts',
-           'worker_command', 'ReadTimeoutProtocol']
+           'worker_command', 'OneWrite', 'ReadTimeoutProtocol']
 
 # %% ../../notebooks/38_worker_http.ipynb #5ba3be15
 HEADER_TIMEOUT_VARIABLE = "LOOPLAB_HEADER_TIMEOUT_SECONDS"
@@ -58,6 +58,36 @@ def worker_command(
                "--host", host, "--port", str(port), "--no-access-log", "--http", PROTOCOL,
                "--timeout-keep-alive", str(int(settings.get("keep_alive_seconds", 30)))]
     return command, {HEADER_TIMEOUT_VARIABLE: "" if header is None else repr(header), BODY_TIMEOUT_VARIABLE: "" if body is None else repr(body)}
+
+# %% ../../notebooks/38_worker_http.ipynb #0ac8624a
+class OneWrite:
+    "A connection's transport as one request's cycle sees it: what the cycle writes in one turn of the event loop leaves in one write."
+
+    __slots__ = ("transport", "loop", "_held")
+
+    def __init__(self, transport, loop: asyncio.AbstractEventLoop):
+        self.transport, self.loop = transport, loop
+        self._held: list[bytes] | None = None  # written this turn, not yet sent
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = [data]
+            self.loop.call_soon(self.flush)  # at the end of this turn
+        else:
+            self._held.append(data)
+
+    def flush(self) -> None:
+        "Send what is held, in one write."
+        held, self._held = self._held, None
+        if held and not self.transport.is_closing():
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str):  # everything else is the connection's own
+        return getattr(self.transport, name)
 
 # %% ../../notebooks/38_worker_http.ipynb #bfd79ac9
 class ReadTimeoutProtocol(HttpToolsProtocol):
@@ -139,6 +169,7 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self.cycle.transport = OneWrite(self.transport, self.loop)  # the answer's head and body leave together
         self._wait_for("body")
 
     def on_body(self, body: bytes) -> None:
