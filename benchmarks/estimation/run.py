@@ -251,7 +251,8 @@ def main() -> int:
         f"{name} {result['looplab']['mean_abs_error']:.4g} vs {result['nannyml']['mean_abs_error']:.4g} (x{result['ratio']:.2f})"
         for name, result in results.items()) + f" — target looplab <= NannyML: {'met' if met else 'NOT met'}"
     return write_result({"benchmark": "estimation", "summary": summary, "target_met": met, "datasets": results,
-                         "machine": {**machine(("scikit-learn", "pandas", "numpy")), "nannyml": nannyml_version}}, args.out)
+                         "machine": {**machine(("scikit-learn", "pandas", "numpy")), "nannyml": nannyml_version},
+                         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.out)
 
 
 if __name__ == "__main__":

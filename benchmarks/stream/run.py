@@ -207,6 +207,7 @@ def main(arguments: list[str] | None = None) -> int:
     result["summary"] = (f"stream: {sustained:,.0f} msg/s stored (batches of {options.batch}) vs redis alone {anchor['messages_per_s']:,.0f} msg/s "
                          f"(ratio {result['sustained']['ratio_to_anchor']:.3f}); event -> online feature p50 {result['latency_ms']['p50']:.0f} ms, "
                          f"p99 {result['latency_ms']['p99']:.0f} ms at {rate:,.0f} msg/s")
+    result["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return write_result(result, options.out)
 
 

@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'ARTIFACT_PATH', 'ESTIMATOR_FORMAT', 'BAND_Z', 'MIN_REFERENCE_ROWS', 'ESTIMATE_COLUMNS', 'LOSS_FORMS',
-           'EstimationError', 'encode_inputs', 'text_categories', 'block_variance', 'LossEstimator',
-           'ConfidenceEstimator', 'fit_estimator', 'estimate_rows', 'save_estimator', 'read_estimator', 'log_estimator',
-           'load_estimator', 'estimate_window']
+           'CALIBRATION_WEIGHTS', 'EstimationError', 'encode_inputs', 'text_categories', 'block_variance',
+           'LossEstimator', 'ConfidenceEstimator', 'fit_estimator', 'estimate_rows', 'save_estimator', 'read_estimator',
+           'log_estimator', 'load_estimator', 'estimate_window']
 
 # %% ../../notebooks/47_estimation.ipynb #eec6b154
 ARTIFACT_PATH = "estimation"   # where a training run keeps its estimator
@@ -195,6 +195,9 @@ def _calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarra
     return np.asarray(fitted.X_thresholds_, dtype="float64"), np.asarray(fitted.y_thresholds_, dtype="float64")
 
 
+CALIBRATION_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # the calibration's share in a row's chance of being right, tried on the reference
+
+
 class ConfidenceEstimator:
     "Confidence-based performance estimation: the expected error rate from the calibrated top-class probability."
 
@@ -216,12 +219,19 @@ class ConfidenceEstimator:
         # (runs of errors included), and how much the calibration itself moves with its rows
         folds = min(folds, len(correct) // MIN_REFERENCE_ROWS)
         out_of_fold = np.full(len(correct), float(correct.mean()))
-        self.fold_maps_ = []
+        self.fold_maps_, self.weight_ = [], 1.0
         if folds >= 2:
-            for held_out in np.array_split(np.arange(len(correct)), folds):
+            held_outs = np.array_split(np.arange(len(correct)), folds)
+            for held_out in held_outs:
                 kept = np.setdiff1d(np.arange(len(correct)), held_out)
                 self.fold_maps_.append(_calibration(confidence[kept], correct[kept]))
                 out_of_fold[held_out] = np.interp(confidence[held_out], *self.fold_maps_[-1])
+            # how far to trust the calibration over the model's own confidence: the weight whose out-of-fold estimates
+            # of the folds' error rates came closest to them (ties: the calibration)
+            misses = [sum(abs(float(np.mean(weight * out_of_fold[held] + (1 - weight) * confidence[held])) - float(correct[held].mean()))
+                          for held in held_outs) for weight in CALIBRATION_WEIGHTS]
+            self.weight_ = float(CALIBRATION_WEIGHTS[int(np.argmin(misses))])
+            out_of_fold = self.weight_ * out_of_fold + (1 - self.weight_) * confidence
         bernoulli = float(np.mean(out_of_fold * (1 - out_of_fold)))
         self.inflation_ = max(1.0, block_variance(correct - out_of_fold) / bernoulli) if bernoulli > 0 else 1.0
         self.reference_error_rate_ = float(1 - correct.mean())
@@ -231,7 +241,8 @@ class ConfidenceEstimator:
     def confidence(self, probabilities) -> np.ndarray:
         "The calibrated probability that each row's predicted class is right."
         top = np.asarray(probabilities, dtype="float64").max(axis=1)
-        return np.interp(top, self.thresholds_, self.calibrated_)
+        weight = getattr(self, "weight_", 1.0)
+        return weight * np.interp(top, self.thresholds_, self.calibrated_) + (1 - weight) * top
 
     def model_variance(self, probabilities) -> float:
         "The variance of a window's estimate due to the calibration itself: a delete-a-group jackknife over the folds' maps."
@@ -239,7 +250,8 @@ class ConfidenceEstimator:
         if len(maps) < 2:
             return 0.0
         top = np.asarray(probabilities, dtype="float64").max(axis=1)
-        means = np.array([np.interp(top, x, y).mean() for x, y in maps])
+        weight = getattr(self, "weight_", 1.0)
+        means = np.array([weight * np.interp(top, x, y).mean() + (1 - weight) * top.mean() for x, y in maps])
         return float((len(means) - 1) / len(means) * ((means - means.mean()) ** 2).sum())
 
     def estimate(self, probabilities) -> dict[str, float]:
@@ -308,7 +320,7 @@ def save_estimator(estimator: LossEstimator | ConfidenceEstimator, folder: Path 
     else:
         config = {"kind": "confidence", "classes": estimator.classes_, "thresholds": estimator.thresholds_.tolist(),
                   "calibrated": estimator.calibrated_.tolist(), "reference_error_rate": estimator.reference_error_rate_,
-                  "reference_rows": estimator.reference_rows_, "inflation": estimator.inflation_,
+                  "reference_rows": estimator.reference_rows_, "inflation": estimator.inflation_, "weight": estimator.weight_,
                   "fold_maps": [[x.tolist(), y.tolist()] for x, y in estimator.fold_maps_]}
     (folder / "estimator.json").write_text(json.dumps({"format": ESTIMATOR_FORMAT, **config}, indent=2), encoding="utf-8")
     return folder
@@ -333,6 +345,7 @@ def read_estimator(folder: Path | str) -> LossEstimator | ConfidenceEstimator:
         # an estimator kept before the band knew its inflation and the folds' calibrations: the Bernoulli band alone
         estimator.inflation_ = float(config.get("inflation", 1.0))
         estimator.fold_maps_ = [(np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64")) for x, y in config.get("fold_maps", [])]
+        estimator.weight_ = float(config.get("weight", 1.0))  # kept before the weight was chosen: the calibration alone
         return estimator
     estimator = LossEstimator(config["features"], **config["parameters"])
     estimator.categories_, estimator.reference_mae_ = config["categories"], config["reference_mae"]
