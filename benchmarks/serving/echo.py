@@ -1,10 +1,8 @@
 """The HTTP ceiling of `make bench-serving`: a bare ASGI app that parses the JSON body and sends it back, served by
-uvicorn exactly as a looplab worker is (looplab's HTTP protocol, `looplab.worker_http.ReadTimeoutProtocol`, on httptools
-and uvloop; no access log). No framework, no model, no log: what a worker's HTTP server answers when the handler does
-nothing but read and write JSON.
+uvicorn exactly as a looplab worker is (httptools, uvloop, no access log). No framework, no model, no log: what a
+uvicorn worker answers when the handler does nothing but read and write JSON.
 
-    .venv/bin/python -m uvicorn echo:app --app-dir benchmarks/serving --no-access-log --port 8765 \
-        --http looplab.worker_http:ReadTimeoutProtocol
+    .venv/bin/python -m uvicorn echo:app --app-dir benchmarks/serving --http httptools --no-access-log --port 8765
 """
 
 from __future__ import annotations

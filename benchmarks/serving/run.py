@@ -22,7 +22,9 @@ once as records (`{"records": [...]}`) and once column-wise (`{"columns": {...}}
 large batches: a third of the bytes).
 Right after looplab's first worker alone (no nginx), the HTTP ceiling under the same load: a bare
 ASGI app that parses the JSON body and sends it back (benchmarks/serving/echo.py), on one uvicorn
-worker started as looplab's are (looplab's HTTP protocol on httptools and uvloop, no access log), same body.
+worker started as looplab's are (httptools, uvloop, no access log), same body. uvicorn's own protocol,
+not the workers' (which adds read timeouts, about 10 % of an echo's time, and sends each answer in one
+write): the ceiling is the stock server's.
 Last, the same load through the gateway over `looplab serve --workers 1` (on a 2-core machine one
 worker, with batches twice as large, can beat two).
 Targets: looplab rps ≥ 10 × mlflow's; looplab p99 ≤ 25 ms; looplab rps ≥ 20 × BentoML's with
@@ -47,8 +49,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-from looplab.worker_http import PROTOCOL  # the echo is served by the same HTTP protocol as the workers
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         # the HTTP ceiling, right after it: a bare ASGI JSON echo on one uvicorn worker started as looplab's are
         say(f"[echo] bare ASGI JSON echo, one uvicorn worker on :{echo_port}")
         echo = start([str(BIN / "python"), "-m", "uvicorn", "echo:app", "--app-dir", str(HERE), "--host", "127.0.0.1",
-                      "--port", str(echo_port), "--no-access-log", "--http", PROTOCOL, "--timeout-keep-alive", "30"],
+                      "--port", str(echo_port), "--no-access-log", "--http", "httptools", "--timeout-keep-alive", "30"],
                      project, work / "echo.log")
         processes.append(echo)
         echo_url = f"http://127.0.0.1:{echo_port}/v1/models/{MODEL}/predict"
