@@ -61,26 +61,28 @@ def worker_command(
 
 # %% ../../notebooks/38_worker_http.ipynb #0ac8624a
 class OneWrite:
-    "A connection's transport as one request's cycle sees it: what the cycle writes in one turn of the event loop leaves in one write."
+    "A connection's transport as one request's cycle sees it: an answer's head and the start of its body leave in one write."
 
     __slots__ = ("transport", "loop", "_held")
 
     def __init__(self, transport, loop: asyncio.AbstractEventLoop):
         self.transport, self.loop = transport, loop
-        self._held: list[bytes] | None = None  # written this turn, not yet sent
+        self._held: bytes | None = None  # a head written this turn, not yet sent
 
     def write(self, data: bytes) -> None:
-        if self._held is None:
-            self._held = [data]
-            self.loop.call_soon(self.flush)  # at the end of this turn
-        else:
-            self._held.append(data)
+        if self._held is None:  # an answer's head: held for its body
+            self._held = data
+            self.loop.call_soon(self.flush)  # a head whose body does not come this turn leaves at the turn's end
+        else:  # its body: both leave now, before anything else can close the connection
+            held, self._held = self._held, None
+            if not self.transport.is_closing():
+                self.transport.write(held + data)
 
     def flush(self) -> None:
-        "Send what is held, in one write."
+        "Send what is held."
         held, self._held = self._held, None
-        if held and not self.transport.is_closing():
-            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
 
     def close(self) -> None:
         self.flush()
