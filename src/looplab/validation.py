@@ -225,6 +225,8 @@ def _text(value: Any) -> str | None:
 def text_values(values: pd.Series) -> np.ndarray:
     "`_text` of every value, as an object array: a column that already holds only text keeps its (shared) strings."
     array = values.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(array, skipna=False) == "string":  # text and no null: one pass, no null mask
+        return array.copy()
     if pd.api.types.infer_dtype(array, skipna=True) in ("string", "empty"):
         return np.where(pd.isna(array), None, array)
     return values.astype(object).map(_text).to_numpy(dtype=object)
@@ -235,9 +237,9 @@ def _coerce_column(
     kind: str,             # its canonical dtype, from conf
     timezone: str | None,  # for zone-aware times
 ) -> tuple[pd.Series, pd.Series]:  # (converted values, mask of values that did not convert)
+    if kind == "str":  # anything is text: nothing fails
+        return pd.Series(text_values(values), index=values.index, dtype=object), pd.Series(np.zeros(len(values), dtype=bool), index=values.index)
     present = values.notna()
-    if kind == "str":
-        return pd.Series(text_values(values), index=values.index, dtype=object), present & False
     if kind == "datetime64[ns]":
         times = _local_times(values, timezone)
         return times, present & times.isna()
@@ -355,7 +357,11 @@ def canonical_rows(
 ) -> pd.DataFrame:               # the canonical columns in canonical dtypes, then `_source`, `_batch_id`
     "The valid rows as the validated table stores them, built column by column: one copy of the kept values, never of the whole batch."
     def kept(values: pd.Series) -> pd.Series:
-        return values if rows is None else pd.Series(values.array.take(rows), dtype=values.dtype)
+        if rows is None:
+            return values
+        if isinstance(values.dtype, np.dtype):  # numpy's own indexing: an extension array's `take` looks for nulls first
+            return pd.Series(values.to_numpy()[rows], dtype=values.dtype)
+        return pd.Series(values.array.take(rows), dtype=values.dtype)
 
     frame = {}  # arrays with a fresh 0 … n-1 index, each column its own block (not copied again into 2-D blocks)
     length = len(coerced) if rows is None else len(rows)
@@ -595,8 +601,13 @@ def validate_batch(
         )
     check_canonical(validated, schema)
 
-    batch_ids = sorted(set(batch["_batch_id"].dropna().astype(str))) if "_batch_id" in batch.columns else []
-    sources = batch["_source"].fillna("(none)").astype(str).value_counts().sort_index() if "_source" in batch.columns else pd.Series(dtype=int)
+    # the lineage columns hold a few distinct values each: those are counted, not every row turned into text
+    batch_ids = sorted({str(value) for value in pd.unique(batch["_batch_id"].to_numpy(dtype=object)) if not pd.isna(value)}) \
+        if "_batch_id" in batch.columns else []
+    sources: dict[str, int] = {}
+    for value, count in (batch["_source"].value_counts(dropna=False).items() if "_source" in batch.columns else ()):
+        name = "(none)" if pd.isna(value) else str(value)
+        sources[name] = sources.get(name, 0) + int(count)
     report = {
         "dataset": params.get("dataset"),
         "batch_id": ", ".join(batch_ids) or None,
@@ -614,7 +625,7 @@ def validate_batch(
         "extra_columns_policy": policy,
         "max_invalid_share": max_invalid_share,
         "max_null_fraction": max_null_fraction,
-        "sources": {str(name): int(count) for name, count in sources.items()},
+        "sources": dict(sorted(sources.items())),
         "quarantine_sample": quarantine.head(sample_rows).to_dict("records"),  # text or null, `_row` an int
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
