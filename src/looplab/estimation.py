@@ -320,7 +320,7 @@ def save_estimator(estimator: LossEstimator | ConfidenceEstimator, folder: Path 
     else:
         config = {"kind": "confidence", "classes": estimator.classes_, "thresholds": estimator.thresholds_.tolist(),
                   "calibrated": estimator.calibrated_.tolist(), "reference_error_rate": estimator.reference_error_rate_,
-                  "reference_rows": estimator.reference_rows_, "inflation": estimator.inflation_, "weight": estimator.weight_,
+                  "reference_rows": estimator.reference_rows_, "inflation": estimator.inflation_, "weight": getattr(estimator, "weight_", 1.0),
                   "fold_maps": [[x.tolist(), y.tolist()] for x, y in estimator.fold_maps_]}
     (folder / "estimator.json").write_text(json.dumps({"format": ESTIMATOR_FORMAT, **config}, indent=2), encoding="utf-8")
     return folder
