@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -214,6 +215,48 @@ def test_every_200_is_logged_after_shutdown(project, tmp_path, data_params, inpu
     assert set(logged["model_version"]) == {"1"}
     assert re.search(r'looplab_requests_total\{method="POST",path="/v1/models/\{name\}/predict",status="422"\} 8\.0', metrics), metrics
     assert 'looplab_model_info{model_name="bike-demand",source="registry",version="1"} 1.0' in metrics
+
+
+OPENTELEMETRY_CHECK = """
+import json, sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from looplab.deployment import ModelHolder
+from looplab.serving import create_app, serving_settings
+
+project, folder = Path(sys.argv[1]), Path(sys.argv[2])
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)  # a provider configured in the worker's process, as an OpenTelemetry user would
+spans = {}
+for asked in (False, True):
+    settings = serving_settings("test", project)
+    settings["prediction_log"] = {**settings["prediction_log"], "path": str(folder / f"predictions-{asked}")}
+    settings["opentelemetry"] = asked
+    holder = ModelHolder("bike-demand", "champion", cache_dir=settings["cache_dir"], poll_interval=0.1,
+                         tracking=f"sqlite:///{project}/mlflow.db")
+    exporter.clear()
+    with TestClient(create_app(settings, holder=holder, root=project)) as client:
+        assert client.get("/health").status_code == 200
+    spans[str(asked)] = len(exporter.get_finished_spans())
+print(json.dumps(spans))
+"""
+
+
+def test_opentelemetry_spans_only_when_asked(project, tmp_path, quiet_env):
+    # in a process of its own: a tracer provider is set once per process
+    done = subprocess.run([str(Path(sys.executable)), "-c", OPENTELEMETRY_CHECK, str(project), str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, env=quiet_env, cwd=project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    spans = json.loads(done.stdout.strip().splitlines()[-1])
+    assert spans["False"] == 0 and spans["True"] > 0, spans  # off by default (serving.opentelemetry: false); FastAPI's spans when asked
 
 
 def test_alias_move_under_load_swaps_without_failures(project, tmp_path, data_params, inputs, registry_client):
